@@ -1,0 +1,38 @@
+//! The kernel info page (KIP) and the start-up contract of tasks the kernel starts itself.
+//!
+//! Every task has the KIP mapped read-only at [`KIP_ADDR`]. A boot task (a program the boot image
+//! marks `START`) begins at its ELF entry point with:
+//! ```text
+//! rdi = user address of its argument string (UTF-8, no terminator), rsi = its length in bytes
+//! rdx = KIP_ADDR, rsp = BOOT_STACK_TOP (16-byte aligned), gs base = its UTCB (BOOT_UTCB_ADDR)
+//! ```
+//! Capabilities: see [`crate::cap::well_known`].
+
+/// User address of the KIP in every task.
+pub const KIP_ADDR: u64 = 0x7fff_fff0_0000;
+/// User address of the first thread's UTCB in a boot task.
+pub const BOOT_UTCB_ADDR: u64 = 0x7fff_ffe0_0000;
+/// Initial stack pointer of a boot task.
+pub const BOOT_STACK_TOP: u64 = 0x7fff_ff00_0000;
+/// Bytes of stack mapped for a boot task below [`BOOT_STACK_TOP`].
+pub const BOOT_STACK_SIZE: u64 = 64 * 1024;
+/// First user address above the canonical user half.
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+
+/// `magic` of a valid KIP: "L4uK".
+pub const KIP_MAGIC: u32 = u32::from_le_bytes(*b"L4uK");
+
+/// The KIP layout. Fields are only ever appended; `abi_version` tells what is present.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Kip {
+    pub magic: u32,
+    pub abi_version: u32,
+    /// Frequency of the time-stamp counter (`rdtsc`), in Hz.
+    pub tsc_hz: u64,
+    /// Frequency of the kernel's scheduling tick, in Hz.
+    pub tick_hz: u64,
+}
+
+/// Guest status the kernel reports to the machine (QEMU's isa-debug-exit) when it dies.
+pub const KERNEL_FAILURE_STATUS: u32 = 0x3f;

@@ -1,0 +1,75 @@
+//! The message tag (`rax` of `invoke`).
+//!
+//! ```text
+//!  63                    16 15    12 11      6 5       0
+//! +------------------------+--------+---------+---------+
+//! |   label / protocol     | flags  |  items  |  words  |
+//! +------------------------+--------+---------+---------+
+//! ```
+//! `words` untyped message registers, `items` typed items (two words each) after them. The label
+//! is signed: protocols of kernel objects are negative, and a result tag with a negative label
+//! carries an [`Error`].
+
+use crate::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsgTag(pub u64);
+
+impl MsgTag {
+    pub const WORDS_MASK: u64 = 0x3f;
+    pub const ITEMS_SHIFT: u32 = 6;
+    pub const ITEMS_MASK: u64 = 0x3f;
+    pub const FLAGS_SHIFT: u32 = 12;
+    pub const LABEL_SHIFT: u32 = 16;
+
+    pub const fn new(label: i64, words: u64, items: u64, flags: u64) -> Self {
+        MsgTag(
+            ((label as u64) << Self::LABEL_SHIFT)
+                | ((flags & 0xf) << Self::FLAGS_SHIFT)
+                | ((items & Self::ITEMS_MASK) << Self::ITEMS_SHIFT)
+                | (words & Self::WORDS_MASK),
+        )
+    }
+
+    /// A result tag carrying an error.
+    pub const fn error(e: Error) -> Self {
+        Self::new(-e.code(), 0, 0, 0)
+    }
+
+    pub const fn label(self) -> i64 {
+        (self.0 as i64) >> Self::LABEL_SHIFT
+    }
+
+    pub const fn words(self) -> usize {
+        (self.0 & Self::WORDS_MASK) as usize
+    }
+
+    pub const fn items(self) -> usize {
+        ((self.0 >> Self::ITEMS_SHIFT) & Self::ITEMS_MASK) as usize
+    }
+
+    pub const fn flags(self) -> u64 {
+        (self.0 >> Self::FLAGS_SHIFT) & 0xf
+    }
+
+    /// `Err` if this is a result tag reporting an error.
+    pub fn result(self) -> Result<MsgTag, Error> {
+        match self.label() {
+            l if l < 0 => Err(Error::from_code(-l).unwrap_or(Error::Inval)),
+            _ => Ok(self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip() {
+        let t = MsgTag::new(-13, 5, 2, 0x3);
+        assert_eq!((t.label(), t.words(), t.items(), t.flags()), (-13, 5, 2, 3));
+        assert_eq!(MsgTag::error(Error::NoEnt).result(), Err(Error::NoEnt));
+        assert_eq!(MsgTag::new(7, 1, 0, 0).result().map(|t| t.label()), Ok(7));
+    }
+}

@@ -1,0 +1,33 @@
+//! The single system call, `invoke`, and its register convention on x86_64.
+//!
+//! ```text
+//! instruction: syscall
+//! rdx  in : capability selector | Flags      (selector bits 12.., flags bits 0..3)
+//! rax  in : message tag (MsgTag)             out: result tag (label < 0: error, see Error)
+//! rsi  in : label for open wait / reply      out: label of the received message
+//! r8   in : timeout                          (reserved in ABI v1)
+//! rcx, r11: clobbered (hardware)             all other registers preserved
+//! ```
+//! Message words travel in the caller's UTCB (`utcb::Utcb::mr`), never in pointers the kernel
+//! would have to dereference.
+
+use bitflags::bitflags;
+
+bitflags! {
+    /// Operation flags in the low bits of `rdx`, as in Fiasco.
+    ///
+    /// `SEND` alone is a send, `SEND|RECV` a call, `RECV|OPEN_WAIT` an open wait,
+    /// `SEND|RECV|OPEN_WAIT|REPLY` reply-and-wait.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Flags: u64 {
+        const SEND = 1;
+        const RECV = 2;
+        const OPEN_WAIT = 4;
+        const REPLY = 8;
+        /// A call: send, then receive from the same partner.
+        const CALL = Self::SEND.bits() | Self::RECV.bits();
+    }
+}
+
+/// Mask of the flag bits inside `rdx`.
+pub const FLAGS_MASK: u64 = 0xf;

@@ -1,0 +1,213 @@
+//! The microkernel's QEMU scenarios: what `cargo xtask run --scenario` boots and what
+//! `cargo xtask test` judges, plus the kernel micro-benchmarks of `cargo xtask bench`.
+
+use crate::bench::{self, Metric};
+use crate::kbuild::{Artifacts, BootProgram};
+use crate::qemu::{run_scenario, Machine, Scenario};
+use crate::report::Report;
+use crate::util::{err, step, Result};
+use std::time::Duration;
+
+pub const DEFAULT_SCENARIO: &str = "hello";
+
+/// The guest status the kernel reports when it dies (`kernel/src/panic.rs`).
+const KERNEL_FAILURE_STATUS: i32 = abi::kip::KERNEL_FAILURE_STATUS as i32;
+
+/// A scenario definition: the boot image, the command line and what to expect.
+struct Def {
+    name: &'static str,
+    what: &'static str,
+    programs: Vec<BootProgram>,
+    append: &'static str,
+    /// `(test name, marker)`: each marker is reported as its own test, in order.
+    checks: Vec<(&'static str, String)>,
+    status: i32,
+}
+
+fn defs() -> Vec<Def> {
+    let fault = |kind: &str| BootProgram::start("ktest", &format!("fault {kind}")).named(&format!("fault-{kind}"));
+    let report = |task: &str, what: &str| format!("user fault: task {task}: {what}");
+    vec![
+        Def {
+            name: "hello",
+            what: "the kernel starts a root task that greets from ring 3",
+            programs: vec![BootProgram::start("hello", "from the boot image")],
+            append: "",
+            checks: vec![
+                ("boot-banner", "kernel: booting".into()),
+                ("boot-task-started", "kernel: starting boot task hello".into()),
+                ("ring3-syscall-print", "hello: Hello from ring 3 (args: from the boot image)".into()),
+            ],
+            status: 0,
+        },
+        Def {
+            name: "syscall",
+            what: "system-call round trip, error returns and the console object",
+            programs: vec![BootProgram::start("ktest", "syscall")],
+            append: "",
+            checks: vec![
+                ("null-syscall-error", "ktest: invalid selector -> NoEnt ok".into()),
+                ("bad-opcode", "ktest: bad opcode -> NoSys ok".into()),
+                ("bad-protocol", "ktest: wrong protocol -> BadProto ok".into()),
+                ("bad-length", "ktest: oversized log write -> Inval ok".into()),
+                ("round-trip", "ktest: syscall round trip".into()),
+            ],
+            status: 0,
+        },
+        Def {
+            name: "user-faults",
+            what: "each user fault is reported and only the faulting task dies",
+            programs: vec![
+                fault("page"),
+                fault("kernel-read"),
+                fault("ud"),
+                fault("gp"),
+                fault("div"),
+                BootProgram::start("ktest", "survivor"),
+            ],
+            append: "",
+            checks: vec![
+                ("page-fault", report("fault-page", "page fault (#PF) ip=")),
+                ("page-fault-addr", "addr=0xdead0000 err=0x4".into()),
+                ("kernel-read", report("fault-kernel-read", "page fault (#PF) ip=")),
+                ("invalid-opcode", report("fault-ud", "invalid opcode (#UD) ip=")),
+                ("general-protection", report("fault-gp", "general protection (#GP) ip=")),
+                ("divide-error", report("fault-div", "divide error (#DE) ip=")),
+                ("kernel-survives", "ktest: survivor still running after the faults".into()),
+            ],
+            status: 0,
+        },
+        Def {
+            name: "preempt",
+            what: "the timer preempts a task spinning without system calls",
+            programs: vec![
+                BootProgram::start("ktest", "spin").named("spinner"),
+                BootProgram::start("ktest", "preempt"),
+            ],
+            append: "",
+            checks: vec![
+                ("spinner-started", "ktest: spinning without system calls".into()),
+                ("preempted", "ktest: ran while the spinner spins".into()),
+            ],
+            status: 0,
+        },
+        Def {
+            name: "kernel-fault",
+            what: "a kernel fault prints a register dump and fails the boot",
+            programs: vec![BootProgram::start("hello", "")],
+            append: "selftest=kernel-fault",
+            checks: vec![
+                ("fault-banner", "KERNEL FAULT: page fault (#PF)".into()),
+                ("register-dump", "rax=".into()),
+                ("fault-address", "cr2=0x".into()),
+            ],
+            status: KERNEL_FAILURE_STATUS,
+        },
+    ]
+}
+
+/// Scenario names and descriptions for `cargo xtask run --list`.
+pub fn scenario_list() -> Vec<(&'static str, &'static str)> {
+    defs().into_iter().map(|d| (d.name, d.what)).collect()
+}
+
+/// The machine of a named scenario, for `cargo xtask run`.
+pub fn machine_for(art: &Artifacts, name: &str) -> Result<Machine> {
+    let Some(d) = defs().into_iter().find(|d| d.name == name) else {
+        let names: Vec<_> = defs().iter().map(|d| d.name).collect();
+        return err(format!("no scenario `{name}`; there are: {}", names.join(", ")));
+    };
+    art.machine(d.name, &d.programs, d.append)
+}
+
+/// Boots every scenario the filter selects and records one result per check.
+pub fn run_all(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
+    for d in defs() {
+        let prefix = format!("qemu/{}", d.name);
+        if !wanted(&prefix) && !d.checks.iter().any(|(c, _)| wanted(&format!("{prefix}/{c}"))) {
+            continue;
+        }
+        step(format!("QEMU scenario {}: {}", d.name, d.what));
+        let machine = match art.machine(d.name, &d.programs, d.append) {
+            Ok(m) => m,
+            Err(e) => {
+                report.fail(&prefix, &e.to_string());
+                continue;
+            }
+        };
+        let mut s = Scenario::new(d.name, machine);
+        s.markers = d.checks.iter().map(|(_, m)| m.clone()).collect();
+        s.expect_status = Some(d.status);
+        s.timeout = Duration::from_secs(60);
+        match run_scenario(&s) {
+            Ok(o) => {
+                for (check, marker) in &d.checks {
+                    let name = format!("{prefix}/{check}");
+                    if o.log.contains(marker.as_str()) {
+                        report.pass(&name, "");
+                    } else {
+                        report.fail(&name, &format!("`{marker}` not on the serial line"));
+                    }
+                }
+                report.scenario(&format!("{prefix}/exit"), &o);
+            }
+            Err(e) => report.fail(&prefix, &e.to_string()),
+        }
+    }
+}
+
+/// Parses `BENCH <name> <value> <unit>` lines printed by the guest.
+pub fn parse_bench(log: &str, system: &str) -> Vec<Metric> {
+    log.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace().skip_while(|w| *w != "BENCH").skip(1);
+            let (name, value, unit) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+            Some(Metric::new(name, system, value, unit))
+        })
+        .collect()
+}
+
+/// Boots the benchmark scenario `runs` times and returns the median of each metric.
+pub fn kernel_metrics(art: &Artifacts, runs: usize) -> Result<Vec<Metric>> {
+    let machine = art.machine("bench", &[BootProgram::start("ktest", "bench")], "bench")?;
+    let mut all: Vec<Vec<Metric>> = Vec::new();
+    for i in 0..runs {
+        step(format!("kernel micro-benchmarks, boot {}/{runs}", i + 1));
+        let mut s = Scenario::new("bench", machine.clone());
+        s.timeout = Duration::from_secs(120);
+        let o = run_scenario(&s)?;
+        if let Some(f) = &o.failure {
+            return err(format!("benchmark boot failed: {f}\n{}", o.tail(20)));
+        }
+        all.push(parse_bench(&o.log, "kernel"));
+    }
+    let mut out: Vec<Metric> = Vec::new();
+    for m in all.first().cloned().unwrap_or_default() {
+        let mut vals: Vec<f64> =
+            all.iter().filter_map(|run| run.iter().find(|x| x.name == m.name).map(|x| x.value)).collect();
+        if let Some(v) = bench::median(&mut vals) {
+            out.push(Metric { value: v, ..m });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines_parse() {
+        let m = parse_bench("junk\nktest: BENCH syscall_roundtrip 140 cycles\nBENCH bad x y\n", "kernel");
+        assert_eq!(m, vec![Metric::new("syscall_roundtrip", "kernel", 140.0, "cycles")]);
+    }
+
+    #[test]
+    fn scenario_names_unique() {
+        let names: Vec<_> = defs().iter().map(|d| d.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names.len(), sorted.len());
+    }
+}

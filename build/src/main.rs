@@ -1,0 +1,139 @@
+//! `cargo xtask`: the one entry point for setting up, building, running, testing and benchmarking.
+//! See `cargo xtask help`.
+
+mod bench;
+mod kbuild;
+mod ktests;
+mod qemu;
+mod report;
+mod setup;
+mod util;
+
+use std::process::{Command, ExitCode};
+use util::{err, root, run, step, Args, Result};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+  setup            install what is missing (QEMU, Debian packages, Rust targets); idempotent
+  build            build the kernel and the user programs
+  run              build and boot the default scenario in QEMU, serial console on the terminal
+      --scenario NAME   boot another scenario (see `cargo xtask run --list`)
+      --list            list the scenarios
+      --gdb             wait for a debugger on :1234 before starting
+      --qemu-arg ARG    extra QEMU argument (repeatable); or put them after `--`
+  test             lint, host tests and QEMU tests; ends with `N passed, N failed`
+      --filter TEXT     only tests whose name contains TEXT
+      --no-lint         skip rustfmt and clippy
+  bench            run the benchmarks, print the table, write target/bench/latest.json
+  help             this text
+";
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = if argv.is_empty() { "help".to_string() } else { argv.remove(0) };
+    let r = match cmd.as_str() {
+        "setup" => Args::new(argv).finish().and_then(|_| setup::setup()).map(|_| 0),
+        "build" => Args::new(argv).finish().and_then(|_| setup::ensure()).and_then(|_| kbuild::build_all()).map(|_| 0),
+        "run" => cmd_run(Args::new(argv)),
+        "test" => cmd_test(Args::new(argv)),
+        "bench" => cmd_bench(Args::new(argv)),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(0)
+        }
+        other => err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_run(mut a: Args) -> Result<i32> {
+    if a.flag("--list") {
+        a.finish()?;
+        for (name, what) in ktests::scenario_list() {
+            println!("{name:16} {what}");
+        }
+        return Ok(0);
+    }
+    let gdb = a.flag("--gdb");
+    let scenario = a.value("--scenario")?.unwrap_or_else(|| ktests::DEFAULT_SCENARIO.to_string());
+    let mut extra = a.values("--qemu-arg")?;
+    extra.extend(a.rest());
+    a.finish()?;
+    setup::ensure()?;
+    let art = kbuild::build_all()?;
+    let mut m = ktests::machine_for(&art, &scenario)?;
+    m.extra.extend(extra);
+    let status = qemu::run_interactive(&m, gdb)?;
+    if status != 0 {
+        step(format!("guest exited with status {status}"));
+    }
+    Ok(status)
+}
+
+fn lint(report: &mut report::Report) {
+    let cargo = || {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(root()).env_remove("CARGO_ENCODED_RUSTFLAGS");
+        c
+    };
+    report.check("lint/rustfmt", run(cargo().args(["fmt", "--all", "--check"])));
+    report.check(
+        "lint/clippy-host",
+        run(cargo().env_remove("RUSTFLAGS").args(["clippy", "--all-targets", "--", "-D", "warnings"])),
+    );
+    let groups = [
+        ("lint/clippy-kernel", "kernel", kbuild::kernel_rustflags(), &["kernel", "arch-x86_64"][..]),
+        ("lint/clippy-user", "user", kbuild::user_rustflags(), kbuild::USER_PROGRAMS),
+    ];
+    for (name, dir, flags, pkgs) in groups {
+        let mut c = cargo();
+        c.env("RUSTFLAGS", flags).args(["clippy", "--release", "--target", kbuild::TARGET, "--target-dir"]);
+        c.arg(root().join("target").join(dir));
+        for p in pkgs {
+            c.args(["-p", p]);
+        }
+        report.check(name, run(c.args(["--", "-D", "warnings"])));
+    }
+}
+
+fn cmd_test(mut a: Args) -> Result<i32> {
+    let filter = a.value("--filter")?;
+    let no_lint = a.flag("--no-lint");
+    a.finish()?;
+    setup::ensure()?;
+    let mut report = report::Report::default();
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if !no_lint && wanted("lint") {
+        step("lint: rustfmt and clippy");
+        lint(&mut report);
+    }
+    if wanted("host") {
+        step("host tests: cargo test of the host crates");
+        let r = run(Command::new(env!("CARGO")).current_dir(root()).env_remove("RUSTFLAGS").arg("test"));
+        report.check("host/cargo-test", r);
+    }
+    match kbuild::build_all() {
+        Ok(art) => ktests::run_all(&art, &mut report, &wanted),
+        Err(e) => report.fail("build/kernel", &e.to_string()),
+    }
+    println!("{}", report.summary());
+    Ok(if report.failed() == 0 { 0 } else { 1 })
+}
+
+fn cmd_bench(a: Args) -> Result<i32> {
+    a.finish()?;
+    setup::ensure()?;
+    let art = kbuild::build_all()?;
+    let metrics = ktests::kernel_metrics(&art, 3)?;
+    bench::print_table(&metrics);
+    bench::write(&metrics)?;
+    step("wrote target/bench/latest.json");
+    Ok(0)
+}
