@@ -212,7 +212,13 @@ mod tests {
 
     fn sample() -> alloc::vec::Vec<u8> {
         build(&[
-            Entry { name: "root".into(), kind: KIND_PROGRAM, flags: FLAG_START, args: "a b".into(), data: vec![1, 2, 3] },
+            Entry {
+                name: "root".into(),
+                kind: KIND_PROGRAM,
+                flags: FLAG_START,
+                args: "a b".into(),
+                data: vec![1, 2, 3],
+            },
             Entry { name: "blob".into(), kind: KIND_DATA, flags: 0, args: "".into(), data: vec![9; 100] },
         ])
         .unwrap()
@@ -224,7 +230,10 @@ mod tests {
         let b = BootImage::parse(&img).unwrap();
         assert_eq!(b.len(), 2);
         let m = b.module(0).unwrap();
-        assert_eq!((m.name, m.kind, m.flags, m.args, m.data), ("root", KIND_PROGRAM, FLAG_START, "a b", &[1u8, 2, 3][..]));
+        assert_eq!(
+            (m.name, m.kind, m.flags, m.args, m.data),
+            ("root", KIND_PROGRAM, FLAG_START, "a b", &[1u8, 2, 3][..])
+        );
         assert_eq!(b.module(1).unwrap().data.len(), 100);
     }
 
@@ -240,6 +249,13 @@ mod tests {
         let mut magic = img.clone();
         magic[0] = b'X';
         assert_eq!(BootImage::parse(&magic).unwrap_err(), ParseError::BadMagic);
-        assert!(build(&[Entry { name: "x".repeat(33), kind: 1, flags: 0, args: "".to_string(), data: vec![] }]).is_err());
+        assert!(build(&[Entry {
+            name: "x".repeat(33),
+            kind: 1,
+            flags: 0,
+            args: "".to_string(),
+            data: vec![]
+        }])
+        .is_err());
     }
 }

@@ -131,7 +131,9 @@ mod tests {
     #[test]
     fn json_shape() {
         let j = to_json(&[Metric::new("getpid", "linux-ref", 314.0, "ns")]);
-        assert!(j.contains("{\"name\": \"getpid\", \"system\": \"linux-ref\", \"value\": 314.000, \"unit\": \"ns\"}"));
+        assert!(j.contains(
+            "{\"name\": \"getpid\", \"system\": \"linux-ref\", \"value\": 314.000, \"unit\": \"ns\"}"
+        ));
         assert!(j.starts_with("{\"metrics\": ["));
     }
 

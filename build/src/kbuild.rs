@@ -113,7 +113,12 @@ impl Artifacts {
     }
 
     /// A QEMU machine booting our kernel with a boot image of `programs`.
-    pub fn machine(&self, name: &str, programs: &[BootProgram], append: &str) -> Result<crate::qemu::Machine> {
+    pub fn machine(
+        &self,
+        name: &str,
+        programs: &[BootProgram],
+        append: &str,
+    ) -> Result<crate::qemu::Machine> {
         let mut m = crate::qemu::Machine::new(self.kernel.clone());
         m.initrd = Some(self.boot_image(name, programs)?);
         m.append = append.to_string();

@@ -25,7 +25,8 @@ struct Def {
 }
 
 fn defs() -> Vec<Def> {
-    let fault = |kind: &str| BootProgram::start("ktest", &format!("fault {kind}")).named(&format!("fault-{kind}"));
+    let fault =
+        |kind: &str| BootProgram::start("ktest", &format!("fault {kind}")).named(&format!("fault-{kind}"));
     let report = |task: &str, what: &str| format!("user fault: task {task}: {what}");
     vec![
         Def {
@@ -86,7 +87,7 @@ fn defs() -> Vec<Def> {
             ],
             append: "",
             checks: vec![
-                ("spinner-started", "ktest: spinning without system calls".into()),
+                ("spinner-started", "spinner: spinning without system calls".into()),
                 ("preempted", "ktest: ran while the spinner spins".into()),
             ],
             status: 0,

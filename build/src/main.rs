@@ -34,7 +34,11 @@ fn main() -> ExitCode {
     let cmd = if argv.is_empty() { "help".to_string() } else { argv.remove(0) };
     let r = match cmd.as_str() {
         "setup" => Args::new(argv).finish().and_then(|_| setup::setup()).map(|_| 0),
-        "build" => Args::new(argv).finish().and_then(|_| setup::ensure()).and_then(|_| kbuild::build_all()).map(|_| 0),
+        "build" => Args::new(argv)
+            .finish()
+            .and_then(|_| setup::ensure())
+            .and_then(|_| kbuild::build_all())
+            .map(|_| 0),
         "run" => cmd_run(Args::new(argv)),
         "test" => cmd_test(Args::new(argv)),
         "bench" => cmd_bench(Args::new(argv)),

@@ -125,10 +125,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn passed(&self) -> bool {
-        self.failure.is_none()
-    }
-
     /// The last `n` lines of the log, for failure reports.
     pub fn tail(&self, n: usize) -> String {
         let lines: Vec<_> = self.log.lines().collect();
@@ -152,10 +148,12 @@ pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
         });
     }
     let (tx, rx) = mpsc::channel::<String>();
-    for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-                 child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)]
-        .into_iter()
-        .flatten()
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
     {
         let tx = tx.clone();
         std::thread::spawn(move || {

@@ -13,7 +13,10 @@ pub struct Report {
 impl Report {
     pub fn pass(&mut self, name: &str, detail: &str) {
         self.passed += 1;
-        println!("test {name} ... ok{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") });
+        println!(
+            "test {name} ... ok{}",
+            if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+        );
     }
 
     pub fn fail(&mut self, name: &str, why: &str) {

@@ -46,9 +46,8 @@ fn apt_installed(name: &str) -> bool {
 
 fn has_backports() -> bool {
     let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") else { return false };
-    dir.flatten().any(|e| {
-        std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("bookworm-backports"))
-    }) || std::fs::read_to_string("/etc/apt/sources.list").is_ok_and(|s| s.contains("bookworm-backports"))
+    dir.flatten().any(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("bookworm-backports")))
+        || std::fs::read_to_string("/etc/apt/sources.list").is_ok_and(|s| s.contains("bookworm-backports"))
 }
 
 fn missing_apt() -> Vec<&'static AptPkg> {

@@ -1,4 +1,82 @@
+//! The microkernel binary: glue between the portable logic in `kernel-core` and the hardware
+//! layer chosen below, plus object invocation.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod heap;
+mod loader;
+mod mem;
+mod objects;
+mod sched;
+mod selftest;
+mod syscall;
+
+/// The architecture this kernel is built for: the one place it is chosen.
+pub type A = arch_x86_64::X86_64;
+
+use arch_x86_64::{Boot, Event, TrapFrame};
+
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap;
+
+/// Entered from the architecture's boot code with the hardware initialised.
+#[no_mangle]
+fn kernel_main(boot: Boot) -> ! {
+    log::info!(
+        "booting (ABI v{}, {} KiB image)",
+        abi::ABI_VERSION,
+        (boot.image.end - boot.image.start) / 1024
+    );
+    log::info!(
+        "clocks: TSC {} MHz, APIC timer {} MHz, tick {} Hz",
+        boot.clocks.tsc_hz / 1_000_000,
+        boot.clocks.apic_hz / 1_000_000,
+        arch_x86_64::TICK_HZ
+    );
+    let cmdline = boot.info.cmdline();
+    if !cmdline.is_empty() {
+        log::info!("command line: {cmdline}");
+    }
+    mem::init(&boot);
+    sched::init(boot.clocks.tsc_hz);
+    for opt in cmdline.split_whitespace() {
+        match opt {
+            "bench" => selftest::bench(),
+            "selftest=kernel-fault" => selftest::kernel_fault(),
+            _ => {}
+        }
+    }
+    match boot.info.module {
+        Some(m) => loader::start_boot_tasks(m),
+        None => log::error!("no boot image: nothing to run (pass one as QEMU -initrd)"),
+    }
+    sched::idle_loop()
+}
+
+/// An event from user mode, or the tick while idle.
+#[no_mangle]
+fn kernel_event(frame: &mut TrapFrame, ev: Event) {
+    match ev {
+        Event::Timer => sched::tick(),
+        Event::Exception { vector, error, addr } => {
+            sched::user_fault(frame, vector, error, addr);
+        }
+    }
+}
+
+/// A system call from user mode.
+#[no_mangle]
+fn kernel_syscall(frame: &mut TrapFrame) {
+    syscall::invoke(frame);
+}
+
 #[panic_handler]
-fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    use core::fmt::Write;
+    arch_x86_64::serial::with_console(|s| {
+        let _ = writeln!(s, "\nKERNEL PANIC: {info}");
+    });
+    <A as kernel_core::hal::Arch>::shutdown(abi::kip::KERNEL_FAILURE_STATUS)
+}

@@ -1,4 +1,15 @@
+//! The default scenario's first program: greets from ring 3 through the kernel console and
+//! powers the machine off.
 #![no_std]
 #![no_main]
-#[panic_handler]
-fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+
+l4::entry!(main);
+
+fn main(args: &str) -> i32 {
+    let kip = l4::kip();
+    l4::println!("Hello from ring 3 (args: {args})");
+    l4::println!("kernel ABI v{}, TSC {} MHz", kip.abi_version, kip.tsc_hz / 1_000_000);
+    let e = l4::shutdown(0);
+    l4::println!("shutdown refused: {e:?}");
+    1
+}

@@ -1,4 +1,147 @@
+//! The kernel's test program. Its argument string picks a mode; `cargo xtask test` boots it in
+//! the scenarios of `build/src/ktests.rs` and judges the serial output and exit status.
 #![no_std]
 #![no_main]
-#[panic_handler]
-fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+
+use abi::cap::well_known;
+use abi::syscall::Flags;
+use abi::{CapIdx, CapSel, Error, MsgTag};
+use l4::println;
+use l4::sys::{call_words, cycles, invoke};
+
+l4::entry!(main);
+
+fn main(args: &str) -> i32 {
+    let mut words = args.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("syscall"), _) => finish(syscall_checks()),
+        (Some("bench"), _) => finish(bench()),
+        (Some("fault"), Some(kind)) => fault(kind),
+        (Some("survivor"), _) => {
+            spin_for_ms(50);
+            println!("survivor still running after the faults");
+            finish(Ok(()))
+        }
+        (Some("spin"), _) => {
+            println!("spinning without system calls");
+            #[allow(clippy::empty_loop)]
+            loop {}
+        }
+        (Some("preempt"), _) => {
+            println!("ran while the spinner spins");
+            finish(Ok(()))
+        }
+        _ => {
+            println!("unknown mode `{args}`");
+            2
+        }
+    }
+}
+
+/// Powers off with 0 on success; reports and returns a failure status otherwise.
+fn finish(r: Result<(), &'static str>) -> i32 {
+    match r {
+        Ok(()) => {
+            l4::shutdown(0);
+            1
+        }
+        Err(why) => {
+            println!("FAILED: {why}");
+            l4::shutdown(1);
+            1
+        }
+    }
+}
+
+fn expect(what: &str, got: Result<MsgTag, Error>, want: Error) -> Result<(), &'static str> {
+    if got.map(|_| ()) == Err(want) {
+        println!("{what} -> {want:?} ok");
+        Ok(())
+    } else {
+        println!("{what}: got {got:?}, want {want:?}");
+        Err("an invocation returned the wrong result")
+    }
+}
+
+fn null_syscall() -> MsgTag {
+    invoke(CapSel::INVALID, Flags::CALL, MsgTag::new(0, 0, 0, 0))
+}
+
+fn syscall_checks() -> Result<(), &'static str> {
+    expect("invalid selector", null_syscall().result(), Error::NoEnt)?;
+    expect("empty slot", call_words(CapIdx(4000), 0, &[0]), Error::NoEnt)?;
+    expect("bad opcode", call_words(well_known::LOG, 0, &[77]), Error::NoSys)?;
+    expect("wrong protocol", call_words(well_known::LOG, abi::proto::task::LABEL, &[0]), Error::BadProto)?;
+    expect("oversized log write", call_words(well_known::LOG, 0, &[0, 1000, 0]), Error::Inval)?;
+    expect("missing opcode", call_words(well_known::LOG, 0, &[]), Error::Inval)?;
+    let mut s = samples::<31>(200);
+    println!("syscall round trip: {} cycles (median of {} batches)", median(&mut s), s.len());
+    Ok(())
+}
+
+/// Median cost of a null system call, in batches of `per_batch`.
+fn samples<const N: usize>(per_batch: u64) -> [u64; N] {
+    let mut s = [0u64; N];
+    for v in s.iter_mut() {
+        let t0 = cycles();
+        for _ in 0..per_batch {
+            null_syscall();
+        }
+        *v = (cycles() - t0) / per_batch;
+    }
+    s
+}
+
+fn median(s: &mut [u64]) -> u64 {
+    s.sort_unstable();
+    s[s.len() / 2]
+}
+
+fn bench() -> Result<(), &'static str> {
+    let mut s = samples::<101>(1000);
+    println!("BENCH syscall_roundtrip {} cycles", median(&mut s));
+    Ok(())
+}
+
+fn spin_for_ms(ms: u64) {
+    let end = cycles() + l4::kip().tsc_hz / 1000 * ms;
+    while cycles() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Raises the named fault; the kernel reports it and destroys this task.
+fn fault(kind: &str) -> i32 {
+    match kind {
+        // SAFETY: deliberately reads an unmapped address; the kernel ends the task.
+        "page" => unsafe {
+            core::ptr::read_volatile(0xdead_0000 as *const u64);
+        },
+        // SAFETY: deliberately reads the kernel image (supervisor only); the kernel ends the task.
+        "kernel-read" => unsafe {
+            core::ptr::read_volatile(0xffff_ffff_8010_0000u64 as *const u64);
+        },
+        // SAFETY: an undefined instruction; the kernel ends the task.
+        "ud" => unsafe { core::arch::asm!("ud2") },
+        // SAFETY: a privileged instruction in ring 3 raises #GP; the kernel ends the task.
+        "gp" => unsafe { core::arch::asm!("hlt") },
+        // SAFETY: divides by zero; the kernel ends the task. Registers are declared clobbered.
+        "div" => unsafe {
+            core::arch::asm!(
+                "xor edx, edx",
+                "xor eax, eax",
+                "xor ecx, ecx",
+                "div ecx",
+                out("eax") _,
+                out("edx") _,
+                out("ecx") _
+            )
+        },
+        _ => {
+            println!("unknown fault kind `{kind}`");
+            return 2;
+        }
+    }
+    println!("FAILED: fault `{kind}` did not fault");
+    3
+}

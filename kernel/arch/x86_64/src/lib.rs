@@ -1,1 +1,223 @@
+//! The x86_64 layer of the microkernel. All `unsafe` of the kernel that touches hardware lives
+//! in this crate, each block with its `// SAFETY:` argument.
+//!
+//! Boot path: `boot.rs` (PVH, 32-bit) → [`arch_boot`] → the kernel's `kernel_main`.
+//! Entry path: `trap.rs` stubs → [`arch_trap`] / [`arch_syscall`] → the kernel's handlers.
 #![no_std]
+
+pub mod apic;
+mod boot;
+pub mod cpu;
+pub mod paging;
+pub mod pvh;
+pub mod serial;
+pub mod trap;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel_core::frames::FrameAllocator;
+use kernel_core::hal::{Arch, MapError};
+use kernel_core::mem::{Perms, PhysAddr, PhysRange, VirtAddr};
+pub use trap::TrapFrame;
+
+/// Scheduling tick frequency.
+pub const TICK_HZ: u64 = 1000;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// The architecture as the kernel sees it.
+pub struct X86_64;
+
+impl Arch for X86_64 {
+    type Space = paging::AddressSpace;
+
+    fn cycles() -> u64 {
+        cpu::rdtsc()
+    }
+
+    fn cycles_hz() -> u64 {
+        TSC_HZ.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(status: u32) -> ! {
+        cpu::shutdown(status)
+    }
+
+    fn new_space(fa: &mut FrameAllocator) -> Option<Self::Space> {
+        paging::AddressSpace::new(fa)
+    }
+
+    fn map(
+        s: &mut Self::Space,
+        va: VirtAddr,
+        pa: PhysAddr,
+        p: Perms,
+        fa: &mut FrameAllocator,
+    ) -> Result<Option<PhysAddr>, MapError> {
+        s.map(va, pa, p, fa)
+    }
+
+    fn destroy_space(s: Self::Space, fa: &mut FrameAllocator) {
+        s.destroy(fa)
+    }
+
+    fn write_phys(pa: PhysAddr, bytes: &[u8]) {
+        paging::write_phys(pa, bytes)
+    }
+
+    fn read_phys(pa: PhysAddr, buf: &mut [u8]) {
+        paging::read_phys(pa, buf)
+    }
+}
+
+/// What the kernel is told about an entry that is not a system call.
+#[derive(Clone, Copy, Debug)]
+pub enum Event {
+    /// The scheduling tick.
+    Timer,
+    /// A CPU exception raised by user code.
+    Exception { vector: u8, error: u64, addr: u64 },
+}
+
+/// Boot facts handed to the kernel.
+pub struct Boot {
+    pub info: pvh::BootInfo,
+    /// Physical extent of the kernel image (text, data, bss).
+    pub image: PhysRange,
+    pub clocks: apic::Clocks,
+}
+
+extern "Rust" {
+    /// The kernel's entry point once the hardware is up.
+    fn kernel_main(boot: Boot) -> !;
+    /// An event from user mode (or the timer in the idle loop).
+    fn kernel_event(frame: &mut TrapFrame, ev: Event);
+    /// A `syscall` from user mode.
+    fn kernel_syscall(frame: &mut TrapFrame);
+}
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// Called by the boot code on the boot stack, in long mode, interrupts off.
+#[no_mangle]
+extern "C" fn arch_boot(start_info: u32) -> ! {
+    serial::init(log::LevelFilter::Info);
+    let info = pvh::parse(start_info as u64);
+    paging::init(&[apic::APIC_PHYS & !0x1f_ffff]);
+    cpu::init();
+    let clocks = apic::init(TICK_HZ);
+    TSC_HZ.store(clocks.tsc_hz, Ordering::Relaxed);
+    let image = PhysRange::new(0x100000, paging::image_phys(&raw const __kernel_end).0);
+    // SAFETY: kernel_main is defined by the kernel binary with exactly this signature.
+    unsafe { kernel_main(Boot { info, image, clocks }) }
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "divide error (#DE)",
+    "debug (#DB)",
+    "NMI",
+    "breakpoint (#BP)",
+    "overflow (#OF)",
+    "bound range (#BR)",
+    "invalid opcode (#UD)",
+    "device not available (#NM)",
+    "double fault (#DF)",
+    "coprocessor segment overrun",
+    "invalid TSS (#TS)",
+    "segment not present (#NP)",
+    "stack fault (#SS)",
+    "general protection (#GP)",
+    "page fault (#PF)",
+    "reserved",
+    "x87 floating point (#MF)",
+    "alignment check (#AC)",
+    "machine check (#MC)",
+    "SIMD floating point (#XM)",
+    "virtualization (#VE)",
+    "control protection (#CP)",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "hypervisor injection (#HV)",
+    "VMM communication (#VC)",
+    "security (#SX)",
+    "reserved",
+];
+
+/// Human name of an exception vector.
+pub fn exception_name(vector: u8) -> &'static str {
+    EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("interrupt")
+}
+
+/// A fault in kernel mode: dump everything and stop the machine with the failure status.
+fn kernel_fault(f: &TrapFrame) -> ! {
+    use core::fmt::Write;
+    let cr2 = trap::cr2();
+    let cr3 = paging::read_cr3().0;
+    serial::with_console(|s| {
+        let _ = writeln!(
+            s,
+            "\nKERNEL FAULT: {} vector={} error={:#x}",
+            exception_name(f.vector as u8),
+            f.vector,
+            f.error
+        );
+        let _ = writeln!(
+            s,
+            "rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}",
+            f.rip, f.cs, f.rflags, f.rsp, f.ss
+        );
+        let _ =
+            writeln!(s, "rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+        let _ = writeln!(s, "rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
+        let _ = writeln!(s, "r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}", f.r9, f.r10, f.r11, f.r12);
+        let _ = writeln!(s, "r13={:#018x} r14={:#018x} r15={:#018x}", f.r13, f.r14, f.r15);
+        let _ = writeln!(s, "cr2={cr2:#018x} cr3={cr3:#018x}");
+    });
+    cpu::shutdown(abi::kip::KERNEL_FAILURE_STATUS)
+}
+
+/// Common handler of all 256 vectors (called from `isr_common`).
+#[no_mangle]
+extern "C" fn arch_trap(f: &mut TrapFrame) {
+    let vector = f.vector as u8;
+    match vector {
+        trap::TIMER_VECTOR => {
+            apic::eoi();
+            // SAFETY: the kernel's handler, with the frame of the interrupted context.
+            unsafe { kernel_event(f, Event::Timer) }
+        }
+        // Spurious interrupts need no EOI and carry no work.
+        trap::SPURIOUS_VECTOR => {}
+        v if v == trap::PIC_BASE + 7 || v == trap::PIC_BASE + 15 => {}
+        0..=31 if f.from_user() => {
+            let addr = if vector == 14 { trap::cr2() } else { 0 };
+            let ev = Event::Exception { vector, error: f.error, addr };
+            // SAFETY: as above; user faults never return to the faulting instruction unless
+            // the kernel decides so.
+            unsafe { kernel_event(f, ev) }
+        }
+        0..=31 => kernel_fault(f),
+        v => log::warn!("unexpected interrupt vector {v}"),
+    }
+}
+
+/// Handler of the `syscall` instruction (called from `syscall_entry`).
+#[no_mangle]
+extern "C" fn arch_syscall(f: &mut TrapFrame) {
+    // SAFETY: the kernel's handler, with the caller's frame.
+    unsafe { kernel_syscall(f) }
+    // sysret to a non-canonical address would fault in kernel mode: never return there.
+    let canonical = f.rip < abi::kip::USER_END;
+    assert!(canonical, "syscall return to non-canonical address {:#x}", f.rip);
+}
+
+/// Waits for the next interrupt with interrupts enabled (the idle loop's body).
+pub fn wait_for_interrupt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+}

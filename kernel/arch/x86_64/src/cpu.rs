@@ -1,0 +1,164 @@
+//! Per-CPU state, descriptor tables and the control registers the kernel relies on.
+
+use crate::trap;
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags, GsBase, KernelGsBase, LStar, SFMask, Star};
+use x86_64::registers::rflags::RFlags;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::VirtAddr;
+
+/// Per-CPU data reached through GS in kernel mode. The entry code reads fixed offsets:
+/// `gs:8` = kernel stack top of the current thread, `gs:16` = scratch for the user stack pointer.
+#[repr(C)]
+pub struct PerCpu {
+    self_ptr: u64,
+    kstack_top: u64,
+    user_rsp: u64,
+}
+
+const DOUBLE_FAULT_STACK: usize = 16 * 1024;
+
+/// One 64-bit interrupt gate. (The x86_64 crate's IDT type only takes handlers of the unstable
+/// `x86-interrupt` ABI per exception kind; our stubs are uniform, so a flat table is simpler.)
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attrs: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    _reserved: u32,
+}
+
+impl Gate {
+    const EMPTY: Gate =
+        Gate { offset_low: 0, selector: 0, ist: 0, attrs: 0, offset_mid: 0, offset_high: 0, _reserved: 0 };
+
+    /// Present, DPL 0, 64-bit interrupt gate (interrupts masked on entry).
+    fn new(handler: u64, selector: u16, ist: u8) -> Self {
+        Gate {
+            offset_low: handler as u16,
+            selector,
+            ist,
+            attrs: 0x8e,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            _reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+struct Tables {
+    gdt: GlobalDescriptorTable,
+    tss: TaskStateSegment,
+    idt: Idt,
+    percpu: PerCpu,
+    df_stack: [u8; DOUBLE_FAULT_STACK],
+}
+
+static mut TABLES: Tables = Tables {
+    gdt: GlobalDescriptorTable::new(),
+    tss: TaskStateSegment::new(),
+    idt: Idt([Gate::EMPTY; 256]),
+    percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0 },
+    df_stack: [0; DOUBLE_FAULT_STACK],
+};
+
+fn tables() -> *mut Tables {
+    &raw mut TABLES
+}
+
+/// Loads GDT, TSS and IDT, and sets up `syscall`, GS and the control registers.
+pub fn init() {
+    // SAFETY: runs once on the boot CPU before interrupts are enabled; nothing else refers to
+    // TABLES yet, and the tables are 'static as the CPU requires.
+    unsafe {
+        let t = &mut *tables();
+        t.tss.interrupt_stack_table[0] = VirtAddr::from_ptr(t.df_stack.as_ptr()) + DOUBLE_FAULT_STACK as u64;
+        let kcode = t.gdt.append(Descriptor::kernel_code_segment());
+        let kdata = t.gdt.append(Descriptor::kernel_data_segment());
+        let udata = t.gdt.append(Descriptor::user_data_segment());
+        let ucode = t.gdt.append(Descriptor::user_code_segment());
+        let tss = t.gdt.append(Descriptor::tss_segment_unchecked(&raw const t.tss));
+        assert_eq!((udata.0, ucode.0), (trap::USER_SS as u16, trap::USER_CS as u16));
+        t.gdt.load_unsafe();
+        CS::set_reg(kcode);
+        SS::set_reg(kdata);
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        load_tss(tss);
+
+        let stubs = trap::isr_stubs as *const () as usize as u64;
+        for (v, gate) in t.idt.0.iter_mut().enumerate() {
+            // The double fault runs on its own stack (IST 1): the kernel stack may be the cause.
+            *gate = Gate::new(stubs + 16 * v as u64, kcode.0, if v == 8 { 1 } else { 0 });
+        }
+        x86_64::instructions::tables::lidt(&DescriptorTablePointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: VirtAddr::from_ptr(&raw const t.idt),
+        });
+
+        Star::write(ucode, udata, kcode, kdata).expect("GDT order fits sysret");
+        LStar::write(VirtAddr::new(trap::syscall_entry as *const () as usize as u64));
+        // Entering the kernel masks interrupts, traps, direction and alignment checks.
+        SFMask::write(
+            RFlags::INTERRUPT_FLAG
+                | RFlags::TRAP_FLAG
+                | RFlags::DIRECTION_FLAG
+                | RFlags::ALIGNMENT_CHECK
+                | RFlags::NESTED_TASK
+                | RFlags::IOPL_HIGH
+                | RFlags::IOPL_LOW,
+        );
+        Efer::update(|f| *f |= EferFlags::SYSTEM_CALL_EXTENSIONS | EferFlags::NO_EXECUTE_ENABLE);
+        Cr0::update(|f| *f |= Cr0Flags::WRITE_PROTECT);
+        Cr4::update(|f| *f |= Cr4Flags::PAGE_GLOBAL);
+
+        t.percpu.self_ptr = (&raw const t.percpu) as u64;
+        GsBase::write(VirtAddr::new(t.percpu.self_ptr));
+        KernelGsBase::write(VirtAddr::new(0));
+    }
+}
+
+/// Sets the kernel stack used on the next entry from user mode (TSS.rsp0 and `gs:8`).
+pub fn set_kernel_stack(top: u64) {
+    // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access; the
+    // fields are plain data read by the CPU and the entry code only on the next entry.
+    unsafe {
+        let t = &mut *tables();
+        t.tss.privilege_stack_table[0] = VirtAddr::new(top);
+        t.percpu.kstack_top = top;
+    }
+}
+
+/// Sets the GS base user mode will see after the next `swapgs` on the way out.
+pub fn set_user_gs(base: u64) {
+    KernelGsBase::write(VirtAddr::new(base));
+}
+
+/// The time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Powers off through QEMU's isa-debug-exit device; halts forever on real hardware.
+pub fn shutdown(status: u32) -> ! {
+    // SAFETY: port 0xf4 is the isa-debug-exit device configured by xtask; on machines without
+    // it the write is ignored and we halt below.
+    unsafe { x86_64::instructions::port::Port::<u32>::new(0xf4).write(status) };
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

@@ -1,0 +1,193 @@
+//! Page tables. The kernel half (PML4 entries 256..512) is shared by every address space:
+//!
+//! ```text
+//! 0xffff_8000_0000_0000  direct map of physical memory (2 MiB pages, supervisor only)
+//! 0xffff_ffff_8000_0000  kernel image: physical 0..1 GiB (the boot tables' mapping)
+//! 0x0000_0000_0000_0000 .. 0x0000_8000_0000_0000  user half, one set of tables per task
+//! ```
+
+use crate::boot::{PageTable, BOOT_PML4};
+use kernel_core::frames::FrameAllocator;
+use kernel_core::hal::MapError;
+use kernel_core::mem::{Perms, PhysAddr, VirtAddr};
+
+pub const DIRECT_BASE: u64 = 0xffff_8000_0000_0000;
+/// Physical memory reachable through the direct map.
+pub const DIRECT_MAP_SIZE: u64 = 16 << 30;
+const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 2;
+const USER: u64 = 4;
+const WRITE_THROUGH: u64 = 8;
+const NO_CACHE: u64 = 0x10;
+const HUGE: u64 = 0x80;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+static mut DIRECT_PDPT: PageTable = PageTable([0; 512]);
+static mut DIRECT_PD: [PageTable; 16] = [const { PageTable([0; 512]) }; 16];
+
+/// The kernel-virtual address of physical `pa` in the direct map.
+pub fn phys_to_virt(pa: PhysAddr) -> *mut u8 {
+    debug_assert!(pa.0 < DIRECT_MAP_SIZE);
+    (DIRECT_BASE + pa.0) as *mut u8
+}
+
+/// Physical address of a kernel-image symbol.
+pub fn image_phys<T>(p: *const T) -> PhysAddr {
+    PhysAddr(p as u64 - KERNEL_VMA)
+}
+
+fn kernel_pml4() -> PhysAddr {
+    image_phys(&raw const BOOT_PML4)
+}
+
+/// Replaces the boot mapping: adds the direct map, drops the identity map of the first GiB.
+/// `mmio` lists physical 2 MiB regions to map uncached (the local APIC).
+pub fn init(mmio: &[u64]) {
+    // SAFETY: runs once at boot, single CPU, before anything uses the direct map; the tables
+    // are statics of the kernel image, reachable at their link addresses.
+    unsafe {
+        let pdpt = &raw mut DIRECT_PDPT;
+        let pds = &raw mut DIRECT_PD;
+        for (g, pd) in (*pds).iter_mut().enumerate() {
+            for (i, e) in pd.0.iter_mut().enumerate() {
+                let pa = ((g as u64) << 30) | ((i as u64) << 21);
+                let uncached = if mmio.contains(&(pa & !0x1f_ffff)) { NO_CACHE | WRITE_THROUGH } else { 0 };
+                *e = pa | PRESENT | WRITABLE | HUGE | NO_EXECUTE | uncached;
+            }
+            (*pdpt).0[g] = image_phys(pd as *const PageTable).0 | PRESENT | WRITABLE;
+        }
+        let pml4 = &raw mut BOOT_PML4;
+        (*pml4).0[256] = image_phys(pdpt as *const PageTable).0 | PRESENT | WRITABLE;
+        (*pml4).0[0] = 0;
+    }
+    write_cr3(kernel_pml4());
+}
+
+pub fn write_cr3(pa: PhysAddr) {
+    // SAFETY: every root passed here shares the kernel half, so the kernel stays mapped.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pa.0, options(nostack, preserves_flags)) };
+}
+
+pub fn read_cr3() -> PhysAddr {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    PhysAddr(v & ADDR_MASK)
+}
+
+/// A page-table page seen through the direct map.
+fn table(pa: PhysAddr) -> &'static mut [u64; 512] {
+    // SAFETY: callers only pass frames that are page tables owned by an address space (or the
+    // kernel root); they are page aligned, in the direct map, and not aliased by Rust references
+    // because all page-table access goes through this module with interrupts masked.
+    unsafe { &mut *(phys_to_virt(pa) as *mut [u64; 512]) }
+}
+
+fn zeroed_frame(fa: &mut FrameAllocator) -> Option<PhysAddr> {
+    let f = fa.alloc()?;
+    table(f).fill(0);
+    Some(f)
+}
+
+/// A user address space: its own PML4 whose kernel half points at the shared kernel tables.
+pub struct AddressSpace {
+    pml4: PhysAddr,
+}
+
+impl AddressSpace {
+    pub fn new(fa: &mut FrameAllocator) -> Option<Self> {
+        let pml4 = zeroed_frame(fa)?;
+        let k = table(kernel_pml4());
+        table(pml4)[256..].copy_from_slice(&k[256..]);
+        Some(AddressSpace { pml4 })
+    }
+
+    pub fn root(&self) -> PhysAddr {
+        self.pml4
+    }
+
+    fn index(va: u64, level: u32) -> usize {
+        ((va >> (12 + 9 * level)) & 0x1ff) as usize
+    }
+
+    /// Maps the 4 KiB page at `va` to `pa`; returns the frame it replaced.
+    pub fn map(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        p: Perms,
+        fa: &mut FrameAllocator,
+    ) -> Result<Option<PhysAddr>, MapError> {
+        if !va.is_page_aligned() || !pa.is_page_aligned() || va.0 >= abi::kip::USER_END {
+            return Err(MapError::BadAddress);
+        }
+        let mut t = self.pml4;
+        for level in (1..=3).rev() {
+            let e = &mut table(t)[Self::index(va.0, level)];
+            if *e & PRESENT == 0 {
+                *e = zeroed_frame(fa).ok_or(MapError::NoMemory)?.0 | PRESENT | WRITABLE | USER;
+            }
+            t = PhysAddr(*e & ADDR_MASK);
+        }
+        let e = &mut table(t)[Self::index(va.0, 0)];
+        let old = (*e & PRESENT != 0).then_some(PhysAddr(*e & ADDR_MASK));
+        *e = pa.0 | PRESENT | USER | if p.write { WRITABLE } else { 0 } | if p.exec { 0 } else { NO_EXECUTE };
+        if old.is_some() && read_cr3() == self.pml4 {
+            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0));
+        }
+        Ok(old)
+    }
+
+    /// Switches the CPU to this space unless it is already active.
+    pub fn activate(&self) {
+        if read_cr3() != self.pml4 {
+            write_cr3(self.pml4);
+        }
+    }
+
+    /// Frees the user-half page tables (not the frames they map).
+    pub fn destroy(self, fa: &mut FrameAllocator) {
+        fn free_level(t: PhysAddr, level: u32, fa: &mut FrameAllocator) {
+            if level > 0 {
+                for e in table(t).iter().copied().filter(|e| e & PRESENT != 0) {
+                    free_level(PhysAddr(e & ADDR_MASK), level - 1, fa);
+                }
+            }
+            fa.free(t);
+        }
+        if read_cr3() == self.pml4 {
+            write_cr3(kernel_pml4());
+        }
+        for i in 0..256 {
+            let e = table(self.pml4)[i];
+            if e & PRESENT != 0 {
+                free_level(PhysAddr(e & ADDR_MASK), 2, fa);
+            }
+        }
+        fa.free(self.pml4);
+    }
+}
+
+/// Copies between kernel buffers and physical memory.
+pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
+    assert!(pa.0 + bytes.len() as u64 <= DIRECT_MAP_SIZE);
+    // SAFETY: the range is inside the direct map (checked); callers own the frames.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(pa), bytes.len()) };
+}
+
+pub fn read_phys(pa: PhysAddr, buf: &mut [u8]) {
+    assert!(pa.0 + buf.len() as u64 <= DIRECT_MAP_SIZE);
+    // SAFETY: the range is inside the direct map (checked); reading RAM has no side effects.
+    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa), buf.as_mut_ptr(), buf.len()) };
+}
+
+/// A physical range the kernel only reads (the boot image) as a byte slice.
+pub fn phys_slice(r: kernel_core::mem::PhysRange) -> &'static [u8] {
+    assert!(r.start <= r.end && r.end <= DIRECT_MAP_SIZE);
+    // SAFETY: the range is inside the direct map (checked); callers pass memory reserved from
+    // the frame allocator that nothing writes, so the shared slice is never aliased mutably.
+    unsafe { core::slice::from_raw_parts(phys_to_virt(PhysAddr(r.start)), (r.end - r.start) as usize) }
+}

@@ -1,0 +1,284 @@
+//! Kernel entry and exit: interrupt/exception stubs, the `syscall` entry, the common saved-register
+//! frame, and the kernel-stack switch between threads.
+//!
+//! Every entry from user mode builds a [`TrapFrame`] at the top of the current thread's kernel
+//! stack. A thread leaves the kernel by the exit path matching how it entered (`iretq` after an
+//! interrupt or exception, `sysretq` after `syscall`); a new thread starts through `trap_return`.
+
+use core::arch::global_asm;
+
+/// Vector number recorded in frames built by the `syscall` entry.
+pub const SYSCALL_VECTOR: u64 = 0x100;
+/// Local APIC timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+/// Local APIC spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The legacy PIC is remapped here and masked; only its spurious IRQs 7/15 can arrive.
+pub const PIC_BASE: u8 = 0x30;
+
+/// User code and stack selectors (RPL 3), fixed by the GDT order that `sysret` demands.
+pub const USER_CS: u64 = 0x23;
+pub const USER_SS: u64 = 0x1b;
+
+/// Registers saved on kernel entry, lowest address first.
+#[repr(C)]
+#[derive(Clone, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// Interrupt vector, or [`SYSCALL_VECTOR`].
+    pub vector: u64,
+    /// Hardware error code (0 where the CPU pushes none).
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == 176);
+
+impl TrapFrame {
+    /// A frame that enters user mode at `ip` with stack `sp` and interrupts enabled.
+    pub fn new_user(ip: u64, sp: u64) -> Self {
+        TrapFrame { rip: ip, rsp: sp, cs: USER_CS, ss: USER_SS, rflags: 0x202, ..Default::default() }
+    }
+
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+impl kernel_core::hal::UserFrame for TrapFrame {
+    fn syscall_args(&self) -> [u64; 4] {
+        [self.rdx, self.rax, self.rsi, self.r8]
+    }
+
+    fn set_syscall_result(&mut self, tag: u64, label: u64) {
+        self.rax = tag;
+        self.rsi = label;
+    }
+
+    fn ip(&self) -> u64 {
+        self.rip
+    }
+}
+
+global_asm!(
+    r#"
+    .section .text
+    .p2align 4
+    .global isr_stubs
+isr_stubs:
+    .set vec, 0
+    .rept 256
+    .p2align 4
+    .if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    push 0
+    .endif
+    push vec
+    jmp isr_common
+    .set vec, vec + 1
+    .endr
+
+isr_common:
+    test qword ptr [rsp + 24], 3
+    jz 1f
+    swapgs
+1:  push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    cld
+    call arch_trap
+    .global trap_return
+trap_return:
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    test qword ptr [rsp + 8], 3
+    jz 2f
+    swapgs
+2:  iretq
+
+    .global syscall_entry
+    .p2align 4
+syscall_entry:
+    swapgs
+    mov gs:[16], rsp
+    mov rsp, gs:[8]
+    push {user_ss}
+    push qword ptr gs:[16]
+    push r11
+    push {user_cs}
+    push rcx
+    push 0
+    push {syscall_vector}
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    cld
+    call arch_syscall
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    mov rcx, [rsp + 16]
+    mov r11, [rsp + 32]
+    mov rsp, [rsp + 40]
+    swapgs
+    sysretq
+
+    /* switch_context(save_rsp: *mut u64 [rdi], new_rsp: u64 [rsi]) */
+    .global switch_context
+switch_context:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rdi], rsp
+    mov rsp, rsi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+    "#,
+    user_ss = const USER_SS,
+    user_cs = const USER_CS,
+    syscall_vector = const SYSCALL_VECTOR,
+);
+
+extern "C" {
+    /// First of 256 16-byte entry stubs, one per vector.
+    pub fn isr_stubs();
+    fn trap_return();
+    pub fn syscall_entry();
+    fn switch_context(save_rsp: *mut u64, new_rsp: u64);
+}
+
+/// Words a fresh kernel stack holds below its [`TrapFrame`]: six callee-saved registers
+/// and the return address into `trap_return`.
+const SWITCH_WORDS: usize = 7;
+
+/// Prepares a fresh kernel stack (16-byte aligned, top at `stack.len()`) so that switching to
+/// it enters user mode with `frame`. Returns the stack pointer to switch to, as an offset from
+/// the stack base.
+pub fn init_kernel_stack(stack: &mut [u64], frame: &TrapFrame) -> usize {
+    let words = core::mem::size_of::<TrapFrame>() / 8;
+    let top = stack.len();
+    let f = top - words;
+    let regs = [
+        frame.r15,
+        frame.r14,
+        frame.r13,
+        frame.r12,
+        frame.r11,
+        frame.r10,
+        frame.r9,
+        frame.r8,
+        frame.rbp,
+        frame.rdi,
+        frame.rsi,
+        frame.rdx,
+        frame.rcx,
+        frame.rbx,
+        frame.rax,
+        frame.vector,
+        frame.error,
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        frame.rsp,
+        frame.ss,
+    ];
+    stack[f..top].copy_from_slice(&regs);
+    let sp = f - SWITCH_WORDS;
+    stack[sp..f - 1].fill(0);
+    stack[f - 1] = trap_return as *const () as usize as u64;
+    sp * 8
+}
+
+/// Saves the current kernel context into `*save_rsp` and resumes the one at `new_rsp`.
+///
+/// # Safety
+/// `new_rsp` must come from [`init_kernel_stack`] or from an earlier `switch` of a context
+/// whose stack is still alive, and `save_rsp` must stay valid until that context is resumed.
+pub unsafe fn switch(save_rsp: *mut u64, new_rsp: u64) {
+    // SAFETY: the caller guarantees both stacks; switch_context follows the C ABI and saves
+    // all callee-saved registers on the old stack.
+    unsafe { switch_context(save_rsp, new_rsp) }
+}
+
+/// Reads CR2 (the faulting address of the last page fault).
+pub fn cr2() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}

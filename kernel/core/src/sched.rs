@@ -1,0 +1,93 @@
+//! Per-CPU ready queues: fixed priorities 0..=255 (higher runs first), round robin within one.
+
+use alloc::collections::VecDeque;
+
+pub const PRIORITIES: usize = 256;
+
+pub struct ReadyQueues<Id> {
+    queues: [VecDeque<Id>; PRIORITIES],
+    /// Bit p set: queue p is non-empty. Finds the highest level in four word scans.
+    nonempty: [u64; PRIORITIES / 64],
+}
+
+impl<Id: Copy + PartialEq> Default for ReadyQueues<Id> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Id: Copy + PartialEq> ReadyQueues<Id> {
+    pub fn new() -> Self {
+        ReadyQueues { queues: core::array::from_fn(|_| VecDeque::new()), nonempty: [0; PRIORITIES / 64] }
+    }
+
+    /// Appends `id` at the tail of its priority level. Enqueuing a queued id is a no-op.
+    pub fn enqueue(&mut self, id: Id, prio: u8) {
+        let q = &mut self.queues[prio as usize];
+        if !q.contains(&id) {
+            q.push_back(id);
+            self.nonempty[prio as usize / 64] |= 1 << (prio % 64);
+        }
+    }
+
+    /// The highest non-empty priority.
+    pub fn highest(&self) -> Option<u8> {
+        (0..self.nonempty.len())
+            .rev()
+            .find(|&w| self.nonempty[w] != 0)
+            .map(|w| (w * 64 + 63 - self.nonempty[w].leading_zeros() as usize) as u8)
+    }
+
+    /// Removes and returns the head of the highest non-empty level.
+    pub fn dequeue(&mut self) -> Option<Id> {
+        let p = self.highest()?;
+        let q = &mut self.queues[p as usize];
+        let id = q.pop_front();
+        if q.is_empty() {
+            self.nonempty[p as usize / 64] &= !(1 << (p % 64));
+        }
+        id
+    }
+
+    /// Takes `id` out of its level (a thread that blocks or dies while ready).
+    pub fn remove(&mut self, id: Id, prio: u8) -> bool {
+        let q = &mut self.queues[prio as usize];
+        let Some(pos) = q.iter().position(|x| *x == id) else { return false };
+        q.remove(pos);
+        if q.is_empty() {
+            self.nonempty[prio as usize / 64] &= !(1 << (prio % 64));
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.highest().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_then_round_robin() {
+        let mut r = ReadyQueues::new();
+        r.enqueue(1, 10);
+        r.enqueue(2, 200);
+        r.enqueue(3, 10);
+        r.enqueue(4, 0);
+        r.enqueue(1, 10);
+        assert_eq!(r.highest(), Some(200));
+        assert_eq!(r.dequeue(), Some(2));
+        assert_eq!(r.dequeue(), Some(1));
+        r.enqueue(1, 10);
+        assert_eq!(r.dequeue(), Some(3));
+        assert!(r.remove(1, 10));
+        assert!(!r.remove(1, 10));
+        assert_eq!(r.dequeue(), Some(4));
+        assert!(r.is_empty());
+        assert_eq!(r.dequeue(), None);
+        r.enqueue(9, 255);
+        assert_eq!(r.highest(), Some(255));
+    }
+}

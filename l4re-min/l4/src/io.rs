@@ -1,0 +1,89 @@
+//! Console output through the kernel's Log object: `print!`, `println!` and a `log` backend.
+
+use abi::cap::well_known;
+use abi::proto::log as vlog;
+use abi::utcb::MR_COUNT;
+use core::fmt::Write;
+
+/// Bytes one Log::Write carries: MR[2..].
+const CHUNK: usize = (MR_COUNT - 2) * 8;
+
+/// Writes bytes to the console (lines get our task name as prefix from the kernel).
+pub fn write(bytes: &[u8]) -> Result<(), abi::Error> {
+    for chunk in bytes.chunks(CHUNK) {
+        let mut words = [0u64; MR_COUNT];
+        words[0] = vlog::Op::Write.code();
+        words[1] = chunk.len() as u64;
+        for (i, c) in chunk.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            words[2 + i] = u64::from_le_bytes(w);
+        }
+        crate::sys::call_words(well_known::LOG, vlog::LABEL, &words[..2 + chunk.len().div_ceil(8)])?;
+    }
+    Ok(())
+}
+
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        write(s.as_bytes()).map_err(|_| core::fmt::Error)
+    }
+}
+
+/// Formats into a line buffer first so that a line leaves in as few system calls as possible.
+pub fn print_fmt(args: core::fmt::Arguments) {
+    struct Buf {
+        b: [u8; 512],
+        n: usize,
+    }
+    impl Write for Buf {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for &c in s.as_bytes() {
+                if self.n == self.b.len() {
+                    let _ = write(&self.b);
+                    self.n = 0;
+                }
+                self.b[self.n] = c;
+                self.n += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut b = Buf { b: [0; 512], n: 0 };
+    let _ = b.write_fmt(args);
+    let _ = write(&b.b[..b.n]);
+}
+
+#[macro_export]
+macro_rules! print {
+    ($($a:tt)*) => { $crate::io::print_fmt(format_args!($($a)*)) };
+}
+
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($a:tt)*) => { $crate::io::print_fmt(format_args!("{}\n", format_args!($($a)*))) };
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record) {
+        crate::println!("[{}] {}", r.level(), r.args());
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+pub fn init_logger() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}

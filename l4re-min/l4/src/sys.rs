@@ -1,0 +1,104 @@
+//! System-call stubs. Every kernel object operation is one `invoke` with the protocol label and
+//! opcode from `abi::proto`, arguments in the UTCB's message registers.
+
+use abi::cap::well_known;
+use abi::proto::{fpage, platform_ctl, task};
+use abi::syscall::Flags;
+use abi::utcb::{Utcb, TCR_SELF_OFFSET};
+use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
+
+/// The raw system call. Returns the result tag.
+#[inline(always)]
+pub fn invoke(sel: CapSel, flags: Flags, tag: MsgTag) -> MsgTag {
+    let rax: u64;
+    // SAFETY: the kernel's `invoke` reads only registers and this thread's UTCB, and preserves
+    // all registers but rax, rsi (results) and rcx, r11 (clobbered by `syscall`).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") tag.0 => rax,
+            in("rdx") sel.raw() | flags.bits(),
+            inlateout("rsi") 0u64 => _,
+            in("r8") 0u64,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    MsgTag(rax)
+}
+
+/// This thread's UTCB.
+pub fn utcb() -> *mut Utcb {
+    let p: u64;
+    // SAFETY: the kernel points GS at the UTCB and stores its address at TCR_SELF_OFFSET.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[{off}]", out(reg) p, off = const TCR_SELF_OFFSET, options(nostack, readonly))
+    };
+    p as *mut Utcb
+}
+
+/// Stores `words` into MR[0..] and invokes `cap` with `label`.
+pub fn call_words(cap: CapIdx, label: i64, words: &[u64]) -> Result<MsgTag, Error> {
+    let u = utcb();
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: the UTCB is this thread's, mapped read-write; i < MR_COUNT by the slice bound
+        // the callers respect (checked below).
+        unsafe { (*u).mr[i] = *w };
+    }
+    assert!(words.len() <= abi::utcb::MR_COUNT);
+    invoke(CapSel::from_idx(cap), Flags::CALL, MsgTag::new(label, words.len() as u64, 0, 0)).result()
+}
+
+/// The kernel info page.
+pub fn kip() -> &'static abi::kip::Kip {
+    // SAFETY: the kernel maps the KIP read-only at KIP_ADDR in every task for its lifetime.
+    unsafe { &*(abi::kip::KIP_ADDR as *const abi::kip::Kip) }
+}
+
+/// A string the kernel placed in our memory at start-up.
+///
+/// # Safety
+/// `p` must point at `len` readable bytes that live for the rest of the program.
+pub(crate) unsafe fn start_str(p: *const u8, len: usize) -> Option<&'static str> {
+    if p.is_null() || len > 4096 {
+        return None;
+    }
+    // SAFETY: guaranteed by the caller.
+    core::str::from_utf8(unsafe { core::slice::from_raw_parts(p, len) }).ok()
+}
+
+/// Powers the machine off with `status` (needs the platform-control capability).
+pub fn shutdown(status: u64) -> Error {
+    match call_words(
+        well_known::PLATFORM_CTL,
+        platform_ctl::LABEL,
+        &[platform_ctl::Op::Shutdown.code(), status],
+    ) {
+        Ok(_) => Error::Inval,
+        Err(e) => e,
+    }
+}
+
+/// Ends the program by deleting its own task.
+pub fn exit(status: i32) -> ! {
+    if status != 0 {
+        crate::println!("exit status {status}");
+    }
+    let me = fpage::Fpage::object(well_known::TASK, 0, Rights::D);
+    let _ = call_words(
+        well_known::TASK,
+        task::LABEL,
+        &[task::Op::Unmap.code(), fpage::unmap_mask::DELETE_OBJ, me.0],
+    );
+    // Only reached if the task capability is gone: nothing left to do but wait.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// The cycle counter.
+pub fn cycles() -> u64 {
+    // SAFETY: rdtsc only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
