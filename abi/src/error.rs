@@ -23,10 +23,12 @@ pub enum Error {
     BadProto = 39,
     /// Timeout expired.
     Timeout = 0x10002,
+    /// The IPC was aborted (`ex_regs` cancel, or the partner went away mid-operation).
+    Canceled = 0x10003,
 }
 
 impl Error {
-    pub const ALL: [Error; 9] = [
+    pub const ALL: [Error; 10] = [
         Error::Perm,
         Error::NoEnt,
         Error::NoMem,
@@ -36,6 +38,7 @@ impl Error {
         Error::NoSys,
         Error::BadProto,
         Error::Timeout,
+        Error::Canceled,
     ];
 
     pub const fn code(self) -> i64 {

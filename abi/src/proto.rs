@@ -59,21 +59,154 @@ macro_rules! protocols {
 }
 
 protocols! {
+    /// An IPC gate as a kernel object (Fiasco's L4_PROTO_KOBJECT). Messages with any other label
+    /// go to the thread the gate is bound to.
+    ipc_gate: IpcGate = -10 {
+        /// `MR[1]` = thread capability, `MR[2]` = label the receiver sees for messages via this gate.
+        Bind = 0x10,
+        /// Reply: `MR[0]` = the gate's label, `MR[1]` = 1 if bound.
+        GetInfo = 0x11,
+    }
     /// A task: an address space plus a capability table.
     task: Task = -11 {
-        /// `MR[1]` = unmap mask (`fpage::UnmapMask`), `MR[2..]` = flexpages (tag words - 2 of them).
+        /// Into the invoked task: `MR[1]` = source task capability, `MR[2]` = flexpage in the source,
+        /// `MR[3]` = send base in the destination (address or slot index << 12) | `map::GRANT`.
+        Map = 0,
+        /// `MR[1]` = unmap mask (`fpage::unmap_mask`), `MR[2..]` = flexpages of the invoked task.
         Unmap = 1,
+        /// `MR[1]` = slot index. Reply: `MR[0]` = protocol label of the object (0: empty slot),
+        /// `MR[1]` = rights.
+        CapInfo = 2,
+    }
+    /// A thread.
+    thread: Thread = -12 {
+        /// `MR[1]` = `thread_control` flags; `MR[2]` = pager capability, `MR[3]` = exception
+        /// handler capability, `MR[4]` = task capability, `MR[5]` = UTCB user address.
+        Control = 0,
+        /// `MR[1]` = ip, `MR[2]` = sp (`u64::MAX`: unchanged), `MR[3]` = `ex_regs` flags.
+        /// Reply: `MR[0]` = old ip, `MR[1]` = old sp, `MR[2]` = old flags register.
+        ExRegs = 1,
     }
     /// The kernel console (Fiasco's Vlog / vcon).
     log: Log = -13 {
         /// `MR[1]` = length in bytes, `MR[2..]` = the bytes, packed little-endian.
         Write = 0,
     }
+    /// The scheduler.
+    scheduler: Scheduler = -14 {
+        /// Reply: `MR[0]` = CPUs online (bit mask), `MR[1]` = highest priority.
+        Info = 0,
+        /// `MR[1]` = thread capability, `MR[2]` = priority, `MR[3]` = CPU set (bit mask),
+        /// `MR[4]` = time slice in microseconds (0: default). Makes the thread runnable.
+        RunThread = 1,
+    }
+    /// A factory: creates objects against its kernel-memory quota.
+    factory: Factory = -15 {
+        /// `MR[1]` = protocol label of the object kind, `MR[2]` = slot for the new capability,
+        /// then per kind: IpcGate `MR[3]` = thread capability (0: unbound), `MR[4]` = label;
+        /// Semaphore `MR[3]` = initial count; Factory `MR[3]` = quota in bytes.
+        Create = 0,
+    }
+    /// An interrupt (also used for notifications).
+    irq: Irq = -1 {
+        /// `MR[1]` = thread capability, `MR[2]` = label delivered with each interrupt message.
+        Attach = 0,
+        Detach = 1,
+        /// Raises the interrupt (software IRQ).
+        Trigger = 2,
+        /// Re-enables delivery after an interrupt message.
+        Unmask = 4,
+    }
+    /// A counting semaphore.
+    semaphore: Semaphore = -20 {
+        /// Waits until the count is positive, then decrements it (timeout in `r8`).
+        Down = 0,
+        /// Increments the count, waking one waiter.
+        Up = 2,
+    }
+    /// The interrupt controller: binds hardware interrupt lines to Irq objects.
+    icu: Icu = -27 {
+        /// `MR[1]` = interrupt number, `MR[2]` = Irq capability.
+        Bind = 0,
+        /// `MR[1]` = interrupt number.
+        Unbind = 1,
+        /// Reply: `MR[0]` = number of interrupt lines.
+        Info = 2,
+    }
     /// Platform control: the machine as a whole.
     platform_ctl: PlatformCtl = -26 {
         /// `MR[1]` = exit status; 0 means success. Powers the machine off (QEMU: exits with it).
         Shutdown = 0,
     }
+}
+
+/// Labels of messages the kernel sends on behalf of an event (not objects one can invoke).
+pub mod event {
+    /// A page fault, sent to the faulting thread's pager: `MR[0]` = fault address with
+    /// bit 1 set for a write and bit 0 for an instruction fetch, `MR[1]` = ip. The reply's map
+    /// items resolve it; an empty reply retries the access.
+    pub const PAGE_FAULT: i64 = -2;
+    /// An exception, sent to the thread's exception handler: `MR[0..]` = `exc_regs` layout.
+    /// The reply may carry changed registers (same layout) to resume with.
+    pub const EXCEPTION: i64 = -5;
+    /// The sigma0 protocol: `MR[0]` = request, see `sigma0`.
+    pub const SIGMA0: i64 = -6;
+}
+
+/// Flags of `thread::Op::Control` (`MR[1]`), Fiasco's values.
+pub mod thread_control {
+    pub const SET_PAGER: u64 = 0x0001_0000;
+    pub const SET_EXC_HANDLER: u64 = 0x0004_0000;
+    pub const BIND_TASK: u64 = 0x0080_0000;
+}
+
+/// Flags of `thread::Op::ExRegs` (`MR[3]`).
+pub mod ex_regs {
+    /// Abort an IPC the thread is blocked in (it returns with `Error::Canceled`).
+    pub const CANCEL: u64 = 0x10000;
+}
+
+/// Word offsets of the exception message (`event::EXCEPTION`) and reply.
+pub mod exc_regs {
+    pub const TRAPNO: usize = 0;
+    pub const ERROR: usize = 1;
+    pub const IP: usize = 2;
+    pub const SP: usize = 3;
+    pub const FLAGS: usize = 4;
+    pub const FAULT_ADDR: usize = 5;
+    pub const RAX: usize = 6;
+    pub const RBX: usize = 7;
+    pub const RCX: usize = 8;
+    pub const RDX: usize = 9;
+    pub const RSI: usize = 10;
+    pub const RDI: usize = 11;
+    pub const RBP: usize = 12;
+    pub const R8: usize = 13;
+    /// Words in the message.
+    pub const WORDS: usize = 14;
+}
+
+/// Map items: typed message items (two words) after the untyped words of a message.
+///
+/// ```text
+/// word 0:  send base (address, or slot index << 12)  | GRANT (bit 1) | ITEM (bit 3)
+/// word 1:  flexpage to send (in the sender's space)
+/// ```
+/// The receiver's buffer register `BR[0]` holds its receive window (a flexpage). An item lands at
+/// `window base + (send base mod window size)`, shrunk to fit the window, as in L4.
+pub mod map {
+    /// Marks word 0 of a typed item.
+    pub const ITEM: u64 = 8;
+    /// Grant: the sender loses what it sends.
+    pub const GRANT: u64 = 2;
+}
+
+/// The sigma0 protocol (label `event::SIGMA0`), served by the first user program.
+pub mod sigma0 {
+    /// `MR[1]` = log2 size. Reply: a map item with any free RAM of that size.
+    pub const REQ_ANY: u64 = 1;
+    /// Reply: `MR[0]` = free RAM in bytes.
+    pub const REQ_INFO: u64 = 2;
 }
 
 /// Flexpages: a naturally aligned power-of-two range of memory, I/O ports or capabilities.
@@ -123,9 +256,24 @@ pub mod fpage {
             crate::Rights::from_bits_truncate((self.0 & 0xf) as u8)
         }
 
+        /// A memory flexpage of `2^order` bytes at `addr` (aligned down to the size).
+        pub const fn memory(addr: u64, order: u32, rights: crate::Rights) -> Self {
+            Fpage(
+                (addr & !0xfff) | ((order as u64 & 0x3f) << 6) | ((Type::Memory as u64) << 4) | rights.bits() as u64,
+            )
+        }
+
         /// The address field: a byte address for memory, a port for I/O, a slot index for objects.
         pub const fn base(self) -> u64 {
-            self.0 >> 12
+            match (self.0 >> 4) & 3 {
+                1 => self.0 & !0xfff,
+                _ => self.0 >> 12,
+            }
+        }
+
+        /// Number of units (bytes, ports, slots) the flexpage covers, if representable.
+        pub fn size(self) -> Option<u64> {
+            1u64.checked_shl(self.order())
         }
     }
 

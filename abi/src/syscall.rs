@@ -31,3 +31,24 @@ bitflags! {
 
 /// Mask of the flag bits inside `rdx`.
 pub const FLAGS_MASK: u64 = 0xf;
+
+/// IPC timeouts in `r8`: bits 0..32 the receive phase, bits 32..64 the send phase.
+/// Each half: [`timeout::NEVER`] (0) waits forever, [`timeout::ZERO`] never blocks, any other
+/// value is a relative timeout in microseconds.
+pub mod timeout {
+    pub const NEVER: u32 = 0;
+    pub const ZERO: u32 = u32::MAX;
+
+    /// Packs send and receive timeouts into `r8`.
+    pub const fn pack(send: u32, recv: u32) -> u64 {
+        ((send as u64) << 32) | recv as u64
+    }
+
+    pub const fn send(r8: u64) -> u32 {
+        (r8 >> 32) as u32
+    }
+
+    pub const fn recv(r8: u64) -> u32 {
+        r8 as u32
+    }
+}

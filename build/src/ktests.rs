@@ -182,6 +182,18 @@ pub fn kernel_metrics(art: &Artifacts, runs: usize) -> Result<Vec<Metric>> {
         }
         all.push(parse_bench(&o.log, "kernel"));
     }
+    // Boot time: QEMU start to the first line a user program prints.
+    let hello = art.machine("hello", &[BootProgram::start("hello", "")], "")?;
+    for (i, run) in all.iter_mut().enumerate() {
+        step(format!("boot to the first user line, boot {}/{runs}", i + 1));
+        let mut s = Scenario::new("boot-time", hello.clone());
+        s.markers = vec!["hello: Hello from ring 3".into()];
+        let o = run_scenario(&s)?;
+        match (&o.failure, o.marker_times.first()) {
+            (None, Some(t)) => run.push(Metric::new("boot_to_user", "kernel", t.as_secs_f64() * 1e3, "ms")),
+            _ => return err(format!("boot-time run failed: {:?}\n{}", o.failure, o.tail(20))),
+        }
+    }
     let mut out: Vec<Metric> = Vec::new();
     for m in all.first().cloned().unwrap_or_default() {
         let mut vals: Vec<f64> =

@@ -120,6 +120,8 @@ pub struct Outcome {
     /// The whole serial log.
     pub log: String,
     pub elapsed: Duration,
+    /// When each marker was first seen, counted from QEMU's start (host time).
+    pub marker_times: Vec<Duration>,
     /// Where the log was saved.
     pub log_path: PathBuf,
 }
@@ -172,6 +174,7 @@ pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
 
     let mut log = String::new();
     let mut next_marker = 0;
+    let mut marker_times = Vec::new();
     let mut failure = None;
     let deadline = start + s.timeout;
     let mut exit_code = None;
@@ -189,7 +192,7 @@ pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
                     break;
                 }
                 while next_marker < s.markers.len() && log.contains(s.markers[next_marker].as_str()) {
-                    // Later markers must appear after earlier ones: cut the log we searched.
+                    marker_times.push(start.elapsed());
                     next_marker += 1;
                 }
                 if s.expect_status.is_none() && next_marker == s.markers.len() {
@@ -225,7 +228,7 @@ pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join(format!("{}.log", s.name.replace(['/', ' '], "_")));
     std::fs::write(&log_path, &log)?;
-    Ok(Outcome { failure, log, elapsed: start.elapsed(), log_path })
+    Ok(Outcome { failure, log, elapsed: start.elapsed(), marker_times, log_path })
 }
 
 /// Checks markers (in order) and the exit status against the expectation.
