@@ -25,6 +25,9 @@ pub const KIND_PROGRAM: u32 = 1;
 pub const KIND_DATA: u32 = 2;
 /// The kernel starts this program as a boot task.
 pub const FLAG_START: u32 = 1;
+/// This boot task is sigma0: it receives all memory the kernel does not keep, and the other
+/// boot tasks get an IPC gate to it as their pager.
+pub const FLAG_SIGMA0: u32 = 2;
 
 /// Why a boot image was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

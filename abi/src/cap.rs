@@ -65,10 +65,20 @@ pub mod well_known {
     use super::CapIdx;
     /// The task itself.
     pub const TASK: CapIdx = CapIdx(1);
+    /// A factory charged against the kernel's memory for boot tasks.
+    pub const FACTORY: CapIdx = CapIdx(2);
     /// The task's first thread.
     pub const THREAD: CapIdx = CapIdx(3);
+    /// An IPC gate to sigma0 (memory, page faults), if the boot image has one.
+    pub const PAGER: CapIdx = CapIdx(4);
     /// The kernel console.
     pub const LOG: CapIdx = CapIdx(5);
-    /// Platform control (shutdown); given to boot tasks only.
+    /// The interrupt controller.
+    pub const ICU: CapIdx = CapIdx(6);
+    /// The scheduler.
+    pub const SCHEDULER: CapIdx = CapIdx(7);
+    /// Platform control (shutdown).
     pub const PLATFORM_CTL: CapIdx = CapIdx(8);
+    /// First slot free for the program's own use.
+    pub const FIRST_FREE: CapIdx = CapIdx(16);
 }

@@ -32,7 +32,17 @@ pub struct Kip {
     pub tsc_hz: u64,
     /// Frequency of the kernel's scheduling tick, in Hz.
     pub tick_hz: u64,
+    /// Number of valid entries in `sigma0_mem`.
+    pub sigma0_mem_count: u64,
+    /// Memory given to sigma0, as `[start, end)` ranges of its own virtual addresses; the
+    /// physical address of a page is its address minus [`SIGMA0_PHYS_OFFSET`].
+    pub sigma0_mem: [[u64; 2]; SIGMA0_MEM_RANGES],
 }
+
+/// Ranges of memory the KIP can describe for sigma0.
+pub const SIGMA0_MEM_RANGES: usize = 32;
+/// Sigma0 sees physical memory at this offset (its own image sits at the usual low address).
+pub const SIGMA0_PHYS_OFFSET: u64 = 0x100_0000_0000;
 
 /// Guest status the kernel reports to the machine (QEMU's isa-debug-exit) when it dies.
 pub const KERNEL_FAILURE_STATUS: u32 = 0x3f;

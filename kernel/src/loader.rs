@@ -1,24 +1,34 @@
 //! Starting boot tasks: the programs the boot image flags `START`, loaded from their ELF files
-//! into fresh address spaces (see `abi::kip` for the start-up contract).
+//! into fresh address spaces (see `abi::kip` for the start-up contract), and sigma0's memory.
 
 use crate::mem::with_frames;
-use crate::objects::{with_kernel, KernelStack, Obj, Task, Thread, ThreadState, BOOT_CAPS};
-use crate::sched::QUANTUM;
+use crate::memory::{MEM_ALL, MEM_R, MEM_W, MEM_X};
+use crate::objects::{with_kernel, Factory, Gate, Kernel, Obj, ThreadState};
 use crate::A;
-use abi::bootimage::{BootImage, Module, FLAG_START, KIND_PROGRAM};
-use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, USER_END};
+use abi::bootimage::{BootImage, Module, FLAG_SIGMA0, FLAG_START, KIND_PROGRAM};
+use abi::cap::well_known as wk;
+use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, SIGMA0_MEM_RANGES, SIGMA0_PHYS_OFFSET, USER_END};
+use abi::Rights;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use arch_x86_64::{trap, TrapFrame};
+use arch_x86_64::trap;
 use goblin::elf::{header, program_header, Elf};
-use kernel_core::captable::{Cap, CapTable};
 use kernel_core::hal::Arch;
-use kernel_core::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use kernel_core::mem::{PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use kernel_core::slab::Id;
 
-/// Priority of boot tasks.
+/// Priority of boot tasks; sigma0 runs above them so it waits before anyone asks.
 const BOOT_PRIO: u8 = 100;
+const SIGMA0_PRIO: u8 = 200;
+/// Memory the kernel keeps for itself when sigma0 takes the rest (at least this much).
+const KERNEL_MIN_RESERVE: u64 = 32 << 20;
+
+struct Started {
+    thread: Id,
+    sigma0: bool,
+}
 
 /// Parses the boot image and starts every program flagged `START`, in table order. A bad
 /// module is reported and skipped; the others still start.
@@ -31,62 +41,130 @@ pub fn start_boot_tasks(range: PhysRange) {
         }
     };
     log::info!("boot image: {} modules", image.len());
+    let factory = with_kernel(|k| k.factories.insert(Factory { limit: 0, used: 0, parent: None }));
+    let mut started = Vec::new();
     for m in image.modules() {
         match m {
             Ok(m) if m.kind == KIND_PROGRAM && m.flags & FLAG_START != 0 => {
                 log::info!("starting boot task {}", m.name);
-                if let Err(e) = start_task(&m) {
-                    log::error!("boot task {}: {e}", m.name);
+                match with_kernel(|k| start_task(k, &m, factory)) {
+                    Ok(thread) => started.push(Started { thread, sigma0: m.flags & FLAG_SIGMA0 != 0 }),
+                    Err(e) => log::error!("boot task {}: {e}", m.name),
                 }
             }
             Ok(_) => {}
             Err(e) => log::error!("{e}"),
         }
     }
+    with_kernel(|k| {
+        let sigma0 = started.iter().find(|s| s.sigma0).map(|s| s.thread);
+        if let Some(s0) = sigma0 {
+            give_sigma0_memory(k, s0);
+            let gate = k.gates.insert(Gate { thread: Some(s0), label: 0, factory: None });
+            for s in started.iter().filter(|s| !s.sigma0) {
+                let Some(task) = k.threads.get(s.thread).and_then(|t| t.task) else { continue };
+                if k.install_cap(task, wk::PAGER, Obj::Gate(gate), Rights::RW | Rights::S).is_ok() {
+                    if let Some(t) = k.threads.get_mut(s.thread) {
+                        t.pager = wk::PAGER;
+                    }
+                }
+            }
+        }
+        let free = with_frames(|fa| fa.free_frames() as u64 * PAGE_SIZE);
+        if let Some(f) = k.factories.get_mut(factory) {
+            // Keep an eighth for the kernel's own bookkeeping of what boot tasks create.
+            f.limit = free - free / 8;
+        }
+        for s in &started {
+            let prio = if s.sigma0 { SIGMA0_PRIO } else { BOOT_PRIO };
+            if let Some(t) = k.threads.get_mut(s.thread) {
+                t.prio = prio;
+                t.state = ThreadState::Ready;
+            }
+            k.ready.enqueue(s.thread, prio);
+        }
+    });
 }
 
-fn perms_of(flags: u32) -> Perms {
-    Perms { write: flags & program_header::PF_W != 0, exec: flags & program_header::PF_X != 0 }
+/// Moves all memory the kernel does not keep into sigma0's space, at physical address plus
+/// `SIGMA0_PHYS_OFFSET`, as roots of the mapping database, and describes it in the KIP.
+fn give_sigma0_memory(k: &mut Kernel, thread: Id) {
+    let Some(task) = k.threads.get(thread).and_then(|t| t.task) else { return };
+    let free = with_frames(|fa| fa.free_frames() as u64 * PAGE_SIZE);
+    let keep = (free / 2).max(KERNEL_MIN_RESERVE).min(free);
+    let mut ranges: Vec<[u64; 2]> = Vec::new();
+    let mut given = 0;
+    while given + PAGE_SIZE <= free - keep {
+        let Some(pa) = with_frames(|fa| fa.alloc()) else { break };
+        let va = SIGMA0_PHYS_OFFSET + pa.0;
+        if k.map_root(task, va, pa, MEM_ALL).is_err() {
+            with_frames(|fa| fa.free(pa));
+            break;
+        }
+        given += PAGE_SIZE;
+        let n = ranges.len();
+        match ranges.last_mut() {
+            Some(r) if r[1] == va => r[1] += PAGE_SIZE,
+            _ if n < SIGMA0_MEM_RANGES => ranges.push([va, va + PAGE_SIZE]),
+            _ => {
+                // The KIP cannot describe more ranges: stop handing out memory.
+                k.memdb.revoke((task.as_u64(), va), true);
+                if let Some(t) = k.tasks.get_mut(task) {
+                    A::unmap(&mut t.space, VirtAddr(va));
+                }
+                with_frames(|fa| fa.free(pa));
+                given -= PAGE_SIZE;
+                break;
+            }
+        }
+    }
+    let mut kip = [0u8; 8 + SIGMA0_MEM_RANGES * 16];
+    kip[..8].copy_from_slice(&(ranges.len() as u64).to_le_bytes());
+    for (i, r) in ranges.iter().enumerate() {
+        kip[8 + i * 16..16 + i * 16].copy_from_slice(&r[0].to_le_bytes());
+        kip[16 + i * 16..24 + i * 16].copy_from_slice(&r[1].to_le_bytes());
+    }
+    A::write_phys(PhysAddr(k.kip.0 + 24), &kip);
+    log::info!("sigma0: {} MiB in {} ranges; kernel keeps {} MiB", given >> 20, ranges.len(), keep >> 20);
 }
 
-fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
-    let f = with_frames(|fa| fa.alloc()).ok_or("out of memory")?;
-    A::write_phys(f, &[0; PAGE_SIZE as usize]);
-    owned.push(f);
-    Ok(f)
+fn rights_of(flags: u32) -> u8 {
+    let mut r = MEM_R;
+    if flags & program_header::PF_W != 0 {
+        r |= MEM_W;
+    }
+    if flags & program_header::PF_X != 0 {
+        r |= MEM_X;
+    }
+    r
 }
 
-/// Pages of the program image: user page address → (frame, permissions).
-fn load_segments(
-    elf: &Elf,
-    data: &[u8],
-    owned: &mut Vec<PhysAddr>,
-) -> Result<BTreeMap<u64, (PhysAddr, Perms)>, String> {
-    let mut pages: BTreeMap<u64, (PhysAddr, Perms)> = BTreeMap::new();
+/// Pages of the program image: user page address → (frame, rights). Frames go to `owned`.
+fn load_segments(elf: &Elf, data: &[u8], owned: &mut Vec<PhysAddr>) -> Result<BTreeMap<u64, (PhysAddr, u8)>, String> {
+    let mut pages: BTreeMap<u64, (PhysAddr, u8)> = BTreeMap::new();
     for ph in elf.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
-        let end = ph.p_vaddr.checked_add(ph.p_memsz).filter(|e| *e <= USER_END);
+        let end = ph.p_vaddr.checked_add(ph.p_memsz).filter(|e| *e <= BOOT_UTCB_ADDR);
         let file_end = ph.p_offset.checked_add(ph.p_filesz).filter(|e| *e <= data.len() as u64);
         let (Some(end), Some(_)) = (end, file_end) else {
-            return Err(format!("segment at {:#x} lies outside the file or the user half", ph.p_vaddr));
+            return Err(format!("segment at {:#x} lies outside the file or the program area", ph.p_vaddr));
         };
         if ph.p_filesz > ph.p_memsz {
             return Err(format!("segment at {:#x} has more file than memory bytes", ph.p_vaddr));
         }
-        let perms = perms_of(ph.p_flags);
+        let rights = rights_of(ph.p_flags);
         let mut page = VirtAddr(ph.p_vaddr).page_down().0;
         while page < end {
             let frame = match pages.get_mut(&page) {
-                Some((f, p)) => {
-                    *p = Perms { write: p.write || perms.write, exec: p.exec || perms.exec };
+                Some((f, r)) => {
+                    *r |= rights;
                     *f
                 }
                 None => {
                     let f = new_frame(owned)?;
-                    pages.insert(page, (f, perms));
+                    pages.insert(page, (f, rights));
                     f
                 }
             };
-            // The part of the file image that falls into this page.
             let lo = page.max(ph.p_vaddr);
             let hi = (page + PAGE_SIZE).min(ph.p_vaddr + ph.p_filesz);
             if lo < hi {
@@ -102,7 +180,15 @@ fn load_segments(
     Ok(pages)
 }
 
-fn start_task(m: &Module) -> Result<(), String> {
+fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
+    let f = with_frames(|fa| fa.alloc()).ok_or("out of memory")?;
+    A::write_phys(f, &[0; PAGE_SIZE as usize]);
+    owned.push(f);
+    Ok(f)
+}
+
+/// Loads one boot task and creates its (inactive) first thread.
+fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
     let elf = Elf::parse(m.data).map_err(|e| format!("not a valid ELF file: {e}"))?;
     if !elf.is_64 || elf.header.e_machine != header::EM_X86_64 || elf.header.e_type != header::ET_EXEC {
         return Err("not a static x86_64 executable".to_string());
@@ -110,106 +196,74 @@ fn start_task(m: &Module) -> Result<(), String> {
     if elf.entry >= USER_END {
         return Err(format!("entry point {:#x} outside the user half", elf.entry));
     }
-    let mut owned = Vec::new();
-    let mut space = with_frames(|fa| A::new_space(fa)).ok_or("out of memory")?;
-    let r = build_task(&elf, m, &mut owned, &mut space);
-    match r {
-        Ok((sp, args_addr, utcb_frame)) => {
-            let name = String::from(m.name);
-            let args_len = m.args.len() as u64;
-            spawn(name, space, owned, elf.entry, sp, [args_addr, args_len, KIP_ADDR], utcb_frame);
-            Ok(())
-        }
-        Err(e) => {
-            with_frames(|fa| {
-                A::destroy_space(space, fa);
-                for f in owned {
-                    fa.free(f);
-                }
-            });
-            Err(e)
-        }
-    }
-}
-
-/// Fills the address space: image, stack with the argument string, UTCB, KIP.
-/// Returns (stack pointer, argument address, UTCB frame).
-fn build_task(
-    elf: &Elf,
-    m: &Module,
-    owned: &mut Vec<PhysAddr>,
-    space: &mut <A as Arch>::Space,
-) -> Result<(u64, u64, PhysAddr), String> {
-    let mut map = |va: u64, pa: PhysAddr, p: Perms| {
-        with_frames(|fa| A::map(space, VirtAddr(va), pa, p, fa))
-            .map(|_| ())
-            .map_err(|e| format!("cannot map {va:#x}: {e:?}"))
-    };
-    for (va, (pa, p)) in load_segments(elf, m.data, owned)? {
-        map(va, pa, p)?;
-    }
     if m.args.len() as u64 > PAGE_SIZE / 2 {
         return Err("argument string longer than 2 KiB".to_string());
+    }
+    let mut owned = Vec::new();
+    let pages = match load_segments(&elf, m.data, &mut owned) {
+        Ok(p) => p,
+        Err(e) => {
+            with_frames(|fa| owned.iter().for_each(|f| _ = fa.free(*f)));
+            return Err(e);
+        }
+    };
+    let task = k.new_task(BOOT_UTCB_ADDR, 1, None).map_err(|e| format!("cannot create the task: {e:?}"))?;
+    let r = fill_task(k, task, m, pages, &mut owned);
+    if let Some(t) = k.tasks.get_mut(task) {
+        t.name = String::from(m.name);
+        t.frames.append(&mut owned);
+    }
+    let (sp, args_addr) = match r {
+        Ok(v) => v,
+        Err(e) => {
+            k.destroy_task(task);
+            return Err(e);
+        }
+    };
+    let thread = k.new_thread(None);
+    let utcb = k.tasks.get(task).and_then(|t| t.utcb_frame(BOOT_UTCB_ADDR)).ok_or("no UTCB")?;
+    A::write_phys(PhysAddr(utcb.0 + abi::utcb::TCR_SELF_OFFSET as u64), &BOOT_UTCB_ADDR.to_le_bytes());
+    let t = k.threads.get_mut(thread).ok_or("thread vanished")?;
+    t.task = Some(task);
+    t.utcb_frame = Some(utcb);
+    t.utcb_user = BOOT_UTCB_ADDR;
+    let f = trap::user_frame(&mut t.kstack.stack);
+    (f.rip, f.rsp, f.rdi, f.rsi, f.rdx) = (elf.entry, sp, args_addr, m.args.len() as u64, KIP_ADDR);
+    if let Some(tk) = k.tasks.get_mut(task) {
+        tk.threads.push(thread);
+    }
+    let caps = [
+        (wk::TASK, Obj::Task(task), Rights::ALL),
+        (wk::FACTORY, Obj::Factory(factory), Rights::RW | Rights::S),
+        (wk::THREAD, Obj::Thread(thread), Rights::ALL),
+        (wk::LOG, Obj::Log, Rights::RW),
+        (wk::ICU, Obj::Icu, Rights::RW),
+        (wk::SCHEDULER, Obj::Scheduler, Rights::RW),
+        (wk::PLATFORM_CTL, Obj::PlatformCtl, Rights::RW),
+    ];
+    for (idx, obj, rights) in caps {
+        k.install_cap(task, idx, obj, rights).map_err(|e| format!("cannot install capability: {e:?}"))?;
+    }
+    Ok(thread)
+}
+
+/// Maps image and stack, copies the argument string. Returns (stack pointer, argument address).
+fn fill_task(k: &mut Kernel, task: Id, m: &Module, pages: BTreeMap<u64, (PhysAddr, u8)>, owned: &mut Vec<PhysAddr>)
+    -> Result<(u64, u64), String> {
+    let err = |va: u64| move |e| format!("cannot map {va:#x}: {e:?}");
+    for (va, (pa, r)) in pages {
+        k.map_root(task, va, pa, r).map_err(err(va))?;
     }
     let mut top_frame = PhysAddr(0);
     for i in 0..BOOT_STACK_SIZE / PAGE_SIZE {
         let f = new_frame(owned)?;
-        map(BOOT_STACK_TOP - (i + 1) * PAGE_SIZE, f, Perms::RW)?;
+        let va = BOOT_STACK_TOP - (i + 1) * PAGE_SIZE;
+        k.map_root(task, va, f, MEM_R | MEM_W).map_err(err(va))?;
         if i == 0 {
             top_frame = f;
         }
     }
     let args_addr = (BOOT_STACK_TOP - m.args.len() as u64) & !15;
     A::write_phys(PhysAddr(top_frame.0 + (args_addr - (BOOT_STACK_TOP - PAGE_SIZE))), m.args.as_bytes());
-    let utcb = new_frame(owned)?;
-    A::write_phys(PhysAddr(utcb.0 + abi::utcb::TCR_SELF_OFFSET as u64), &BOOT_UTCB_ADDR.to_le_bytes());
-    map(BOOT_UTCB_ADDR, utcb, Perms::RW)?;
-    let kip = with_kernel(|k| k.kip);
-    map(KIP_ADDR, kip, Perms::RO)?;
-    Ok((args_addr - 16, args_addr, utcb))
-}
-
-fn spawn(
-    name: String,
-    space: <A as Arch>::Space,
-    frames: Vec<PhysAddr>,
-    entry: u64,
-    sp: u64,
-    args: [u64; 3],
-    utcb: PhysAddr,
-) {
-    let mut kstack = KernelStack::new();
-    let frame = TrapFrame { rdi: args[0], rsi: args[1], rdx: args[2], ..TrapFrame::new_user(entry, sp) };
-    let off = trap::init_kernel_stack(&mut kstack.stack, &frame);
-    kstack.saved_rsp = kstack.stack.as_ptr() as u64 + off as u64;
-    with_kernel(|k| {
-        let task = k.tasks.insert(Task {
-            name,
-            space,
-            caps: CapTable::new(),
-            frames,
-            threads: Vec::new(),
-            log_at_line_start: true,
-        });
-        let thread = k.threads.insert(Thread {
-            task,
-            state: ThreadState::Ready,
-            prio: BOOT_PRIO,
-            quantum: QUANTUM,
-            kstack,
-            utcb_user: BOOT_UTCB_ADDR,
-            utcb_frame: utcb,
-        });
-        let t = k.tasks.get_mut(task).expect("just inserted");
-        t.threads.push(thread);
-        for (idx, rights) in BOOT_CAPS {
-            let obj = match idx {
-                abi::cap::well_known::TASK => Obj::Task(task),
-                abi::cap::well_known::LOG => Obj::Log,
-                _ => Obj::PlatformCtl,
-            };
-            t.caps.set(idx, Cap { obj, rights }).expect("well-known slots are valid");
-        }
-        k.ready.enqueue(thread, BOOT_PRIO);
-    });
+    Ok((args_addr - 16, args_addr))
 }

@@ -6,12 +6,15 @@
 extern crate alloc;
 
 mod heap;
+mod icu;
+mod invoke;
+mod ipc;
 mod loader;
 mod mem;
+mod memory;
 mod objects;
 mod sched;
 mod selftest;
-mod syscall;
 
 /// The architecture this kernel is built for: the one place it is chosen.
 pub type A = arch_x86_64::X86_64;
@@ -60,16 +63,15 @@ fn kernel_main(boot: Boot) -> ! {
 fn kernel_event(frame: &mut TrapFrame, ev: Event) {
     match ev {
         Event::Timer => sched::tick(),
-        Event::Exception { vector, error, addr } => {
-            sched::user_fault(frame, vector, error, addr);
-        }
+        Event::Line(line) => sched::line(line),
+        Event::Exception { vector, error, addr } => sched::user_fault(frame, vector, error, addr),
     }
 }
 
 /// A system call from user mode.
 #[no_mangle]
 fn kernel_syscall(frame: &mut TrapFrame) {
-    syscall::invoke(frame);
+    sched::syscall(frame);
 }
 
 #[panic_handler]

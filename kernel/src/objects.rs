@@ -1,13 +1,20 @@
-//! Kernel objects (tasks, threads, kernel singletons) and the global kernel state.
+//! Kernel objects and the global kernel state.
+//!
+//! Objects live in generational arenas (`Slab`); capabilities name them through [`Obj`]. Every
+//! capability and every user mapping is also a node of a mapping database, so that unmapping
+//! revokes everything derived from it and deleting an object removes every capability to it.
 
 use crate::mem::with_frames;
 use crate::A;
-use abi::{CapIdx, Rights};
+use abi::proto::Protocol;
+use abi::{CapIdx, Error, Rights};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use kernel_core::captable::{Cap, CapTable};
 use kernel_core::hal::Arch;
+use kernel_core::mapdb::{Entry, MapDb};
 use kernel_core::mem::PhysAddr;
 use kernel_core::sched::ReadyQueues;
 use kernel_core::slab::{Id, Slab};
@@ -17,35 +24,106 @@ use spin::Mutex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Obj {
     Task(Id),
-    /// The kernel console.
+    Thread(Id),
+    Gate(Id),
+    Irq(Id),
+    Semaphore(Id),
+    Factory(Id),
+    Scheduler,
     Log,
-    /// Machine control (shutdown).
+    Icu,
     PlatformCtl,
 }
+
+impl Obj {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Obj::Task(_) => Protocol::Task,
+            Obj::Thread(_) => Protocol::Thread,
+            Obj::Gate(_) => Protocol::IpcGate,
+            Obj::Irq(_) => Protocol::Irq,
+            Obj::Semaphore(_) => Protocol::Semaphore,
+            Obj::Factory(_) => Protocol::Factory,
+            Obj::Scheduler => Protocol::Scheduler,
+            Obj::Log => Protocol::Log,
+            Obj::Icu => Protocol::Icu,
+            Obj::PlatformCtl => Protocol::PlatformCtl,
+        }
+    }
+}
+
+/// A key of the mapping databases: (task, page address or slot index).
+pub type Slot = (u64, u64);
 
 pub struct Task {
     pub name: String,
     pub space: <A as Arch>::Space,
     pub caps: CapTable<Obj>,
-    /// Frames the kernel allocated for this task (image, stack, UTCB); freed with it.
+    /// Kernel-allocated frames (boot image, stack, UTCB area); freed with the task.
     pub frames: Vec<PhysAddr>,
+    /// The UTCB area: user address, size and its frames.
+    pub utcb_area: (u64, u64),
+    pub utcb_frames: Vec<PhysAddr>,
     pub threads: Vec<Id>,
-    /// Console state: the next byte starts a line and gets the task's name as prefix.
     pub log_at_line_start: bool,
+    pub factory: Option<Id>,
+}
+
+impl Task {
+    /// The frame backing user address `va` of the UTCB area.
+    pub fn utcb_frame(&self, va: u64) -> Option<PhysAddr> {
+        let (base, size) = self.utcb_area;
+        if va < base || va >= base + size || va % abi::utcb::UTCB_SIZE as u64 != 0 {
+            return None;
+        }
+        let off = va - base;
+        let f = self.utcb_frames.get((off / 4096) as usize)?;
+        Some(PhysAddr(f.0 + off % 4096))
+    }
+}
+
+/// Why a thread waits in a receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Open wait: any sender, or a pending interrupt.
+    Open,
+    /// The reply of the thread it called.
+    Reply(Id),
+    /// The pager's answer to a page fault.
+    PageFault(Id),
+    /// The exception handler's answer.
+    Exception(Id),
+    /// A semaphore's `Up`.
+    Semaphore(Id),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadState {
+    /// Created, not yet made runnable by the scheduler.
+    Inactive,
     Ready,
     Running,
-    Dead,
+    /// Waiting for `to` to receive.
+    Sending { to: Id },
+    Receiving(Wait),
 }
 
-/// Bytes of a thread's kernel stack (including the saved stack pointer).
+/// A message a blocked sender offers: where it goes and how it was sent.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSend {
+    pub tag: abi::MsgTag,
+    /// The label the receiver sees (the gate's).
+    pub label: u64,
+    /// A call: the sender waits for the reply afterwards.
+    pub call: bool,
+    pub recv_timeout: u32,
+}
+
+/// Bytes of a thread's kernel stack.
 pub const KSTACK_SIZE: usize = 16 * 1024;
 
-/// A thread's kernel stack; its first word holds the saved stack pointer while switched out.
-/// Boxed so that its address is stable while the thread table grows.
+/// A thread's kernel stack; `saved_rsp` holds its stack pointer while switched out. Boxed so
+/// that its address is stable while the thread arena grows.
 #[repr(C, align(16))]
 pub struct KernelStack {
     pub saved_rsp: u64,
@@ -64,29 +142,91 @@ impl KernelStack {
 }
 
 pub struct Thread {
-    pub task: Id,
+    pub task: Option<Id>,
     pub state: ThreadState,
     pub prio: u8,
-    /// Ticks left in the current time slice.
     pub quantum: u32,
+    pub quantum_len: u32,
     pub kstack: Box<KernelStack>,
-    /// The UTCB: user address and backing frame.
+    /// Has never run: its user frame on the kernel stack may be edited in place.
+    pub fresh: bool,
     pub utcb_user: u64,
-    pub utcb_frame: PhysAddr,
+    pub utcb_frame: Option<PhysAddr>,
+    pub pager: CapIdx,
+    pub exc_handler: CapIdx,
+    /// The caller waiting for this thread's reply (the implicit reply capability).
+    pub reply_to: Option<Id>,
+    /// Threads blocked sending to this one, in arrival order.
+    pub senders: VecDeque<Id>,
+    pub send: Option<PendingSend>,
+    /// TSC deadline of the current block.
+    pub deadline: Option<u64>,
+    /// Result registers (tag, label) handed over by whoever woke the thread.
+    pub result: Option<(u64, u64)>,
+    /// New ip/sp set by `ex_regs` while the thread was inside the kernel.
+    pub pending_regs: Option<(u64, u64)>,
+    /// The fault message this thread sends while blocked on its pager / exception handler.
+    pub pending_fault: Option<(crate::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>,
+    /// Registers from an exception handler's reply.
+    pub pending_exc: Option<[u64; abi::proto::exc_regs::WORDS]>,
+    /// Interrupts attached to this thread.
+    pub irqs: Vec<Id>,
+    pub factory: Option<Id>,
+}
+
+pub struct Gate {
+    pub thread: Option<Id>,
+    pub label: u64,
+    pub factory: Option<Id>,
+}
+
+pub struct Irq {
+    pub target: Option<(Id, u64)>,
+    pub pending: bool,
+    /// Hardware line this Irq is bound to through the ICU.
+    pub line: Option<u8>,
+    pub factory: Option<Id>,
+}
+
+pub struct Semaphore {
+    pub count: u64,
+    pub waiters: VecDeque<Id>,
+    pub factory: Option<Id>,
+}
+
+pub struct Factory {
+    pub limit: u64,
+    pub used: u64,
+    pub parent: Option<Id>,
+}
+
+/// Kernel memory charged per object kind (approximate footprint in bytes).
+pub mod cost {
+    pub const TASK: u64 = 3 * 4096;
+    pub const THREAD: u64 = super::KSTACK_SIZE as u64 + 512;
+    pub const SMALL: u64 = 128;
 }
 
 /// Everything the kernel knows, behind one lock. Interrupts are masked in the kernel, so the
-/// lock only orders code paths, never contends; it is never held across a context switch.
+/// lock only orders code paths; it is never held across a context switch.
 pub struct Kernel {
     pub tasks: Slab<Task>,
     pub threads: Slab<Thread>,
+    pub gates: Slab<Gate>,
+    pub irqs: Slab<Irq>,
+    pub sems: Slab<Semaphore>,
+    pub factories: Slab<Factory>,
+    pub capdb: MapDb<Slot, Obj>,
+    pub memdb: MapDb<Slot, PhysAddr>,
     pub ready: ReadyQueues<Id>,
-    /// The running thread; `None` while idle.
     pub current: Option<Id>,
     /// Dead threads whose kernel stacks are freed once nobody runs on them.
     pub zombies: Vec<(Id, Thread)>,
-    /// The frame of the kernel info page, mapped read-only into every task.
+    /// Threads blocked with a deadline.
+    pub timed: Vec<Id>,
     pub kip: PhysAddr,
+    /// Hardware interrupt lines → bound Irq.
+    pub lines: [Option<Id>; crate::icu::LINES],
 }
 
 static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -101,48 +241,213 @@ pub fn init(kernel: Kernel) {
 }
 
 impl Kernel {
+    pub fn new(kip: PhysAddr) -> Self {
+        Kernel {
+            tasks: Slab::new(),
+            threads: Slab::new(),
+            gates: Slab::new(),
+            irqs: Slab::new(),
+            sems: Slab::new(),
+            factories: Slab::new(),
+            capdb: MapDb::new(),
+            memdb: MapDb::new(),
+            ready: ReadyQueues::new(),
+            current: None,
+            zombies: Vec::new(),
+            timed: Vec::new(),
+            kip,
+            lines: [None; crate::icu::LINES],
+        }
+    }
+
     pub fn current_task(&self) -> Option<Id> {
-        self.threads.get(self.current?).map(|t| t.task)
+        self.threads.get(self.current?)?.task
     }
 
-    /// Looks up a capability of the current task.
-    pub fn lookup(&self, idx: CapIdx) -> Option<Cap<Obj>> {
-        self.tasks.get(self.current_task()?)?.caps.get(idx)
+    /// Looks up a capability of `task`.
+    pub fn cap(&self, task: Id, idx: CapIdx) -> Option<Cap<Obj>> {
+        self.tasks.get(task)?.caps.get(idx)
     }
 
-    /// Destroys a task: its threads die, its memory and page tables are freed, and every
-    /// capability naming it disappears. The current thread may be among the dead; the caller
-    /// must then reschedule instead of returning to user mode.
-    pub fn destroy_task(&mut self, id: Id) {
-        let Some(task) = self.tasks.remove(id) else { return };
-        for tid in &task.threads {
-            if let Some(mut t) = self.threads.remove(*tid) {
-                self.ready.remove(*tid, t.prio);
-                t.state = ThreadState::Dead;
-                self.zombies.push((*tid, t));
+    /// A capability of `task` that must name a thread.
+    pub fn thread_cap(&self, task: Id, idx: u64) -> Result<Id, Error> {
+        match self.cap(task, CapIdx(idx)).ok_or(Error::NoEnt)?.obj {
+            Obj::Thread(t) => Ok(t),
+            _ => Err(Error::Inval),
+        }
+    }
+
+    /// Installs a root capability (a new object's first capability, or a boot capability).
+    /// Whatever the slot held is revoked first.
+    pub fn install_cap(&mut self, task: Id, idx: CapIdx, obj: Obj, rights: Rights) -> Result<(), Error> {
+        if idx.0 == 0 || idx.0 as usize >= kernel_core::captable::MAX_SLOTS {
+            return Err(Error::Inval);
+        }
+        let key = (task.as_u64(), idx.0);
+        let gone = self.capdb.revoke(key, true);
+        self.drop_caps(&gone);
+        self.capdb.insert_root(key, obj, rights.bits()).map_err(|_| Error::Exists)?;
+        let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
+        t.caps.set(idx, Cap { obj, rights })?;
+        Ok(())
+    }
+
+    /// Mirrors removed capability slots into the tables.
+    pub fn drop_caps(&mut self, gone: &[Entry<Slot, Obj>]) {
+        for e in gone {
+            if let Some((_, t)) = self.tasks.iter_mut().find(|(id, _)| id.as_u64() == e.key.0) {
+                t.caps.take(CapIdx(e.key.1));
             }
         }
-        for (_, other) in self.tasks.iter_mut() {
-            other.caps.purge(Obj::Task(id));
+    }
+
+    /// Mirrors changed capability rights into the tables.
+    pub fn update_caps(&mut self, changed: &[Entry<Slot, Obj>]) {
+        for e in changed {
+            if let Some((_, t)) = self.tasks.iter_mut().find(|(id, _)| id.as_u64() == e.key.0) {
+                let _ = t.caps.set(CapIdx(e.key.1), Cap { obj: e.value, rights: Rights::from_bits_truncate(e.rights) });
+            }
         }
-        let Task { space, frames, .. } = task;
+    }
+
+    /// Charges `bytes` to a factory (and nothing if `None`, for the kernel's own objects).
+    pub fn charge(&mut self, f: Option<Id>, bytes: u64) -> Result<(), Error> {
+        let Some(f) = f else { return Ok(()) };
+        let fac = self.factories.get_mut(f).ok_or(Error::NoEnt)?;
+        if fac.used + bytes > fac.limit {
+            return Err(Error::NoMem);
+        }
+        fac.used += bytes;
+        Ok(())
+    }
+
+    pub fn refund(&mut self, f: Option<Id>, bytes: u64) {
+        if let Some(fac) = f.and_then(|f| self.factories.get_mut(f)) {
+            fac.used = fac.used.saturating_sub(bytes);
+        }
+    }
+
+    /// Destroys an object: every capability to it disappears, its waiters get an error.
+    pub fn destroy(&mut self, obj: Obj) {
+        for key in self.capdb.slots_of(obj) {
+            let gone = self.capdb.revoke(key, true);
+            self.drop_caps(&gone);
+        }
+        match obj {
+            Obj::Task(id) => self.destroy_task(id),
+            Obj::Thread(id) => self.destroy_thread(id),
+            Obj::Gate(id) => {
+                if let Some(g) = self.gates.remove(id) {
+                    self.refund(g.factory, cost::SMALL);
+                }
+            }
+            Obj::Irq(id) => {
+                if let Some(irq) = self.irqs.remove(id) {
+                    if let Some((t, _)) = irq.target {
+                        if let Some(th) = self.threads.get_mut(t) {
+                            th.irqs.retain(|i| *i != id);
+                        }
+                    }
+                    if let Some(l) = irq.line {
+                        self.lines[l as usize] = None;
+                        crate::icu::mask(l);
+                    }
+                    self.refund(irq.factory, cost::SMALL);
+                }
+            }
+            Obj::Semaphore(id) => {
+                if let Some(s) = self.sems.remove(id) {
+                    for w in s.waiters {
+                        self.wake(w, Err(Error::Canceled));
+                    }
+                    self.refund(s.factory, cost::SMALL);
+                }
+            }
+            Obj::Factory(id) => {
+                if let Some(f) = self.factories.remove(id) {
+                    self.refund(f.parent, f.limit + cost::SMALL);
+                }
+            }
+            // Kernel singletons cannot be destroyed; their capabilities are gone above.
+            Obj::Scheduler | Obj::Log | Obj::Icu | Obj::PlatformCtl => {}
+        }
+    }
+
+    /// Destroys a task: its threads die, its mappings (and everything derived from them) and
+    /// capabilities go, its memory is freed. The current thread may be among the dead; the
+    /// caller must then reschedule instead of returning to user mode.
+    pub fn destroy_task(&mut self, id: Id) {
+        let Some(task) = self.tasks.get(id) else { return };
+        let threads = task.threads.clone();
+        for t in threads {
+            self.destroy_thread(t);
+        }
+        let k = id.as_u64();
+        let gone = self.capdb.remove_range((k, 0)..=(k, u64::MAX));
+        self.drop_caps(&gone);
+        let gone = self.memdb.remove_range((k, 0)..=(k, u64::MAX));
+        self.unmap_entries(&gone);
+        for key in self.capdb.slots_of(Obj::Task(id)) {
+            let gone = self.capdb.revoke(key, true);
+            self.drop_caps(&gone);
+        }
+        let Some(task) = self.tasks.remove(id) else { return };
+        self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
+        let Task { space, frames, utcb_frames, .. } = task;
         with_frames(|fa| {
             A::destroy_space(space, fa);
-            for f in frames {
+            for f in frames.into_iter().chain(utcb_frames) {
                 fa.free(f);
             }
         });
     }
 
-    /// Frees the kernel stacks of dead threads other than the current one.
+    /// Kills a thread: it leaves every queue, its partners are told, its stack is reaped later.
+    pub fn destroy_thread(&mut self, id: Id) {
+        let Some(t) = self.threads.get(id) else { return };
+        let (prio, state, task, senders, reply_to, irqs) =
+            (t.prio, t.state, t.task, t.senders.clone(), t.reply_to, t.irqs.clone());
+        self.ready.remove(id, prio);
+        self.leave_wait(id, state);
+        for s in senders {
+            self.wake(s, Err(Error::Canceled));
+        }
+        if let Some(c) = reply_to {
+            self.wake(c, Err(Error::Canceled));
+        }
+        // Whoever waits for an answer from this thread gets an error.
+        let waiting: Vec<Id> = self
+            .threads
+            .iter()
+            .filter(|(_, o)| {
+                matches!(o.state, ThreadState::Receiving(Wait::Reply(p) | Wait::PageFault(p) | Wait::Exception(p)) if p == id)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for w in waiting {
+            self.wake(w, Err(Error::Canceled));
+        }
+        for irq in irqs {
+            if let Some(i) = self.irqs.get_mut(irq) {
+                i.target = None;
+            }
+        }
+        for (_, g) in self.gates.iter_mut() {
+            if g.thread == Some(id) {
+                g.thread = None;
+            }
+        }
+        if let Some(task) = task.and_then(|t| self.tasks.get_mut(t)) {
+            task.threads.retain(|t| *t != id);
+        }
+        if let Some(t) = self.threads.remove(id) {
+            self.refund(t.factory, cost::THREAD);
+            self.zombies.push((id, t));
+        }
+    }
+
+    /// Frees the kernel stacks of dead threads other than the one we run on.
     pub fn reap(&mut self, keep: Option<u64>) {
         self.zombies.retain(|(_, z)| Some(z.kstack.top()) == keep);
     }
 }
-
-/// Rights of the capabilities a boot task starts with.
-pub const BOOT_CAPS: [(CapIdx, Rights); 3] = [
-    (abi::cap::well_known::TASK, Rights::ALL),
-    (abi::cap::well_known::LOG, Rights::RW),
-    (abi::cap::well_known::PLATFORM_CTL, Rights::RW),
-];

@@ -1,14 +1,14 @@
-//! Scheduling: picking the next thread, the tick, the idle loop, and what happens to a thread
-//! that faults.
+//! Scheduling and kernel entries of the current thread: picking the next thread, the tick, the
+//! idle loop, finishing a system call that blocked, and user faults.
 
+use crate::ipc::Outcome;
 use crate::objects::{with_kernel, Kernel, KernelStack, ThreadState};
 use crate::A;
+use abi::proto::exc_regs;
+use abi::{Error, MsgTag};
 use arch_x86_64::{cpu, trap, TrapFrame};
-use kernel_core::hal::Arch;
+use kernel_core::hal::{Arch, UserFrame};
 use kernel_core::mem::PAGE_SIZE;
-
-/// Ticks in a time slice.
-pub const QUANTUM: u32 = 10;
 
 /// Save slot of the idle context (the boot stack) while a thread runs.
 static mut IDLE_RSP: u64 = 0;
@@ -22,14 +22,7 @@ pub fn init(tsc_hz: u64) {
     page[8..16].copy_from_slice(&tsc_hz.to_le_bytes());
     page[16..24].copy_from_slice(&arch_x86_64::TICK_HZ.to_le_bytes());
     A::write_phys(kip, &page);
-    crate::objects::init(Kernel {
-        tasks: Default::default(),
-        threads: Default::default(),
-        ready: Default::default(),
-        current: None,
-        zombies: Default::default(),
-        kip,
-    });
+    crate::objects::init(Kernel::new(kip));
 }
 
 /// The boot context after start-up: runs whatever is ready, else waits for an interrupt.
@@ -40,18 +33,33 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// The scheduling tick: ends the current time slice when it is used up.
+/// The scheduling tick: expires timeouts and ends used-up time slices.
 pub fn tick() {
-    let expired = with_kernel(|k| {
-        let cur = k.current?;
-        let t = k.threads.get_mut(cur)?;
+    let switch = with_kernel(|k| {
+        k.expire_timeouts();
+        let Some(cur) = k.current else { return false };
+        let Some(t) = k.threads.get_mut(cur) else { return false };
         t.quantum = t.quantum.saturating_sub(1);
-        (t.quantum == 0).then(|| {
-            t.quantum = QUANTUM;
-        })
+        if t.quantum == 0 {
+            t.quantum = t.quantum_len;
+            return true;
+        }
+        k.ready.highest().is_some_and(|p| p > t.prio)
     });
-    // While idle the idle loop reschedules after the interrupt returns.
-    if expired.is_some() {
+    // While idle, the idle loop reschedules once the interrupt returns.
+    if switch {
+        reschedule();
+    }
+}
+
+/// A hardware interrupt line fired.
+pub fn line(line: u8) {
+    let preempt = with_kernel(|k| {
+        k.line_fired(line);
+        let prio = k.current.and_then(|c| k.threads.get(c)).map(|t| t.prio);
+        prio.is_some_and(|p| k.ready.highest().is_some_and(|h| h > p))
+    });
+    if preempt {
         reschedule();
     }
 }
@@ -60,8 +68,8 @@ fn stack_slot(s: &KernelStack) -> *mut u64 {
     (&s.saved_rsp as *const u64).cast_mut()
 }
 
-/// Switches to the best ready thread, if that is not the current one. A running current thread
-/// goes to the tail of its priority level; a dead one is left for good.
+/// Switches to the best ready thread unless that is the current one. A running current thread
+/// goes to the tail of its priority level; a blocked or dead one is left where it is.
 pub fn reschedule() {
     let switch = with_kernel(|k| {
         // (save slot, stack top) of the context we run on.
@@ -76,7 +84,6 @@ pub fn reschedule() {
         }
         let save = cur_stack.map_or(&raw mut IDLE_RSP, |(slot, _)| slot);
         let Some(next) = k.ready.dequeue() else {
-            // Nothing to run: back to the idle context unless already there.
             k.current = None;
             return cur_stack.map(|_| (save, idle_rsp()));
         };
@@ -85,9 +92,10 @@ pub fn reschedule() {
         if k.current == Some(next) {
             return None;
         }
+        t.fresh = false;
         k.current = Some(next);
         let (task, to, top, utcb) = (t.task, t.kstack.saved_rsp, t.kstack.top(), t.utcb_user);
-        k.tasks.get(task).expect("thread of a live task").space.activate();
+        k.tasks.get(task.expect("runnable threads are bound")).expect("thread of a live task").space.activate();
         cpu::set_kernel_stack(top);
         cpu::set_user_gs(utcb);
         Some((save, to))
@@ -101,27 +109,9 @@ pub fn reschedule() {
 }
 
 fn idle_rsp() -> u64 {
-    // SAFETY: IDLE_RSP is only touched here and by `switch` on this single CPU with interrupts
-    // masked.
+    // SAFETY: IDLE_RSP is only touched here and by `switch`, on this single CPU with
+    // interrupts masked.
     unsafe { (&raw const IDLE_RSP).read() }
-}
-
-/// A user thread raised an exception. No exception handler exists for boot tasks yet, so the
-/// fault is reported and the whole task is destroyed; everything else goes on.
-pub fn user_fault(f: &TrapFrame, vector: u8, error: u64, addr: u64) {
-    with_kernel(|k| {
-        let Some(task) = k.current_task() else { return };
-        let name = k.tasks.get(task).map(|t| t.name.clone()).unwrap_or_default();
-        log::warn!(
-            "user fault: task {name}: {} ip={:#x} addr={addr:#x} err={error:#x} sp={:#x}; task destroyed",
-            arch_x86_64::exception_name(vector),
-            f.rip,
-            f.rsp
-        );
-        k.destroy_task(task);
-    });
-    reschedule();
-    unreachable!("a destroyed thread was resumed");
 }
 
 impl Kernel {
@@ -135,11 +125,90 @@ impl Kernel {
     }
 }
 
-/// Ensures the kernel never returns to a thread that is gone (after a self-destruction).
-pub fn leave_if_dead() {
+/// Never return to a thread that is gone (it destroyed itself, or its task).
+fn leave_if_dead() {
     let dead = with_kernel(|k| k.current.is_some_and(|c| k.threads.get(c).is_none()));
     if dead {
         reschedule();
         unreachable!("a destroyed thread was resumed");
     }
+}
+
+/// Applies what others left for the current thread: ex_regs and exception-reply registers.
+/// Returns the result registers of a blocking operation, if any.
+fn apply_pending(f: &mut TrapFrame) -> Option<(u64, u64)> {
+    with_kernel(|k| {
+        let t = k.threads.get_mut(k.current?)?;
+        t.pending_fault = None;
+        if let Some((ip, sp)) = t.pending_regs.take() {
+            if ip != u64::MAX {
+                f.rip = ip;
+            }
+            if sp != u64::MAX {
+                f.rsp = sp;
+            }
+        }
+        if let Some(r) = t.pending_exc.take() {
+            use exc_regs::*;
+            if r[IP] < abi::kip::USER_END && r[SP] < abi::kip::USER_END {
+                (f.rip, f.rsp) = (r[IP], r[SP]);
+            }
+            // Only the arithmetic flags are the thread's to change.
+            f.rflags = (f.rflags & !0xcd5) | (r[FLAGS] & 0xcd5);
+            (f.rax, f.rbx, f.rcx, f.rdx) = (r[RAX], r[RBX], r[RCX], r[RDX]);
+            (f.rsi, f.rdi, f.rbp, f.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
+        }
+        t.result.take()
+    })
+}
+
+/// A system call of the current thread.
+pub fn syscall(f: &mut TrapFrame) {
+    let [rdx, rax, _label, r8] = f.syscall_args();
+    let out = with_kernel(|k| k.invoke(rdx, MsgTag(rax), r8));
+    let done = match out {
+        Outcome::Done(tag, label) => Some((tag.0, label)),
+        Outcome::Blocked => {
+            reschedule();
+            None
+        }
+    };
+    leave_if_dead();
+    let woke = apply_pending(f);
+    let (tag, label) = done.or(woke).unwrap_or((MsgTag::error(Error::Canceled).0, 0));
+    f.set_syscall_result(tag, label);
+}
+
+/// A user exception of the current thread: a message to its pager or exception handler, whose
+/// reply resolves it; without a handler (or if the handler fails) the task is destroyed.
+pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
+    let sent = with_kernel(|k| {
+        let me = k.current?;
+        k.raise_fault(me, vector, error, addr, f)
+    });
+    let failure = match sent {
+        Some(_) => {
+            reschedule();
+            leave_if_dead();
+            match apply_pending(f).map(|(tag, _)| MsgTag(tag).result()) {
+                Some(Err(e)) => Some(alloc::format!("handler failed ({e:?})")),
+                _ => None,
+            }
+        }
+        None => Some(alloc::string::String::from("no handler")),
+    };
+    let Some(why) = failure else { return };
+    with_kernel(|k| {
+        let Some(task) = k.current_task() else { return };
+        let name = k.tasks.get(task).map(|t| t.name.clone()).unwrap_or_default();
+        log::warn!(
+            "user fault: task {name}: {} ip={:#x} addr={addr:#x} err={error:#x} sp={:#x}; {why}, task destroyed",
+            arch_x86_64::exception_name(vector),
+            f.rip,
+            f.rsp
+        );
+        k.destroy_task(task);
+    });
+    reschedule();
+    unreachable!("a destroyed thread was resumed");
 }

@@ -44,6 +44,8 @@ pub trait Arch {
         p: Perms,
         fa: &mut FrameAllocator,
     ) -> Result<Option<PhysAddr>, MapError>;
+    /// Removes the mapping of `va` (flushing the TLB if the space is active); returns its frame.
+    fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr>;
     /// Frees the page tables of a space (not the frames mapped through it).
     fn destroy_space(s: Self::Space, fa: &mut FrameAllocator);
 

@@ -225,6 +225,11 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         out
     }
 
+    /// Keys in `range`, in order.
+    pub fn keys_in(&self, range: core::ops::RangeInclusive<K>) -> Vec<K> {
+        self.index.range(range).map(|(k, _)| *k).collect()
+    }
+
     /// All slots holding `value` (e.g. every capability to an object being destroyed).
     pub fn slots_of(&self, value: V) -> Vec<K>
     where

@@ -30,6 +30,16 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         }
     }
 
+    /// Puts `id` at the head of its level: it runs next among equals (direct IPC hand-off).
+    pub fn enqueue_front(&mut self, id: Id, prio: u8) {
+        let q = &mut self.queues[prio as usize];
+        if let Some(pos) = q.iter().position(|x| *x == id) {
+            q.remove(pos);
+        }
+        q.push_front(id);
+        self.nonempty[prio as usize / 64] |= 1 << (prio % 64);
+    }
+
     /// The highest non-empty priority.
     pub fn highest(&self) -> Option<u8> {
         (0..self.nonempty.len())
@@ -89,5 +99,8 @@ mod tests {
         assert_eq!(r.dequeue(), None);
         r.enqueue(9, 255);
         assert_eq!(r.highest(), Some(255));
+        r.enqueue(8, 255);
+        r.enqueue_front(8, 255);
+        assert_eq!(r.dequeue(), Some(8));
     }
 }

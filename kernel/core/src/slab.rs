@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id {
     index: u32,
     generation: u32,
@@ -12,6 +12,16 @@ pub struct Id {
 impl Id {
     pub const fn index(self) -> usize {
         self.index as usize
+    }
+
+    /// The id [`Id::as_u64`] made (lookups with it still check the generation).
+    pub const fn from_u64(v: u64) -> Id {
+        Id { index: v as u32, generation: (v >> 32) as u32 }
+    }
+
+    /// A unique number for this id (index and generation), e.g. as a map key.
+    pub const fn as_u64(self) -> u64 {
+        ((self.generation as u64) << 32) | self.index as u64
     }
 }
 

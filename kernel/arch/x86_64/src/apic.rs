@@ -99,3 +99,33 @@ pub fn init(tick_hz: u64) -> Clocks {
 pub fn eoi() {
     write(REG_EOI, 0);
 }
+
+/// Masks legacy interrupt line `line` (0..16) at the PIC.
+pub fn pic_mask(line: u8) {
+    let port = if line < 8 { 0x21 } else { 0xa1 };
+    outb(port, inb(port) | 1 << (line % 8));
+}
+
+/// Unmasks legacy interrupt line `line` at the PIC (and the cascade for lines 8..16).
+pub fn pic_unmask(line: u8) {
+    if line >= 8 {
+        outb(0x21, inb(0x21) & !(1 << 2));
+    }
+    let port = if line < 8 { 0x21 } else { 0xa1 };
+    outb(port, inb(port) & !(1 << (line % 8)));
+}
+
+/// Ends an interrupt of legacy line `line` at the PIC(s).
+pub fn pic_eoi(line: u8) {
+    if line >= 8 {
+        outb(0xa0, 0x20);
+    }
+    outb(0x20, 0x20);
+}
+
+/// True if the PIC really has `line` in service (false: a spurious IRQ 7 or 15).
+pub fn pic_in_service(line: u8) -> bool {
+    let (cmd, bit) = if line < 8 { (0x20, line) } else { (0xa0, line - 8) };
+    outb(cmd, 0x0b); // read ISR
+    inb(cmd) & (1 << bit) != 0
+}

@@ -56,6 +56,10 @@ impl Arch for X86_64 {
         s.map(va, pa, p, fa)
     }
 
+    fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr> {
+        s.unmap(va)
+    }
+
     fn destroy_space(s: Self::Space, fa: &mut FrameAllocator) {
         s.destroy(fa)
     }
@@ -74,6 +78,8 @@ impl Arch for X86_64 {
 pub enum Event {
     /// The scheduling tick.
     Timer,
+    /// A legacy interrupt line fired; it is masked until the kernel unmasks it.
+    Line(u8),
     /// A CPU exception raised by user code.
     Exception { vector: u8, error: u64, addr: u64 },
 }
@@ -193,7 +199,19 @@ extern "C" fn arch_trap(f: &mut TrapFrame) {
         }
         // Spurious interrupts need no EOI and carry no work.
         trap::SPURIOUS_VECTOR => {}
-        v if v == trap::PIC_BASE + 7 || v == trap::PIC_BASE + 15 => {}
+        v if (trap::PIC_BASE..trap::PIC_BASE + 16).contains(&v) => {
+            let line = v - trap::PIC_BASE;
+            if (line == 7 || line == 15) && !apic::pic_in_service(line) {
+                if line == 15 {
+                    apic::pic_eoi(2);
+                }
+                return;
+            }
+            apic::pic_mask(line);
+            apic::pic_eoi(line);
+            // SAFETY: the kernel's handler, with the frame of the interrupted context.
+            unsafe { kernel_event(f, Event::Line(line)) }
+        }
         0..=31 if f.from_user() => {
             let addr = if vector == 14 { trap::cr2() } else { 0 };
             let ev = Event::Exception { vector, error: f.error, addr };

@@ -141,6 +141,31 @@ impl AddressSpace {
         Ok(old)
     }
 
+    /// Removes the mapping of the page at `va`; returns the frame it mapped.
+    pub fn unmap(&mut self, va: VirtAddr) -> Option<PhysAddr> {
+        if va.0 >= abi::kip::USER_END {
+            return None;
+        }
+        let mut t = self.pml4;
+        for level in (1..=3).rev() {
+            let e = table(t)[Self::index(va.0, level)];
+            if e & PRESENT == 0 {
+                return None;
+            }
+            t = PhysAddr(e & ADDR_MASK);
+        }
+        let e = &mut table(t)[Self::index(va.0, 0)];
+        if *e & PRESENT == 0 {
+            return None;
+        }
+        let old = PhysAddr(*e & ADDR_MASK);
+        *e = 0;
+        if read_cr3() == self.pml4 {
+            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0 & !0xfff));
+        }
+        Some(old)
+    }
+
     /// Switches the CPU to this space unless it is already active.
     pub fn activate(&self) {
         if read_cr3() != self.pml4 {

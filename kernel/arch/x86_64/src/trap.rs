@@ -282,3 +282,14 @@ pub unsafe fn switch(save_rsp: *mut u64, new_rsp: u64) {
 pub fn cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
 }
+
+/// The user register frame at the top of a kernel stack (built by an entry or by
+/// [`init_kernel_stack`]).
+pub fn user_frame(stack: &mut [u64]) -> &mut TrapFrame {
+    const WORDS: usize = core::mem::size_of::<TrapFrame>() / 8;
+    let top = stack.len();
+    let words = &mut stack[top - WORDS..];
+    // SAFETY: the slice is exactly TrapFrame's size, u64-aligned like TrapFrame (all u64
+    // fields, repr(C)), and exclusively borrowed for the returned lifetime.
+    unsafe { &mut *(words.as_mut_ptr() as *mut TrapFrame) }
+}

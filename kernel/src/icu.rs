@@ -1,0 +1,32 @@
+//! The interrupt controller object: legacy PIC lines 0..16 bound to Irq objects. A line is
+//! masked when it fires and unmasked again by `Irq::Unmask`.
+
+use crate::objects::Kernel;
+
+pub const LINES: usize = 16;
+/// Lines the kernel keeps for itself: the PIT (0) and the cascade (2).
+const RESERVED: [u8; 2] = [0, 2];
+
+pub fn valid_line(line: u64) -> Option<u8> {
+    (line < LINES as u64 && !RESERVED.contains(&(line as u8))).then_some(line as u8)
+}
+
+pub fn mask(line: u8) {
+    arch_x86_64::apic::pic_mask(line);
+}
+
+pub fn unmask(line: u8) {
+    arch_x86_64::apic::pic_unmask(line);
+}
+
+impl Kernel {
+    /// A hardware line fired: raise its Irq (it stays masked until unmasked).
+    pub fn line_fired(&mut self, line: u8) {
+        match self.lines[line as usize] {
+            Some(irq) => {
+                let _ = self.trigger_irq(irq);
+            }
+            None => log::warn!("interrupt on unbound line {line}"),
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! The `invoke` system call: IPC through gates and reply capabilities, and the operations of
+//! kernel objects, dispatched from the protocol table in `abi::proto`.
+//!
+//! Arguments are read from the caller's UTCB through the kernel's mapping of its frame, never
+//! through user pointers; results are written back there.
+
+use crate::ipc::Outcome;
+use crate::memory::MEM_ALL;
+use crate::objects::{cost, Factory, Gate, Irq, Kernel, KernelStack, Obj, Semaphore, Task, Thread, ThreadState};
+use crate::A;
+use abi::proto::{self, fpage::Fpage, Protocol};
+use abi::syscall::Flags;
+use abi::utcb::{MR_COUNT, TCR_SELF_OFFSET};
+use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use arch_x86_64::{trap, TrapFrame};
+use kernel_core::captable::CapTable;
+use kernel_core::hal::Arch;
+use kernel_core::mem::PhysAddr;
+use kernel_core::slab::Id;
+
+/// The message registers of the invoking thread.
+struct Mrs {
+    w: [u64; MR_COUNT],
+    n: usize,
+}
+
+impl Mrs {
+    fn get(&self, i: usize) -> Result<u64, Error> {
+        if i < self.n {
+            Ok(self.w[i])
+        } else {
+            Err(Error::Inval)
+        }
+    }
+}
+
+fn ok() -> Outcome {
+    Outcome::Done(MsgTag::new(0, 0, 0, 0), 0)
+}
+
+fn done(r: Result<(), Error>) -> Outcome {
+    match r {
+        Ok(()) => ok(),
+        Err(e) => Outcome::err(e),
+    }
+}
+
+fn need(rights: Rights, r: Rights) -> Result<(), Error> {
+    if rights.contains(r) {
+        Ok(())
+    } else {
+        Err(Error::Perm)
+    }
+}
+
+/// Default time slice, in ticks.
+pub const QUANTUM: u32 = 10;
+
+impl Kernel {
+    /// Handles one `invoke` of the current thread.
+    pub fn invoke(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Outcome {
+        let Some(me) = self.current else { return Outcome::err(Error::Inval) };
+        let Some(task) = self.current_task() else { return Outcome::err(Error::Inval) };
+        let flags = Flags::from_bits_truncate(rdx & abi::syscall::FLAGS_MASK);
+        if flags.contains(Flags::REPLY) {
+            let r = self.reply(me, tag);
+            if flags.contains(Flags::RECV) && flags.contains(Flags::OPEN_WAIT) {
+                return match r {
+                    Ok(()) | Err(Error::NoEnt) => self.wait(me, r8),
+                    Err(e) => Outcome::err(e),
+                };
+            }
+            return done(r);
+        }
+        if !flags.contains(Flags::SEND) {
+            if flags.contains(Flags::RECV) {
+                return self.wait(me, r8);
+            }
+            return Outcome::err(Error::Inval);
+        }
+        let idx = CapSel::from_raw(rdx).idx();
+        let Some(cap) = self.cap(task, idx) else { return Outcome::err(Error::NoEnt) };
+        if let Obj::Gate(g) = cap.obj {
+            if tag.label() != proto::ipc_gate::LABEL {
+                let Some(gate) = self.gates.get(g) else { return Outcome::err(Error::NoEnt) };
+                let Some(dst) = gate.thread else { return Outcome::err(Error::NoEnt) };
+                let label = gate.label;
+                return self.send(me, dst, tag, label, flags.contains(Flags::RECV), r8);
+            }
+        }
+        let proto = cap.obj.protocol();
+        if tag.label() != 0 && tag.label() != proto.label() {
+            return Outcome::err(Error::BadProto);
+        }
+        if !cap.rights.contains(Rights::R) {
+            return Outcome::err(Error::Perm);
+        }
+        let Some(utcb) = self.threads.get(me).and_then(|t| t.utcb_frame) else { return Outcome::err(Error::Inval) };
+        let n = tag.words();
+        if n > MR_COUNT {
+            return Outcome::err(Error::Inval);
+        }
+        let mut mrs = Mrs { w: [0; MR_COUNT], n };
+        read_mrs(utcb, &mut mrs.w[..n]);
+        let op = match mrs.get(0) {
+            Ok(op) => op,
+            Err(e) => return Outcome::err(e),
+        };
+        let r = match cap.obj {
+            Obj::Log => match proto::log::Op::from_code(op) {
+                Some(proto::log::Op::Write) => self.log_write(task, &mrs).map(|_| Vec::new()),
+                None => Err(Error::NoSys),
+            },
+            Obj::PlatformCtl => match proto::platform_ctl::Op::from_code(op) {
+                Some(proto::platform_ctl::Op::Shutdown) => need(cap.rights, Rights::W).and_then(|_| {
+                    let status = mrs.get(1)?;
+                    log::info!("shutdown requested with status {status}");
+                    A::shutdown(status as u32)
+                }),
+                None => Err(Error::NoSys),
+            },
+            Obj::Task(t) => self.task_op(task, t, cap.rights, op, &mrs),
+            Obj::Thread(t) => self.thread_op(task, t, cap.rights, op, &mrs),
+            Obj::Factory(f) => self.factory_op(task, f, cap.rights, op, &mrs),
+            Obj::Gate(g) => self.gate_op(task, g, cap.rights, op, &mrs),
+            Obj::Irq(i) => self.irq_op(task, i, cap.rights, op, &mrs),
+            Obj::Semaphore(s) => return self.sem_op(me, s, op, r8),
+            Obj::Scheduler => self.sched_op(task, op, &mrs),
+            Obj::Icu => self.icu_op(task, op, &mrs),
+        };
+        match r {
+            Ok(words) => {
+                write_mrs(utcb, &words);
+                Outcome::Done(MsgTag::new(0, words.len() as u64, 0, 0), 0)
+            }
+            Err(e) => Outcome::err(e),
+        }
+    }
+
+    /// `Log::Write`: prints bytes, each line prefixed with the task's name.
+    fn log_write(&mut self, task: Id, mrs: &Mrs) -> Result<(), Error> {
+        let len = mrs.get(1)? as usize;
+        if len > mrs.n.saturating_sub(2) * 8 {
+            return Err(Error::Inval);
+        }
+        let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
+        let mut bytes = [0u8; MR_COUNT * 8];
+        for (i, w) in mrs.w[2..mrs.n].iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        arch_x86_64::serial::with_console(|s| {
+            for &b in &bytes[..len] {
+                if t.log_at_line_start {
+                    s.write_bytes(t.name.as_bytes());
+                    s.write_bytes(b": ");
+                }
+                s.write_bytes(&[b]);
+                t.log_at_line_start = b == b'\n';
+            }
+        });
+        Ok(())
+    }
+
+    fn task_op(&mut self, me: Id, t: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        match proto::task::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::task::Op::Map => {
+                need(rights, Rights::W)?;
+                let src = match self.cap(me, CapIdx(m.get(1)?)).ok_or(Error::NoEnt)?.obj {
+                    Obj::Task(s) => s,
+                    _ => return Err(Error::Inval),
+                };
+                let fp = Fpage(m.get(2)?);
+                let base = m.get(3)?;
+                let window = match fp.typ() {
+                    Some(proto::fpage::Type::Object) => Fpage::object(CapIdx(0), 16, Rights::ALL),
+                    _ => Fpage::memory(0, 47, Rights::ALL),
+                };
+                self.map_fpage(src, t, fp, base & !0xfff, window, base & proto::map::GRANT != 0)?;
+                Ok(Vec::new())
+            }
+            proto::task::Op::Unmap => {
+                let mask = m.get(1)?;
+                for i in 2..m.n {
+                    if self.unmap_fpage(t, Fpage(m.w[i]), mask)? {
+                        break;
+                    }
+                }
+                Ok(Vec::new())
+            }
+            proto::task::Op::CapInfo => {
+                let c = self.cap(t, CapIdx(m.get(1)?));
+                Ok(alloc::vec![
+                    c.map_or(0, |c| c.obj.protocol().label() as u64),
+                    c.map_or(0, |c| c.rights.bits() as u64)
+                ])
+            }
+        }
+    }
+
+    fn thread_op(&mut self, me: Id, t: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        need(rights, Rights::W)?;
+        match proto::thread::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::thread::Op::Control => {
+                use proto::thread_control::*;
+                let flags = m.get(1)?;
+                if flags & BIND_TASK != 0 {
+                    let task = match self.cap(me, CapIdx(m.get(4)?)).ok_or(Error::NoEnt)?.obj {
+                        Obj::Task(x) => x,
+                        _ => return Err(Error::Inval),
+                    };
+                    let addr = m.get(5)?;
+                    if self.threads.get(t).ok_or(Error::NoEnt)?.task.is_some() {
+                        return Err(Error::Exists);
+                    }
+                    let tk = self.tasks.get(task).ok_or(Error::NoEnt)?;
+                    let frame = tk.utcb_frame(addr).ok_or(Error::Inval)?;
+                    if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
+                        return Err(Error::Exists);
+                    }
+                    A::write_phys(PhysAddr(frame.0 + TCR_SELF_OFFSET as u64), &addr.to_le_bytes());
+                    self.tasks.get_mut(task).ok_or(Error::NoEnt)?.threads.push(t);
+                    let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
+                    th.task = Some(task);
+                    th.utcb_frame = Some(frame);
+                    th.utcb_user = addr;
+                }
+                let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
+                if flags & SET_PAGER != 0 {
+                    th.pager = CapIdx(m.get(2)?);
+                }
+                if flags & SET_EXC_HANDLER != 0 {
+                    th.exc_handler = CapIdx(m.get(3)?);
+                }
+                Ok(Vec::new())
+            }
+            proto::thread::Op::ExRegs => {
+                let (ip, sp, flags) = (m.get(1)?, m.get(2)?, m.get(3)?);
+                if (ip != u64::MAX && ip >= abi::kip::USER_END) || (sp != u64::MAX && sp >= abi::kip::USER_END) {
+                    return Err(Error::Inval);
+                }
+                let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
+                let old = {
+                    let f = trap::user_frame(&mut th.kstack.stack);
+                    let old = [f.rip, f.rsp, f.rflags];
+                    if th.fresh {
+                        if ip != u64::MAX {
+                            f.rip = ip;
+                        }
+                        if sp != u64::MAX {
+                            f.rsp = sp;
+                        }
+                    }
+                    old
+                };
+                if !th.fresh {
+                    let (pi, ps) = th.pending_regs.unwrap_or((u64::MAX, u64::MAX));
+                    th.pending_regs = Some((if ip == u64::MAX { pi } else { ip }, if sp == u64::MAX { ps } else { sp }));
+                }
+                if flags & proto::ex_regs::CANCEL != 0 {
+                    self.wake(t, Err(Error::Canceled));
+                }
+                Ok(old.to_vec())
+            }
+        }
+    }
+
+    fn factory_op(&mut self, me: Id, f: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        need(rights, Rights::W)?;
+        proto::factory::Op::from_code(op).ok_or(Error::NoSys)?;
+        let kind = Protocol::from_label(m.get(1)? as i64).ok_or(Error::Inval)?;
+        let slot = CapIdx(m.get(2)?);
+        if slot.0 == 0 || slot.0 as usize >= kernel_core::captable::MAX_SLOTS {
+            return Err(Error::Inval);
+        }
+        let fac = Some(f);
+        let obj = match kind {
+            Protocol::Task => {
+                let area = Fpage(m.get(3)?);
+                if area.typ() != Some(proto::fpage::Type::Memory) || !(12..=16).contains(&area.order()) {
+                    return Err(Error::Inval);
+                }
+                let pages = 1u64 << (area.order() - 12);
+                self.charge(fac, cost::TASK + pages * 4096)?;
+                match self.new_task(area.base(), pages, fac) {
+                    Ok(t) => Obj::Task(t),
+                    Err(e) => {
+                        self.refund(fac, cost::TASK + pages * 4096);
+                        return Err(e);
+                    }
+                }
+            }
+            Protocol::Thread => {
+                self.charge(fac, cost::THREAD)?;
+                Obj::Thread(self.new_thread(fac))
+            }
+            Protocol::IpcGate => {
+                let th = match m.get(3)? {
+                    0 => None,
+                    i => Some(self.thread_cap(me, i)?),
+                };
+                let label = m.get(4)?;
+                self.charge(fac, cost::SMALL)?;
+                Obj::Gate(self.gates.insert(Gate { thread: th, label, factory: fac }))
+            }
+            Protocol::Irq => {
+                self.charge(fac, cost::SMALL)?;
+                Obj::Irq(self.irqs.insert(Irq { target: None, pending: false, line: None, factory: fac }))
+            }
+            Protocol::Semaphore => {
+                let count = m.get(3)?;
+                self.charge(fac, cost::SMALL)?;
+                Obj::Semaphore(self.sems.insert(Semaphore { count, waiters: VecDeque::new(), factory: fac }))
+            }
+            Protocol::Factory => {
+                let limit = m.get(3)?;
+                self.charge(fac, limit.checked_add(cost::SMALL).ok_or(Error::NoMem)?)?;
+                Obj::Factory(self.factories.insert(Factory { limit, used: 0, parent: fac }))
+            }
+            _ => return Err(Error::Inval),
+        };
+        if let Err(e) = self.install_cap(me, slot, obj, Rights::ALL) {
+            self.destroy(obj);
+            return Err(e);
+        }
+        Ok(Vec::new())
+    }
+
+    /// A new task with a UTCB area of `pages` pages at `base`.
+    pub fn new_task(&mut self, base: u64, pages: u64, factory: Option<Id>) -> Result<Id, Error> {
+        let space = crate::mem::with_frames(|fa| A::new_space(fa)).ok_or(Error::NoMem)?;
+        let id = self.tasks.insert(Task {
+            name: alloc::string::String::from("task"),
+            space,
+            caps: CapTable::new(),
+            frames: Vec::new(),
+            utcb_area: (base, pages * 4096),
+            utcb_frames: Vec::new(),
+            threads: Vec::new(),
+            log_at_line_start: true,
+            factory,
+        });
+        for i in 0..pages {
+            let Some(f) = crate::mem::with_frames(|fa| fa.alloc()) else {
+                self.destroy_task(id);
+                return Err(Error::NoMem);
+            };
+            A::write_phys(f, &[0; 4096]);
+            self.tasks.get_mut(id).ok_or(Error::NoEnt)?.utcb_frames.push(f);
+            if let Err(e) = self.map_root(id, base + i * 4096, f, MEM_ALL & !crate::memory::MEM_X) {
+                self.destroy_task(id);
+                return Err(e);
+            }
+        }
+        let kip = self.kip;
+        self.map_root(id, abi::kip::KIP_ADDR, kip, crate::memory::MEM_R)?;
+        Ok(id)
+    }
+
+    /// A new, inactive, unbound thread.
+    pub fn new_thread(&mut self, factory: Option<Id>) -> Id {
+        let mut kstack = KernelStack::new();
+        let off = trap::init_kernel_stack(&mut kstack.stack, &TrapFrame::new_user(0, 0));
+        kstack.saved_rsp = kstack.stack.as_ptr() as u64 + off as u64;
+        self.threads.insert(Thread {
+            task: None,
+            state: ThreadState::Inactive,
+            prio: 0,
+            quantum: QUANTUM,
+            quantum_len: QUANTUM,
+            kstack,
+            fresh: true,
+            utcb_user: 0,
+            utcb_frame: None,
+            pager: CapIdx(0),
+            exc_handler: CapIdx(0),
+            reply_to: None,
+            senders: VecDeque::new(),
+            send: None,
+            deadline: None,
+            result: None,
+            pending_regs: None,
+            pending_fault: None,
+            pending_exc: None,
+            irqs: Vec::new(),
+            factory,
+        })
+    }
+
+    fn gate_op(&mut self, me: Id, g: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        match proto::ipc_gate::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::ipc_gate::Op::Bind => {
+                need(rights, Rights::W)?;
+                let t = self.thread_cap(me, m.get(1)?)?;
+                let label = m.get(2)?;
+                let gate = self.gates.get_mut(g).ok_or(Error::NoEnt)?;
+                gate.thread = Some(t);
+                gate.label = label;
+                Ok(Vec::new())
+            }
+            proto::ipc_gate::Op::GetInfo => {
+                let gate = self.gates.get(g).ok_or(Error::NoEnt)?;
+                Ok(alloc::vec![gate.label, gate.thread.is_some() as u64])
+            }
+        }
+    }
+
+    fn irq_op(&mut self, me: Id, i: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        match proto::irq::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::irq::Op::Attach => {
+                need(rights, Rights::W)?;
+                let t = self.thread_cap(me, m.get(1)?)?;
+                let label = m.get(2)?;
+                self.detach_irq(i)?;
+                self.irqs.get_mut(i).ok_or(Error::NoEnt)?.target = Some((t, label));
+                self.threads.get_mut(t).ok_or(Error::NoEnt)?.irqs.push(i);
+                if self.irqs.get(i).is_some_and(|x| x.pending) {
+                    self.irqs.get_mut(i).ok_or(Error::NoEnt)?.pending = false;
+                    self.trigger_irq(i)?;
+                }
+                Ok(Vec::new())
+            }
+            proto::irq::Op::Detach => {
+                need(rights, Rights::W)?;
+                self.detach_irq(i)?;
+                Ok(Vec::new())
+            }
+            proto::irq::Op::Trigger => {
+                self.trigger_irq(i)?;
+                Ok(Vec::new())
+            }
+            proto::irq::Op::Unmask => {
+                if let Some(l) = self.irqs.get(i).ok_or(Error::NoEnt)?.line {
+                    crate::icu::unmask(l);
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn detach_irq(&mut self, i: Id) -> Result<(), Error> {
+        let irq = self.irqs.get_mut(i).ok_or(Error::NoEnt)?;
+        if let Some((t, _)) = irq.target.take() {
+            if let Some(th) = self.threads.get_mut(t) {
+                th.irqs.retain(|x| *x != i);
+            }
+        }
+        Ok(())
+    }
+
+    fn sem_op(&mut self, me: Id, s: Id, op: u64, r8: u64) -> Outcome {
+        let Some(sem) = self.sems.get_mut(s) else { return Outcome::err(Error::NoEnt) };
+        match proto::semaphore::Op::from_code(op) {
+            Some(proto::semaphore::Op::Up) => match sem.waiters.pop_front() {
+                Some(w) => {
+                    self.wake(w, Ok((MsgTag::new(0, 0, 0, 0), 0)));
+                    ok()
+                }
+                None => {
+                    sem.count = sem.count.saturating_add(1);
+                    ok()
+                }
+            },
+            Some(proto::semaphore::Op::Down) => {
+                if sem.count > 0 {
+                    sem.count -= 1;
+                    return ok();
+                }
+                if abi::syscall::timeout::recv(r8) == abi::syscall::timeout::ZERO {
+                    return Outcome::err(Error::Timeout);
+                }
+                sem.waiters.push_back(me);
+                self.block(me, ThreadState::Receiving(crate::objects::Wait::Semaphore(s)), abi::syscall::timeout::recv(r8));
+                Outcome::Blocked
+            }
+            None => Outcome::err(Error::NoSys),
+        }
+    }
+
+    fn sched_op(&mut self, me: Id, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        match proto::scheduler::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::scheduler::Op::Info => Ok(alloc::vec![1, 255]),
+            proto::scheduler::Op::RunThread => {
+                let t = self.thread_cap(me, m.get(1)?)?;
+                let prio = u8::try_from(m.get(2)?).map_err(|_| Error::Inval)?;
+                let cpus = m.get(3)?;
+                if cpus & 1 == 0 {
+                    // Only CPU 0 exists (SMP comes later): a set without it cannot be honoured.
+                    return Err(Error::Inval);
+                }
+                let us = m.get(4)?;
+                let ticks = if us == 0 {
+                    QUANTUM
+                } else {
+                    u32::try_from(us.div_ceil(1_000_000 / arch_x86_64::TICK_HZ)).map_err(|_| Error::Inval)?.max(1)
+                };
+                let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
+                if th.task.is_none() {
+                    return Err(Error::Inval);
+                }
+                let old = th.prio;
+                th.prio = prio;
+                th.quantum_len = ticks;
+                match th.state {
+                    ThreadState::Inactive => {
+                        th.state = ThreadState::Ready;
+                        th.quantum = ticks;
+                        self.ready.enqueue(t, prio);
+                    }
+                    ThreadState::Ready => {
+                        self.ready.remove(t, old);
+                        self.ready.enqueue(t, prio);
+                    }
+                    _ => {}
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn icu_op(&mut self, me: Id, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
+        match proto::icu::Op::from_code(op).ok_or(Error::NoSys)? {
+            proto::icu::Op::Info => Ok(alloc::vec![crate::icu::LINES as u64]),
+            proto::icu::Op::Bind => {
+                let line = crate::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
+                let irq = match self.cap(me, CapIdx(m.get(2)?)).ok_or(Error::NoEnt)?.obj {
+                    Obj::Irq(i) => i,
+                    _ => return Err(Error::Inval),
+                };
+                if self.lines[line as usize].is_some() || self.irqs.get(irq).and_then(|i| i.line).is_some() {
+                    return Err(Error::Exists);
+                }
+                self.lines[line as usize] = Some(irq);
+                self.irqs.get_mut(irq).ok_or(Error::NoEnt)?.line = Some(line);
+                crate::icu::unmask(line);
+                Ok(Vec::new())
+            }
+            proto::icu::Op::Unbind => {
+                let line = crate::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
+                let irq = self.lines[line as usize].take().ok_or(Error::NoEnt)?;
+                crate::icu::mask(line);
+                if let Some(i) = self.irqs.get_mut(irq) {
+                    i.line = None;
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+fn read_mrs(utcb: PhysAddr, out: &mut [u64]) {
+    let mut bytes = [0u8; MR_COUNT * 8];
+    A::read_phys(utcb, &mut bytes[..out.len() * 8]);
+    for (w, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    }
+}
+
+fn write_mrs(utcb: PhysAddr, words: &[u64]) {
+    let mut bytes = [0u8; MR_COUNT * 8];
+    for (c, w) in bytes.chunks_exact_mut(8).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    A::write_phys(utcb, &bytes[..words.len() * 8]);
+}

@@ -1,0 +1,416 @@
+//! The IPC state machine: send, receive, call, reply, open wait, timeouts, and the messages the
+//! kernel sends on behalf of a faulting thread (page faults, exceptions) or an interrupt.
+//!
+//! A blocked thread is never written to by others except through its `Thread` record: a waker
+//! leaves the result registers in `result`, and the thread applies them on its way out.
+
+use crate::objects::{Kernel, PendingSend, ThreadState, Wait};
+use crate::A;
+use abi::proto::{event, exc_regs, fpage::Fpage, map};
+use abi::syscall::timeout;
+use abi::utcb::{BR_OFFSET, MR_COUNT};
+use abi::{Error, MsgTag, Rights};
+use arch_x86_64::TrapFrame;
+use kernel_core::hal::Arch;
+use kernel_core::mem::PhysAddr;
+use kernel_core::slab::Id;
+
+/// What a system call did to the calling thread.
+pub enum Outcome {
+    /// Finished: result tag and label for the caller's registers.
+    Done(MsgTag, u64),
+    /// The caller blocked; its result arrives in `Thread::result`.
+    Blocked,
+}
+
+impl Outcome {
+    pub fn err(e: Error) -> Self {
+        Outcome::Done(MsgTag::error(e), 0)
+    }
+}
+
+/// Where the words of a message come from.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// The sender's UTCB.
+    Utcb(Id),
+    /// Words the kernel made (fault and exception messages).
+    Kernel([u64; exc_regs::WORDS]),
+}
+
+/// The kind of answer a fault message waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Page,
+    Exception,
+}
+
+fn read_words(frame: PhysAddr, first: usize, n: usize, out: &mut [u64]) {
+    let mut bytes = [0u8; MR_COUNT * 8];
+    A::read_phys(PhysAddr(frame.0 + first as u64 * 8), &mut bytes[..n * 8]);
+    for (w, c) in out.iter_mut().zip(bytes[..n * 8].chunks_exact(8)) {
+        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    }
+}
+
+fn write_words(frame: PhysAddr, words: &[u64]) {
+    let mut bytes = [0u8; MR_COUNT * 8];
+    for (c, w) in bytes.chunks_exact_mut(8).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    A::write_phys(frame, &bytes[..words.len() * 8]);
+}
+
+/// Microseconds to a TSC deadline.
+fn deadline(us: u32) -> Option<u64> {
+    match us {
+        timeout::NEVER => None,
+        us => Some(A::cycles() + A::cycles_hz() / 1_000_000 * us as u64),
+    }
+}
+
+impl Kernel {
+    /// Takes a thread out of whatever it waits in (queues, timeout list).
+    pub fn leave_wait(&mut self, t: Id, state: ThreadState) {
+        match state {
+            ThreadState::Sending { to } => {
+                if let Some(r) = self.threads.get_mut(to) {
+                    r.senders.retain(|s| *s != t);
+                }
+            }
+            ThreadState::Receiving(Wait::Semaphore(s)) => {
+                if let Some(s) = self.sems.get_mut(s) {
+                    s.waiters.retain(|w| *w != t);
+                }
+            }
+            _ => {}
+        }
+        self.timed.retain(|x| *x != t);
+        if let Some(th) = self.threads.get_mut(t) {
+            th.deadline = None;
+            th.send = None;
+        }
+    }
+
+    /// Makes a blocked thread runnable with a result. No-op for threads not blocked.
+    pub fn wake(&mut self, t: Id, r: Result<(MsgTag, u64), Error>) {
+        let Some(th) = self.threads.get(t) else { return };
+        let state = th.state;
+        if !matches!(state, ThreadState::Sending { .. } | ThreadState::Receiving(_)) {
+            return;
+        }
+        self.leave_wait(t, state);
+        let th = self.threads.get_mut(t).expect("checked above");
+        th.result = Some(match r {
+            Ok((tag, label)) => (tag.0, label),
+            Err(e) => (MsgTag::error(e).0, 0),
+        });
+        th.state = ThreadState::Ready;
+        let p = th.prio;
+        // Woken partners run next among equals: the IPC hand-off needs no scheduling round.
+        self.ready.enqueue_front(t, p);
+    }
+
+    /// Blocks `t` (the current thread) in `state` with a timeout in microseconds.
+    pub fn block(&mut self, t: Id, state: ThreadState, us: u32) {
+        let d = deadline(us);
+        if let Some(th) = self.threads.get_mut(t) {
+            th.state = state;
+            th.deadline = d;
+        }
+        if d.is_some() {
+            self.timed.push(t);
+        }
+    }
+
+    /// Wakes every thread whose deadline passed, with `Error::Timeout`.
+    pub fn expire_timeouts(&mut self) {
+        if self.timed.is_empty() {
+            return;
+        }
+        let now = A::cycles();
+        let due: alloc::vec::Vec<Id> = self
+            .timed
+            .iter()
+            .copied()
+            .filter(|t| self.threads.get(*t).and_then(|th| th.deadline).is_some_and(|d| d <= now))
+            .collect();
+        for t in due {
+            self.wake(t, Err(Error::Timeout));
+        }
+    }
+
+    /// Copies a message into `to`'s UTCB and carries out its typed items. Returns the tag the
+    /// receiver sees.
+    fn transfer(&mut self, src: Source, to: Id, tag: MsgTag, fault_reply: bool) -> Result<MsgTag, Error> {
+        let (words, items) = (tag.words(), tag.items());
+        if words + 2 * items > MR_COUNT {
+            return Err(Error::MsgTooLong);
+        }
+        let dst = self.threads.get(to).ok_or(Error::NoEnt)?;
+        let dst_utcb = dst.utcb_frame.ok_or(Error::Inval)?;
+        let dst_task = dst.task.ok_or(Error::Inval)?;
+        let mut buf = [0u64; MR_COUNT];
+        let src_task = match src {
+            Source::Utcb(s) => {
+                let st = self.threads.get(s).ok_or(Error::NoEnt)?;
+                read_words(st.utcb_frame.ok_or(Error::Inval)?, 0, words + 2 * items, &mut buf);
+                st.task
+            }
+            Source::Kernel(w) => {
+                buf[..w.len().min(words)].copy_from_slice(&w[..w.len().min(words)]);
+                None
+            }
+        };
+        write_words(dst_utcb, &buf[..words]);
+        if items > 0 {
+            let src_task = src_task.ok_or(Error::Inval)?;
+            let window = if fault_reply {
+                Fpage::memory(0, 47, Rights::ALL)
+            } else {
+                let mut br = [0u64; 1];
+                read_words(dst_utcb, BR_OFFSET, 1, &mut br);
+                Fpage(br[0])
+            };
+            if window.0 == 0 {
+                return Err(Error::MsgTooLong);
+            }
+            for i in 0..items {
+                let (w0, fp) = (buf[words + 2 * i], buf[words + 2 * i + 1]);
+                if w0 & map::ITEM == 0 {
+                    return Err(Error::Inval);
+                }
+                let grant = w0 & map::GRANT != 0;
+                self.map_fpage(src_task, dst_task, Fpage(fp), w0 & !0xfff, window, grant)?;
+            }
+        }
+        Ok(MsgTag::new(tag.label(), words as u64, items as u64, 0))
+    }
+
+    /// Sends from the current thread `me` to thread `dst` with `label` as the receiver's label.
+    pub fn send(&mut self, me: Id, dst: Id, tag: MsgTag, label: u64, call: bool, r8: u64) -> Outcome {
+        let Some(d) = self.threads.get(dst) else { return Outcome::err(Error::NoEnt) };
+        if d.state == ThreadState::Receiving(Wait::Open) {
+            let rtag = match self.transfer(Source::Utcb(me), dst, tag, false) {
+                Ok(t) => t,
+                Err(e) => return Outcome::err(e),
+            };
+            if call {
+                if let Some(d) = self.threads.get_mut(dst) {
+                    d.reply_to = Some(me);
+                }
+            }
+            self.wake(dst, Ok((rtag, label)));
+            if call {
+                self.block(me, ThreadState::Receiving(Wait::Reply(dst)), timeout::recv(r8));
+                return Outcome::Blocked;
+            }
+            return Outcome::Done(MsgTag::new(0, 0, 0, 0), 0);
+        }
+        if timeout::send(r8) == timeout::ZERO {
+            return Outcome::err(Error::Timeout);
+        }
+        let pending = PendingSend { tag, label, call, recv_timeout: timeout::recv(r8) };
+        self.block(me, ThreadState::Sending { to: dst }, timeout::send(r8));
+        if let Some(t) = self.threads.get_mut(me) {
+            t.send = Some(pending);
+        }
+        if let Some(d) = self.threads.get_mut(dst) {
+            d.senders.push_back(me);
+        }
+        Outcome::Blocked
+    }
+
+    /// Open wait of the current thread: a pending interrupt, a queued sender, or block.
+    pub fn wait(&mut self, me: Id, r8: u64) -> Outcome {
+        if let Some((tag, label)) = self.take_pending_irq(me) {
+            return Outcome::Done(tag, label);
+        }
+        loop {
+            let Some(s) = self.threads.get_mut(me).and_then(|t| t.senders.pop_front()) else { break };
+            let Some(p) = self.threads.get(s).and_then(|t| t.send) else { continue };
+            let src = match self.fault_source(s) {
+                Some(w) => Source::Kernel(w),
+                None => Source::Utcb(s),
+            };
+            match self.transfer(src, me, p.tag, false) {
+                Ok(rtag) => {
+                    let kind = self.threads.get(s).map(|t| t.state);
+                    self.leave_wait(s, kind.unwrap_or(ThreadState::Ready));
+                    if p.call {
+                        let w = match self.fault_kind(s) {
+                            Some(FaultKind::Page) => Wait::PageFault(me),
+                            Some(FaultKind::Exception) => Wait::Exception(me),
+                            None => Wait::Reply(me),
+                        };
+                        self.block(s, ThreadState::Receiving(w), p.recv_timeout);
+                        if let Some(t) = self.threads.get_mut(me) {
+                            t.reply_to = Some(s);
+                        }
+                    } else {
+                        if let Some(t) = self.threads.get_mut(s) {
+                            t.state = ThreadState::Sending { to: me };
+                        }
+                        self.wake(s, Ok((MsgTag::new(0, 0, 0, 0), 0)));
+                    }
+                    return Outcome::Done(rtag, p.label);
+                }
+                Err(e) => {
+                    // The sender's message cannot be delivered: it learns why, we go on.
+                    if let Some(t) = self.threads.get_mut(s) {
+                        t.state = ThreadState::Sending { to: me };
+                    }
+                    self.wake(s, Err(e));
+                }
+            }
+        }
+        if timeout::recv(r8) == timeout::ZERO {
+            return Outcome::err(Error::Timeout);
+        }
+        self.block(me, ThreadState::Receiving(Wait::Open), timeout::recv(r8));
+        Outcome::Blocked
+    }
+
+    /// Replies through the implicit reply capability of `me` (use-once).
+    pub fn reply(&mut self, me: Id, tag: MsgTag) -> Result<(), Error> {
+        let caller = self.threads.get_mut(me).and_then(|t| t.reply_to.take()).ok_or(Error::NoEnt)?;
+        let state = self.threads.get(caller).map(|t| t.state).ok_or(Error::NoEnt)?;
+        match state {
+            ThreadState::Receiving(Wait::Reply(p)) if p == me => {
+                let rtag = self.transfer(Source::Utcb(me), caller, tag, false);
+                self.wake(caller, rtag.map(|t| (t, 0)));
+                Ok(())
+            }
+            ThreadState::Receiving(Wait::PageFault(p)) if p == me => {
+                let r = self.transfer(Source::Utcb(me), caller, tag, true);
+                self.wake(caller, r.map(|t| (t, 0)));
+                Ok(())
+            }
+            ThreadState::Receiving(Wait::Exception(p)) if p == me => {
+                if tag.words() >= exc_regs::WORDS {
+                    let mut regs = [0u64; exc_regs::WORDS];
+                    let utcb = self.threads.get(me).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
+                    read_words(utcb, 0, exc_regs::WORDS, &mut regs);
+                    if let Some(t) = self.threads.get_mut(caller) {
+                        t.pending_exc = Some(regs);
+                    }
+                }
+                self.wake(caller, Ok((MsgTag::new(0, 0, 0, 0), 0)));
+                Ok(())
+            }
+            // The caller gave up (timeout, cancel) or is gone.
+            _ => Err(Error::NoEnt),
+        }
+    }
+
+    /// Words of a fault message a blocked sender carries, if it is one.
+    fn fault_source(&self, s: Id) -> Option<[u64; exc_regs::WORDS]> {
+        self.threads.get(s)?.pending_fault.map(|(_, w)| w)
+    }
+
+    fn fault_kind(&self, s: Id) -> Option<FaultKind> {
+        self.threads.get(s)?.pending_fault.map(|(k, _)| k)
+    }
+
+    /// A user exception of the current thread `me`: sends the fault message to its pager
+    /// (page faults) or exception handler. Returns `None` if there is no handler.
+    pub fn raise_fault(&mut self, me: Id, vector: u8, error: u64, addr: u64, f: &TrapFrame) -> Option<Outcome> {
+        let (kind, handler_idx) = {
+            let t = self.threads.get(me)?;
+            if vector == 14 { (FaultKind::Page, t.pager) } else { (FaultKind::Exception, t.exc_handler) }
+        };
+        let task = self.threads.get(me)?.task?;
+        let (dst, label) = self.ipc_target(task, handler_idx).ok()?;
+        if dst == me {
+            return None;
+        }
+        let mut w = [0u64; exc_regs::WORDS];
+        let tag = match kind {
+            FaultKind::Page => {
+                let write = if error & 2 != 0 { 2 } else { 0 };
+                let fetch = if error & 0x10 != 0 { 1 } else { 0 };
+                w[0] = (addr & !7) | write | fetch;
+                w[1] = f.rip;
+                MsgTag::new(event::PAGE_FAULT, 2, 0, 0)
+            }
+            FaultKind::Exception => {
+                use exc_regs::*;
+                w[TRAPNO] = vector as u64;
+                w[ERROR] = error;
+                w[IP] = f.rip;
+                w[SP] = f.rsp;
+                w[FLAGS] = f.rflags;
+                w[FAULT_ADDR] = addr;
+                (w[RAX], w[RBX], w[RCX], w[RDX]) = (f.rax, f.rbx, f.rcx, f.rdx);
+                (w[RSI], w[RDI], w[RBP], w[R8]) = (f.rsi, f.rdi, f.rbp, f.r8);
+                MsgTag::new(event::EXCEPTION, WORDS as u64, 0, 0)
+            }
+        };
+        if let Some(t) = self.threads.get_mut(me) {
+            t.pending_fault = Some((kind, w));
+        }
+        let wait = match kind {
+            FaultKind::Page => Wait::PageFault(dst),
+            FaultKind::Exception => Wait::Exception(dst),
+        };
+        if self.threads.get(dst)?.state == ThreadState::Receiving(Wait::Open) {
+            let rtag = self.transfer(Source::Kernel(w), dst, tag, false).ok()?;
+            if let Some(d) = self.threads.get_mut(dst) {
+                d.reply_to = Some(me);
+            }
+            self.wake(dst, Ok((rtag, label)));
+            self.block(me, ThreadState::Receiving(wait), timeout::NEVER);
+        } else {
+            self.block(me, ThreadState::Sending { to: dst }, timeout::NEVER);
+            if let Some(t) = self.threads.get_mut(me) {
+                t.send = Some(PendingSend { tag, label, call: true, recv_timeout: timeout::NEVER });
+            }
+            if let Some(d) = self.threads.get_mut(dst) {
+                d.senders.push_back(me);
+            }
+        }
+        Some(Outcome::Blocked)
+    }
+
+    /// The thread and label an IPC to capability `idx` of `task` goes to (gate or thread).
+    pub fn ipc_target(&self, task: Id, idx: abi::CapIdx) -> Result<(Id, u64), Error> {
+        match self.cap(task, idx).ok_or(Error::NoEnt)?.obj {
+            crate::objects::Obj::Gate(g) => {
+                let g = self.gates.get(g).ok_or(Error::NoEnt)?;
+                Ok((g.thread.ok_or(Error::NoEnt)?, g.label))
+            }
+            crate::objects::Obj::Thread(t) => Ok((t, 0)),
+            _ => Err(Error::Inval),
+        }
+    }
+
+    /// An interrupt attached to `me` that fired while it was not waiting.
+    fn take_pending_irq(&mut self, me: Id) -> Option<(MsgTag, u64)> {
+        let irqs = self.threads.get(me)?.irqs.clone();
+        for i in irqs {
+            let irq = self.irqs.get_mut(i)?;
+            if irq.pending {
+                irq.pending = false;
+                let label = irq.target.map_or(0, |(_, l)| l);
+                return Some((MsgTag::new(abi::proto::irq::LABEL, 0, 0, 0), label));
+            }
+        }
+        None
+    }
+
+    /// Raises Irq `i`: delivered at once to a thread in open wait, else left pending.
+    pub fn trigger_irq(&mut self, i: Id) -> Result<(), Error> {
+        let irq = self.irqs.get_mut(i).ok_or(Error::NoEnt)?;
+        let Some((t, label)) = irq.target else {
+            irq.pending = true;
+            return Ok(());
+        };
+        let waiting = self.threads.get(t).is_some_and(|th| th.state == ThreadState::Receiving(Wait::Open));
+        if waiting {
+            self.wake(t, Ok((MsgTag::new(abi::proto::irq::LABEL, 0, 0, 0), label)));
+        } else if let Some(irq) = self.irqs.get_mut(i) {
+            irq.pending = true;
+        }
+        Ok(())
+    }
+}

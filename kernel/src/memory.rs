@@ -1,0 +1,195 @@
+//! Mapping memory and capabilities between tasks: map/grant items, `Task::Map`, `Task::Unmap`,
+//! and keeping page tables and capability tables in step with the mapping databases.
+
+use crate::mem::with_frames;
+use crate::objects::{Kernel, Obj, Slot};
+use crate::A;
+use abi::proto::fpage::{self, Fpage, Type};
+use abi::{CapIdx, Error, Rights};
+use kernel_core::hal::Arch;
+use kernel_core::mapdb::{Entry, MapDbError};
+use kernel_core::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
+use kernel_core::slab::Id;
+
+/// Memory rights in flexpages (Fiasco's): execute, write, read.
+pub const MEM_X: u8 = 1;
+pub const MEM_W: u8 = 2;
+pub const MEM_R: u8 = 4;
+pub const MEM_ALL: u8 = MEM_X | MEM_W | MEM_R;
+
+/// Largest flexpage the kernel processes in one item (1 GiB of memory, 2^16 slots).
+const MAX_MEM_ORDER: u32 = 30;
+const MAX_OBJ_ORDER: u32 = 16;
+
+fn perms(rights: u8) -> Perms {
+    Perms { write: rights & MEM_W != 0, exec: rights & MEM_X != 0 }
+}
+
+fn db_error(e: MapDbError) -> Error {
+    match e {
+        MapDbError::NoSource => Error::NoEnt,
+        MapDbError::Cycle => Error::Inval,
+        MapDbError::Occupied => Error::Exists,
+    }
+}
+
+/// Where one item lands: source base, destination base, and size (units of the fpage type).
+fn placement(fp: Fpage, snd_base: u64, window: Fpage) -> Option<(u64, u64, u64)> {
+    let (fs, ws) = (fp.size()?, window.size()?);
+    if fs <= ws {
+        Some((fp.base(), window.base() + (snd_base & (ws - 1) & !(fs - 1)), fs))
+    } else {
+        Some((fp.base() + (snd_base & (fs - 1) & !(ws - 1)), window.base(), ws))
+    }
+}
+
+impl Kernel {
+    /// Applies removed memory mappings to the page tables.
+    pub fn unmap_entries(&mut self, gone: &[Entry<Slot, PhysAddr>]) {
+        for e in gone {
+            if let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) {
+                A::unmap(&mut t.space, VirtAddr(e.key.1));
+            }
+        }
+    }
+
+    /// Applies reduced rights to the page tables.
+    fn remap_entries(&mut self, changed: &[Entry<Slot, PhysAddr>]) {
+        for e in changed {
+            let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) else { continue };
+            if e.rights == 0 {
+                A::unmap(&mut t.space, VirtAddr(e.key.1));
+            } else {
+                let _ = with_frames(|fa| A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa));
+            }
+        }
+    }
+
+    /// Records `pa` as a root mapping of `task` at `va` and enters it into its page table.
+    pub fn map_root(&mut self, task: Id, va: u64, pa: PhysAddr, rights: u8) -> Result<(), Error> {
+        let key = (task.as_u64(), va);
+        let gone = self.memdb.revoke(key, true);
+        self.unmap_entries(&gone);
+        self.memdb.insert_root(key, pa, rights).map_err(db_error)?;
+        let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
+        with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa)).map_err(|_| Error::NoMem)?;
+        Ok(())
+    }
+
+    /// Maps (or grants) the flexpage `fp` of `src` into `dst` at the place `snd_base` selects
+    /// inside `window`. Slots the source does not have are skipped, as in L4.
+    pub fn map_fpage(&mut self, src: Id, dst: Id, fp: Fpage, snd_base: u64, window: Fpage, grant: bool)
+        -> Result<(), Error> {
+        if fp.typ() != window.typ() {
+            return Err(Error::Inval);
+        }
+        let (order_max, unit) = match fp.typ() {
+            Some(Type::Memory) => (MAX_MEM_ORDER, PAGE_SIZE),
+            Some(Type::Object) => (MAX_OBJ_ORDER, 1),
+            Some(Type::IoPort) => return Err(Error::NoSys),
+            None => return Err(Error::Inval),
+        };
+        if fp.order() > order_max || (unit == PAGE_SIZE && fp.order() < 12) {
+            return Err(Error::Inval);
+        }
+        let (from, to, size) = placement(fp, snd_base, window).ok_or(Error::Inval)?;
+        let mask = fp.rights().bits();
+        let (s, d) = (src.as_u64(), dst.as_u64());
+        let mut off = 0;
+        while off < size {
+            let (sk, dk) = ((s, from + off), (d, to + off));
+            off += unit;
+            if unit == PAGE_SIZE && (dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR) {
+                return Err(Error::Inval);
+            }
+            if self.memdb.get(sk).is_none() && self.capdb.get(sk).is_none() {
+                continue;
+            }
+            if sk == dk {
+                continue;
+            }
+            if unit == PAGE_SIZE {
+                let r = if grant { self.memdb.grant(sk, dk, mask) } else { self.memdb.derive(sk, dk, mask) };
+                let (gone, e) = r.map_err(db_error)?;
+                self.unmap_entries(&gone);
+                if grant {
+                    if let Some(t) = self.tasks.get_mut(src) {
+                        A::unmap(&mut t.space, VirtAddr(sk.1));
+                    }
+                }
+                self.remap_entries(&[e]);
+            } else {
+                if CapIdx(dk.1).0 == 0 || dk.1 as usize >= kernel_core::captable::MAX_SLOTS {
+                    return Err(Error::Inval);
+                }
+                let r = if grant { self.capdb.grant(sk, dk, mask) } else { self.capdb.derive(sk, dk, mask) };
+                let (gone, e) = r.map_err(db_error)?;
+                self.drop_caps(&gone);
+                if grant {
+                    if let Some(t) = self.tasks.get_mut(src) {
+                        t.caps.take(CapIdx(sk.1));
+                    }
+                }
+                self.update_caps(&[e]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `Task::Unmap` of flexpages of `task`: revokes what was derived from them, removes them
+    /// too with `ALL_SPACES`, and destroys the objects with `DELETE_OBJ` (needs the D right).
+    /// Returns true if the caller's own task was destroyed.
+    pub fn unmap_fpage(&mut self, task: Id, fp: Fpage, mask: u64) -> Result<bool, Error> {
+        let include_self = mask & fpage::unmap_mask::ALL_SPACES != 0;
+        let delete = mask & fpage::unmap_mask::DELETE_OBJ == fpage::unmap_mask::DELETE_OBJ;
+        let t = task.as_u64();
+        match fp.typ() {
+            Some(Type::Memory) if fp.order() >= 12 && fp.order() <= 47 => {
+                let size = fp.size().ok_or(Error::Inval)?;
+                let base = fp.base();
+                let keys: alloc::vec::Vec<Slot> =
+                    self.memdb_keys(t, base, base.saturating_add(size));
+                let rights = fp.rights().bits();
+                for k in keys {
+                    // The flexpage's rights are the ones to take away; taking R removes.
+                    if rights & MEM_R != 0 {
+                        let gone = self.memdb.revoke(k, include_self);
+                        self.unmap_entries(&gone);
+                    } else {
+                        let changed = self.memdb.reduce(k, rights, include_self);
+                        self.remap_entries(&changed);
+                    }
+                }
+                Ok(false)
+            }
+            Some(Type::Object) if fp.order() <= MAX_OBJ_ORDER => {
+                let me_dead = self.current_task() == Some(task);
+                for idx in fp.base()..fp.base() + (1u64 << fp.order()) {
+                    let Some(cap) = self.cap(task, CapIdx(idx)) else { continue };
+                    if delete && cap.rights.contains(Rights::D) && fp.rights().contains(Rights::D) {
+                        self.destroy(cap.obj);
+                        if me_dead && cap.obj == Obj::Task(task) {
+                            return Ok(true);
+                        }
+                        continue;
+                    }
+                    let r = fp.rights().bits();
+                    if r & Rights::R.bits() != 0 {
+                        let gone = self.capdb.revoke((t, idx), include_self);
+                        self.drop_caps(&gone);
+                    } else {
+                        let changed = self.capdb.reduce((t, idx), r, include_self);
+                        self.update_caps(&changed);
+                    }
+                }
+                Ok(false)
+            }
+            Some(Type::IoPort) => Err(Error::NoSys),
+            _ => Err(Error::Inval),
+        }
+    }
+
+    fn memdb_keys(&self, task: u64, start: u64, end: u64) -> alloc::vec::Vec<Slot> {
+        self.memdb.keys_in((task, start)..=(task, end - 1))
+    }
+}
