@@ -10,7 +10,7 @@
 
 /// User address of the KIP in every task.
 pub const KIP_ADDR: u64 = 0x7fff_fff0_0000;
-/// User address of the first thread's UTCB in a boot task.
+/// User address of a boot task's UTCB area (16 KiB: 16 UTCBs); the first is its first thread's.
 pub const BOOT_UTCB_ADDR: u64 = 0x7fff_ffe0_0000;
 /// Initial stack pointer of a boot task.
 pub const BOOT_STACK_TOP: u64 = 0x7fff_ff00_0000;

@@ -7,8 +7,10 @@
 //! +------------------------+--------+---------+---------+
 //! ```
 //! `words` untyped message registers, `items` typed items (two words each) after them. The label
-//! is signed: protocols of kernel objects are negative, and a result tag with a negative label
-//! carries an [`Error`].
+//! is signed: protocols of kernel objects are negative. In a *reply* (and in the result of a
+//! kernel-object operation) a negative label is an [`Error`] code, as in L4Re. The flag
+//! [`MsgTag::ERROR`] marks a failed IPC operation itself (timeout, canceled, no partner), so a
+//! received request with a negative protocol label is never mistaken for a failure.
 
 use crate::Error;
 
@@ -31,9 +33,12 @@ impl MsgTag {
         )
     }
 
+    /// Flag: the IPC operation failed; the label holds `-Error`.
+    pub const ERROR: u64 = 0x8;
+
     /// A result tag carrying an error.
     pub const fn error(e: Error) -> Self {
-        Self::new(-e.code(), 0, 0, 0)
+        Self::new(-e.code(), 0, 0, Self::ERROR)
     }
 
     pub const fn label(self) -> i64 {
@@ -52,12 +57,23 @@ impl MsgTag {
         (self.0 >> Self::FLAGS_SHIFT) & 0xf
     }
 
-    /// `Err` if this is a result tag reporting an error.
+    /// For replies and kernel-object results: `Err` if the operation failed or the label is
+    /// negative.
     pub fn result(self) -> Result<MsgTag, Error> {
         match self.label() {
             l if l < 0 => Err(Error::from_code(-l).unwrap_or(Error::Inval)),
+            _ if self.flags() & Self::ERROR != 0 => Err(Error::Inval),
             _ => Ok(self),
         }
+    }
+
+    /// For receive operations: `Err` only if the IPC itself failed; the label of a received
+    /// message (a protocol, possibly negative) is left to the receiver.
+    pub fn ipc_result(self) -> Result<MsgTag, Error> {
+        if self.flags() & Self::ERROR != 0 {
+            return Err(Error::from_code(-self.label()).unwrap_or(Error::Inval));
+        }
+        Ok(self)
     }
 }
 
@@ -70,6 +86,9 @@ mod tests {
         let t = MsgTag::new(-13, 5, 2, 0x3);
         assert_eq!((t.label(), t.words(), t.items(), t.flags()), (-13, 5, 2, 3));
         assert_eq!(MsgTag::error(Error::NoEnt).result(), Err(Error::NoEnt));
+        assert_eq!(MsgTag::error(Error::Timeout).ipc_result(), Err(Error::Timeout));
+        assert_eq!(MsgTag::new(-6, 2, 0, 0).ipc_result().map(|t| t.label()), Ok(-6));
+        assert_eq!(MsgTag::new(-12, 0, 0, 0).result(), Err(Error::NoMem));
         assert_eq!(MsgTag::new(7, 1, 0, 0).result().map(|t| t.label()), Ok(7));
     }
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 pub const TARGET: &str = "x86_64-unknown-none";
 
 /// User programs (package names) built for every scenario.
-pub const USER_PROGRAMS: &[&str] = &["ktest", "hello"];
+pub const USER_PROGRAMS: &[&str] = &["ktest", "hello", "sigma0"];
 
 /// Everything a scenario needs from the build.
 pub struct Artifacts {
@@ -70,11 +70,18 @@ pub struct BootProgram {
     pub args: String,
     /// Started by the kernel.
     pub start: bool,
+    /// Receives the memory the kernel does not keep, and pages the other boot tasks.
+    pub sigma0: bool,
 }
 
 impl BootProgram {
     pub fn start(program: &str, args: &str) -> Self {
-        BootProgram { name: program.into(), program: program.into(), args: args.into(), start: true }
+        BootProgram { name: program.into(), program: program.into(), args: args.into(), start: true, sigma0: false }
+    }
+
+    /// The sigma0 program.
+    pub fn sigma0() -> Self {
+        BootProgram { sigma0: true, ..Self::start("sigma0", "") }
     }
 
     pub fn named(mut self, name: &str) -> Self {
@@ -99,7 +106,8 @@ impl Artifacts {
             entries.push(Entry {
                 name: p.name.clone(),
                 kind: bootimage::KIND_PROGRAM,
-                flags: if p.start { bootimage::FLAG_START } else { 0 },
+                flags: if p.start { bootimage::FLAG_START } else { 0 }
+                    | if p.sigma0 { bootimage::FLAG_SIGMA0 } else { 0 },
                 args: p.args.clone(),
                 data: std::fs::read(self.program(&p.program)?)?,
             });

@@ -22,6 +22,8 @@ use kernel_core::slab::Id;
 /// Priority of boot tasks; sigma0 runs above them so it waits before anyone asks.
 const BOOT_PRIO: u8 = 100;
 const SIGMA0_PRIO: u8 = 200;
+/// Pages of a boot task's UTCB area (4 UTCBs each).
+const BOOT_UTCB_PAGES: u64 = 4;
 /// Memory the kernel keeps for itself when sigma0 takes the rest (at least this much).
 const KERNEL_MIN_RESERVE: u64 = 32 << 20;
 
@@ -94,28 +96,32 @@ fn give_sigma0_memory(k: &mut Kernel, thread: Id) {
     let keep = (free / 2).max(KERNEL_MIN_RESERVE).min(free);
     let mut ranges: Vec<[u64; 2]> = Vec::new();
     let mut given = 0;
-    while given + PAGE_SIZE <= free - keep {
-        let Some(pa) = with_frames(|fa| fa.alloc()) else { break };
-        let va = SIGMA0_PHYS_OFFSET + pa.0;
-        if k.map_root(task, va, pa, MEM_ALL).is_err() {
-            with_frames(|fa| fa.free(pa));
+    let mut run = 4096u64;
+    // Take memory in large contiguous runs first, so that few KIP ranges describe it.
+    while given < free - keep && ranges.len() < SIGMA0_MEM_RANGES {
+        run = run.min((free - keep - given) / PAGE_SIZE);
+        if run == 0 {
             break;
         }
-        given += PAGE_SIZE;
-        let n = ranges.len();
+        let Some(pa) = with_frames(|fa| fa.alloc_contiguous(run as usize)) else {
+            run /= 2;
+            continue;
+        };
+        let va = SIGMA0_PHYS_OFFSET + pa.0;
+        let mut mapped = 0;
+        while mapped < run && k.map_root(task, va + mapped * PAGE_SIZE, PhysAddr(pa.0 + mapped * PAGE_SIZE), MEM_ALL).is_ok() {
+            mapped += 1;
+        }
+        if mapped < run {
+            with_frames(|fa| fa.free_contiguous(PhysAddr(pa.0 + mapped * PAGE_SIZE), (run - mapped) as usize));
+        }
+        if mapped == 0 {
+            break;
+        }
+        given += mapped * PAGE_SIZE;
         match ranges.last_mut() {
-            Some(r) if r[1] == va => r[1] += PAGE_SIZE,
-            _ if n < SIGMA0_MEM_RANGES => ranges.push([va, va + PAGE_SIZE]),
-            _ => {
-                // The KIP cannot describe more ranges: stop handing out memory.
-                k.memdb.revoke((task.as_u64(), va), true);
-                if let Some(t) = k.tasks.get_mut(task) {
-                    A::unmap(&mut t.space, VirtAddr(va));
-                }
-                with_frames(|fa| fa.free(pa));
-                given -= PAGE_SIZE;
-                break;
-            }
+            Some(r) if r[1] == va => r[1] += mapped * PAGE_SIZE,
+            _ => ranges.push([va, va + mapped * PAGE_SIZE]),
         }
     }
     let mut kip = [0u8; 8 + SIGMA0_MEM_RANGES * 16];
@@ -207,7 +213,7 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
             return Err(e);
         }
     };
-    let task = k.new_task(BOOT_UTCB_ADDR, 1, None).map_err(|e| format!("cannot create the task: {e:?}"))?;
+    let task = k.new_task(BOOT_UTCB_ADDR, BOOT_UTCB_PAGES, None).map_err(|e| format!("cannot create the task: {e:?}"))?;
     let r = fill_task(k, task, m, pages, &mut owned);
     if let Some(t) = k.tasks.get_mut(task) {
         t.name = String::from(m.name);

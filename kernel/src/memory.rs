@@ -92,7 +92,9 @@ impl Kernel {
         if fp.order() > order_max || (unit == PAGE_SIZE && fp.order() < 12) {
             return Err(Error::Inval);
         }
-        let (from, to, size) = placement(fp, snd_base, window).ok_or(Error::Inval)?;
+        // The send base is a byte address for memory and a selector (index << 12) for objects.
+        let snd = if unit == 1 { snd_base >> 12 } else { snd_base };
+        let (from, to, size) = placement(fp, snd, window).ok_or(Error::Inval)?;
         let mask = fp.rights().bits();
         let (s, d) = (src.as_u64(), dst.as_u64());
         let mut off = 0;

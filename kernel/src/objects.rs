@@ -329,10 +329,7 @@ impl Kernel {
 
     /// Destroys an object: every capability to it disappears, its waiters get an error.
     pub fn destroy(&mut self, obj: Obj) {
-        for key in self.capdb.slots_of(obj) {
-            let gone = self.capdb.revoke(key, true);
-            self.drop_caps(&gone);
-        }
+        self.purge_caps(obj);
         match obj {
             Obj::Task(id) => self.destroy_task(id),
             Obj::Thread(id) => self.destroy_thread(id),
@@ -387,10 +384,7 @@ impl Kernel {
         self.drop_caps(&gone);
         let gone = self.memdb.remove_range((k, 0)..=(k, u64::MAX));
         self.unmap_entries(&gone);
-        for key in self.capdb.slots_of(Obj::Task(id)) {
-            let gone = self.capdb.revoke(key, true);
-            self.drop_caps(&gone);
-        }
+        self.purge_caps(Obj::Task(id));
         let Some(task) = self.tasks.remove(id) else { return };
         self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
         let Task { space, frames, utcb_frames, .. } = task;
@@ -402,8 +396,21 @@ impl Kernel {
         });
     }
 
-    /// Kills a thread: it leaves every queue, its partners are told, its stack is reaped later.
+    /// Removes every capability naming `obj`.
+    fn purge_caps(&mut self, obj: Obj) {
+        for key in self.capdb.slots_of(obj) {
+            let gone = self.capdb.revoke(key, true);
+            self.drop_caps(&gone);
+        }
+    }
+
+    /// Kills a thread: it leaves every queue, its partners are told, its capabilities vanish,
+    /// its stack is reaped later.
     pub fn destroy_thread(&mut self, id: Id) {
+        if self.threads.get(id).is_none() {
+            return;
+        }
+        self.purge_caps(Obj::Thread(id));
         let Some(t) = self.threads.get(id) else { return };
         let (prio, state, task, senders, reply_to, irqs) =
             (t.prio, t.state, t.task, t.senders.clone(), t.reply_to, t.irqs.clone());

@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    long n = iters(argc, argv, 20000);
+    long n = iters(argc, argv, 100000);
     double v[REPS];
     for (int r = 0; r < REPS; r++) {
         long long t = now_ns();

@@ -10,9 +10,13 @@ int main(int argc, char **argv) {
     pid_t p = fork();
     if (p == 0) {
         char c;
+        close(ab[1]); /* else the loop below never sees EOF */
+        close(ba[0]);
         while (read(ab[0], &c, 1) == 1) if (write(ba[1], &c, 1) != 1) break;
         _exit(0);
     }
+    close(ab[0]);
+    close(ba[1]);
     double v[REPS];
     char c = 'x';
     for (int r = 0; r < REPS; r++) {

@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod io;
+pub mod ipc;
 pub mod sys;
 
 pub use sys::{invoke, kip, shutdown};

@@ -7,10 +7,11 @@ use abi::syscall::Flags;
 use abi::utcb::{Utcb, TCR_SELF_OFFSET};
 use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
 
-/// The raw system call. Returns the result tag.
+/// The raw system call with timeouts (`abi::syscall::timeout`). Returns the result tag and the
+/// label of a received message.
 #[inline(always)]
-pub fn invoke(sel: CapSel, flags: Flags, tag: MsgTag) -> MsgTag {
-    let rax: u64;
+pub fn invoke_full(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> (MsgTag, u64) {
+    let (rax, rsi): (u64, u64);
     // SAFETY: the kernel's `invoke` reads only registers and this thread's UTCB, and preserves
     // all registers but rax, rsi (results) and rcx, r11 (clobbered by `syscall`).
     unsafe {
@@ -18,14 +19,20 @@ pub fn invoke(sel: CapSel, flags: Flags, tag: MsgTag) -> MsgTag {
             "syscall",
             inlateout("rax") tag.0 => rax,
             in("rdx") sel.raw() | flags.bits(),
-            inlateout("rsi") 0u64 => _,
-            in("r8") 0u64,
+            inlateout("rsi") 0u64 => rsi,
+            in("r8") timeouts,
             out("rcx") _,
             out("r11") _,
             options(nostack),
         );
     }
-    MsgTag(rax)
+    (MsgTag(rax), rsi)
+}
+
+/// The raw system call without timeouts. Returns the result tag.
+#[inline(always)]
+pub fn invoke(sel: CapSel, flags: Flags, tag: MsgTag) -> MsgTag {
+    invoke_full(sel, flags, tag, 0).0
 }
 
 /// This thread's UTCB.

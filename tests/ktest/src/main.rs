@@ -3,6 +3,9 @@
 #![no_std]
 #![no_main]
 
+mod intertask;
+mod objects;
+
 use abi::cap::well_known;
 use abi::syscall::Flags;
 use abi::{CapIdx, CapSel, Error, MsgTag};
@@ -16,6 +19,7 @@ fn main(args: &str) -> i32 {
     match (words.next(), words.next()) {
         (Some("syscall"), _) => finish(syscall_checks()),
         (Some("bench"), _) => finish(bench()),
+        (Some("objects"), _) => finish(objects::run()),
         (Some("fault"), Some(kind)) => fault(kind),
         (Some("survivor"), _) => {
             spin_for_ms(50);

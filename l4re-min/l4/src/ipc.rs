@@ -1,0 +1,242 @@
+//! IPC and kernel-object stubs. Each stub puts its opcode and arguments into the message
+//! registers as `abi::proto` documents them and makes one `invoke`.
+
+use crate::sys::{call_words, invoke_full, utcb};
+use abi::proto::{self, fpage::Fpage, Protocol};
+use abi::syscall::Flags;
+use abi::{CapIdx, CapSel, Error, MsgTag};
+
+/// Message register `i` of this thread.
+pub fn mr(i: usize) -> u64 {
+    // SAFETY: this thread's UTCB is mapped read-write for its lifetime; the index is bounded
+    // by the array.
+    unsafe { (*utcb()).mr[i] }
+}
+
+pub fn set_mr(i: usize, v: u64) {
+    // SAFETY: as in `mr`.
+    unsafe { (*utcb()).mr[i] = v };
+}
+
+/// Buffer register `i` (`BR[0]` is the receive window for map items).
+pub fn set_br(i: usize, v: u64) {
+    // SAFETY: as in `mr`.
+    unsafe { (*utcb()).br[i] = v };
+}
+
+/// Calls and kernel operations: a negative reply label is an error.
+fn ipc(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> Result<(MsgTag, u64), Error> {
+    let (t, label) = invoke_full(sel, flags, tag, timeouts);
+    t.result().map(|t| (t, label))
+}
+
+/// Receives: only a failed IPC is an error; requests may carry negative protocol labels.
+fn recv(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> Result<(MsgTag, u64), Error> {
+    let (t, label) = invoke_full(sel, flags, tag, timeouts);
+    t.ipc_result().map(|t| (t, label))
+}
+
+/// Call: send through `gate`, then wait for the reply. Returns the reply tag.
+pub fn call(gate: CapIdx, tag: MsgTag, timeouts: u64) -> Result<MsgTag, Error> {
+    ipc(CapSel::from_idx(gate), Flags::CALL, tag, timeouts).map(|(t, _)| t)
+}
+
+/// Send only.
+pub fn send(gate: CapIdx, tag: MsgTag, timeouts: u64) -> Result<(), Error> {
+    ipc(CapSel::from_idx(gate), Flags::SEND, tag, timeouts).map(|_| ())
+}
+
+/// Open wait: the next message (or interrupt). Returns its tag and label.
+pub fn wait(timeouts: u64) -> Result<(MsgTag, u64), Error> {
+    recv(CapSel::INVALID, Flags::RECV | Flags::OPEN_WAIT, MsgTag::new(0, 0, 0, 0), timeouts)
+}
+
+/// Reply to the last caller, then open wait.
+pub fn reply_and_wait(tag: MsgTag, timeouts: u64) -> Result<(MsgTag, u64), Error> {
+    recv(CapSel::INVALID, Flags::SEND | Flags::RECV | Flags::OPEN_WAIT | Flags::REPLY, tag, timeouts)
+}
+
+/// Reply to the last caller.
+pub fn reply(tag: MsgTag) -> Result<(), Error> {
+    recv(CapSel::INVALID, Flags::SEND | Flags::REPLY, tag, 0).map(|_| ())
+}
+
+/// A map item in MR[`at`], MR[`at`+1].
+pub fn put_map_item(at: usize, snd_base: u64, fp: Fpage, grant: bool) {
+    set_mr(at, (snd_base & !0xfff) | proto::map::ITEM | if grant { proto::map::GRANT } else { 0 });
+    set_mr(at + 1, fp.0);
+}
+
+fn results<const N: usize>() -> [u64; N] {
+    core::array::from_fn(mr)
+}
+
+pub mod task {
+    use super::*;
+    use proto::task::{Op, LABEL};
+
+    /// Maps `fp` of task `src` into task `dst` at `snd_base` (| `map::GRANT`).
+    pub fn map(dst: CapIdx, src: CapIdx, fp: Fpage, snd_base: u64) -> Result<(), Error> {
+        call_words(dst, LABEL, &[Op::Map.code(), src.0, fp.0, snd_base]).map(|_| ())
+    }
+
+    /// Unmaps flexpages of `task` with `mask` (`fpage::unmap_mask`).
+    pub fn unmap(task: CapIdx, mask: u64, fps: &[Fpage]) -> Result<(), Error> {
+        let mut w = [0u64; 16];
+        w[0] = Op::Unmap.code();
+        w[1] = mask;
+        for (i, f) in fps.iter().take(14).enumerate() {
+            w[2 + i] = f.0;
+        }
+        call_words(task, LABEL, &w[..2 + fps.len().min(14)]).map(|_| ())
+    }
+
+    /// (protocol label, rights) of slot `idx` of `task`; label 0 for an empty slot.
+    pub fn cap_info(task: CapIdx, idx: CapIdx) -> Result<(i64, u64), Error> {
+        call_words(task, LABEL, &[Op::CapInfo.code(), idx.0])?;
+        let [l, r] = results::<2>();
+        Ok((l as i64, r))
+    }
+}
+
+pub mod thread {
+    use super::*;
+    use proto::thread::{Op, LABEL};
+
+    pub fn control(thread: CapIdx, flags: u64, pager: CapIdx, exc: CapIdx, task: CapIdx, utcb: u64) -> Result<(), Error> {
+        call_words(thread, LABEL, &[Op::Control.code(), flags, pager.0, exc.0, task.0, utcb]).map(|_| ())
+    }
+
+    /// Sets ip and sp (`u64::MAX`: unchanged); returns the old (ip, sp, flags).
+    pub fn ex_regs(thread: CapIdx, ip: u64, sp: u64, flags: u64) -> Result<[u64; 3], Error> {
+        call_words(thread, LABEL, &[Op::ExRegs.code(), ip, sp, flags])?;
+        Ok(results::<3>())
+    }
+}
+
+pub mod factory {
+    use super::*;
+    use proto::factory::{Op, LABEL};
+
+    fn create(f: CapIdx, kind: Protocol, slot: CapIdx, args: &[u64]) -> Result<(), Error> {
+        let mut w = [0u64; 5];
+        w[0] = Op::Create.code();
+        w[1] = kind.label() as u64;
+        w[2] = slot.0;
+        w[3..3 + args.len()].copy_from_slice(args);
+        call_words(f, LABEL, &w[..3 + args.len()]).map(|_| ())
+    }
+
+    /// A task whose UTCB area is `utcb_area` (a memory flexpage of 4..64 KiB).
+    pub fn task(f: CapIdx, slot: CapIdx, utcb_area: Fpage) -> Result<(), Error> {
+        create(f, Protocol::Task, slot, &[utcb_area.0])
+    }
+
+    pub fn thread(f: CapIdx, slot: CapIdx) -> Result<(), Error> {
+        create(f, Protocol::Thread, slot, &[])
+    }
+
+    /// An IPC gate bound to `thread` (slot 0: unbound) with `label`.
+    pub fn gate(f: CapIdx, slot: CapIdx, thread: CapIdx, label: u64) -> Result<(), Error> {
+        create(f, Protocol::IpcGate, slot, &[thread.0, label])
+    }
+
+    pub fn irq(f: CapIdx, slot: CapIdx) -> Result<(), Error> {
+        create(f, Protocol::Irq, slot, &[])
+    }
+
+    pub fn semaphore(f: CapIdx, slot: CapIdx, count: u64) -> Result<(), Error> {
+        create(f, Protocol::Semaphore, slot, &[count])
+    }
+
+    /// A factory with `quota` bytes, carved out of `f`'s.
+    pub fn factory(f: CapIdx, slot: CapIdx, quota: u64) -> Result<(), Error> {
+        create(f, Protocol::Factory, slot, &[quota])
+    }
+}
+
+pub mod gate {
+    use super::*;
+    use proto::ipc_gate::{Op, LABEL};
+
+    pub fn bind(gate: CapIdx, thread: CapIdx, label: u64) -> Result<(), Error> {
+        call_words(gate, LABEL, &[Op::Bind.code(), thread.0, label]).map(|_| ())
+    }
+
+    /// (label, bound).
+    pub fn info(gate: CapIdx) -> Result<(u64, bool), Error> {
+        call_words(gate, LABEL, &[Op::GetInfo.code()])?;
+        let [l, b] = results::<2>();
+        Ok((l, b != 0))
+    }
+}
+
+pub mod irq {
+    use super::*;
+    use proto::irq::{Op, LABEL};
+
+    pub fn attach(irq: CapIdx, thread: CapIdx, label: u64) -> Result<(), Error> {
+        call_words(irq, LABEL, &[Op::Attach.code(), thread.0, label]).map(|_| ())
+    }
+
+    pub fn detach(irq: CapIdx) -> Result<(), Error> {
+        call_words(irq, LABEL, &[Op::Detach.code()]).map(|_| ())
+    }
+
+    pub fn trigger(irq: CapIdx) -> Result<(), Error> {
+        call_words(irq, LABEL, &[Op::Trigger.code()]).map(|_| ())
+    }
+
+    pub fn unmask(irq: CapIdx) -> Result<(), Error> {
+        call_words(irq, LABEL, &[Op::Unmask.code()]).map(|_| ())
+    }
+}
+
+pub mod semaphore {
+    use super::*;
+    use proto::semaphore::{Op, LABEL};
+
+    pub fn up(s: CapIdx) -> Result<(), Error> {
+        call_words(s, LABEL, &[Op::Up.code()]).map(|_| ())
+    }
+
+    /// Waits for the count to become positive (receive timeout of `timeouts`).
+    pub fn down(s: CapIdx, timeouts: u64) -> Result<(), Error> {
+        set_mr(0, Op::Down.code());
+        ipc(CapSel::from_idx(s), Flags::CALL, MsgTag::new(LABEL, 1, 0, 0), timeouts).map(|_| ())
+    }
+}
+
+pub mod scheduler {
+    use super::*;
+    use proto::scheduler::{Op, LABEL};
+
+    /// (CPU mask, highest priority).
+    pub fn info(s: CapIdx) -> Result<(u64, u64), Error> {
+        call_words(s, LABEL, &[Op::Info.code()])?;
+        let [c, p] = results::<2>();
+        Ok((c, p))
+    }
+
+    pub fn run_thread(s: CapIdx, thread: CapIdx, prio: u8, cpus: u64, slice_us: u64) -> Result<(), Error> {
+        call_words(s, LABEL, &[Op::RunThread.code(), thread.0, prio as u64, cpus, slice_us]).map(|_| ())
+    }
+}
+
+pub mod icu {
+    use super::*;
+    use proto::icu::{Op, LABEL};
+
+    pub fn bind(icu: CapIdx, line: u64, irq: CapIdx) -> Result<(), Error> {
+        call_words(icu, LABEL, &[Op::Bind.code(), line, irq.0]).map(|_| ())
+    }
+
+    pub fn unbind(icu: CapIdx, line: u64) -> Result<(), Error> {
+        call_words(icu, LABEL, &[Op::Unbind.code(), line]).map(|_| ())
+    }
+
+    pub fn info(icu: CapIdx) -> Result<u64, Error> {
+        call_words(icu, LABEL, &[Op::Info.code()])?;
+        Ok(mr(0))
+    }
+}
