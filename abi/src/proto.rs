@@ -137,6 +137,9 @@ protocols! {
     platform_ctl: PlatformCtl = -26 {
         /// `MR[1]` = exit status; 0 means success. Powers the machine off (QEMU: exits with it).
         Shutdown = 0,
+        /// Checks the kernel's internal invariants (for tests and fuzzers); `Error::Inval` and a
+        /// console message name the first violation.
+        SelfCheck = 1,
     }
 }
 

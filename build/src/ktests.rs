@@ -111,6 +111,14 @@ fn defs() -> Vec<Def> {
             status: 0,
         },
         Def {
+            name: "fuzz",
+            what: "a hostile task makes 10^5 random invocations; the kernel survives its self-check",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {} 100000", fuzz_seed()))],
+            append: "",
+            checks: vec![("survived", "kernel self-check passed".into())],
+            status: 0,
+        },
+        Def {
             name: "kernel-fault",
             what: "a kernel fault prints a register dump and fails the boot",
             programs: vec![BootProgram::start("hello", "")],
@@ -123,6 +131,30 @@ fn defs() -> Vec<Def> {
             status: KERNEL_FAILURE_STATUS,
         },
     ]
+}
+
+/// The fuzz seed: `L4RS_FUZZ_SEED` if set (to replay a run), else different every run.
+fn fuzz_seed() -> u64 {
+    std::env::var("L4RS_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+    })
+}
+
+/// `cargo xtask fuzz [--count N] [--seed S]`: the long fuzz run.
+pub fn fuzz(art: &Artifacts, count: u64, seed: Option<u64>) -> Result {
+    let seed = seed.unwrap_or_else(fuzz_seed);
+    let m = art.machine("fuzz-long", &[BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {seed} {count}"))], "")?;
+    let mut s = Scenario::new("fuzz-long", m);
+    s.markers = vec!["kernel self-check passed".into()];
+    s.timeout = Duration::from_secs(60 + count / 2000);
+    let o = run_scenario(&s)?;
+    match &o.failure {
+        None => {
+            step(format!("fuzz: {count} invocations with seed {seed} survived ({:.0} s)", o.elapsed.as_secs_f64()));
+            Ok(())
+        }
+        Some(f) => err(format!("fuzz failed with seed {seed}: {f}\n{}", o.tail(40))),
+    }
 }
 
 /// Scenario names and descriptions for `cargo xtask run --list`.

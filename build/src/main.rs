@@ -25,6 +25,9 @@ cargo xtask <command> [options]
   test             lint, host tests and QEMU tests; ends with `N passed, N failed`
       --filter TEXT     only tests whose name contains TEXT
       --no-lint         skip rustfmt and clippy
+  fuzz             the long kernel fuzz run (10^7 random invocations by a hostile task)
+      --count N         invocations (default 10000000)
+      --seed S          replay a seed (also L4RS_FUZZ_SEED for `test`)
   bench            run the benchmarks, print the table, write target/bench/latest.json
   help             this text
 ";
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(Args::new(argv)),
         "test" => cmd_test(Args::new(argv)),
         "bench" => cmd_bench(Args::new(argv)),
+        "fuzz" => cmd_fuzz(Args::new(argv)),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(0)
@@ -129,6 +133,16 @@ fn cmd_test(mut a: Args) -> Result<i32> {
     }
     println!("{}", report.summary());
     Ok(if report.failed() == 0 { 0 } else { 1 })
+}
+
+fn cmd_fuzz(mut a: Args) -> Result<i32> {
+    let count = a.value("--count")?.map(|c| c.parse()).transpose().map_err(|_| "--count needs a number")?;
+    let seed = a.value("--seed")?.map(|c| c.parse()).transpose().map_err(|_| "--seed needs a number")?;
+    a.finish()?;
+    setup::ensure()?;
+    let art = kbuild::build_all()?;
+    ktests::fuzz(&art, count.unwrap_or(10_000_000), seed)?;
+    Ok(0)
 }
 
 fn cmd_bench(a: Args) -> Result<i32> {

@@ -119,6 +119,10 @@ impl Kernel {
                     log::info!("shutdown requested with status {status}");
                     A::shutdown(status as u32)
                 }),
+                Some(proto::platform_ctl::Op::SelfCheck) => self.self_check().map(|_| Vec::new()).map_err(|why| {
+                    log::error!("self-check failed: {why}");
+                    Error::Inval
+                }),
                 None => Err(Error::NoSys),
             },
             Obj::Task(t) => self.task_op(task, t, cap.rights, op, &mrs),

@@ -65,6 +65,7 @@ fn write_words(frame: PhysAddr, words: &[u64]) {
 fn deadline(us: u32) -> Option<u64> {
     match us {
         timeout::NEVER => None,
+        timeout::ZERO => Some(A::cycles()),
         us => Some(A::cycles() + A::cycles_hz() / 1_000_000 * us as u64),
     }
 }
@@ -202,6 +203,13 @@ impl Kernel {
             }
             self.wake(dst, Ok((rtag, label)));
             if call {
+                if timeout::recv(r8) == timeout::ZERO {
+                    // Delivered, but the caller will not wait for the answer.
+                    if let Some(d) = self.threads.get_mut(dst) {
+                        d.reply_to = None;
+                    }
+                    return Outcome::err(Error::Timeout);
+                }
                 self.block(me, ThreadState::Receiving(Wait::Reply(dst)), timeout::recv(r8));
                 return Outcome::Blocked;
             }

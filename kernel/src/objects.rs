@@ -458,3 +458,58 @@ impl Kernel {
         self.zombies.retain(|(_, z)| Some(z.kstack.top()) == keep);
     }
 }
+
+impl Kernel {
+    /// Verifies the invariants that tie the kernel's structures together.
+    pub fn self_check(&self) -> Result<(), &'static str> {
+        self.capdb.check()?;
+        self.memdb.check()?;
+        let mut caps = 0;
+        for (tid, t) in self.tasks.iter() {
+            for (idx, c) in t.caps.iter() {
+                caps += 1;
+                match self.capdb.get((tid.as_u64(), idx.0)) {
+                    Some((o, r)) if o == c.obj && r == c.rights.bits() => {}
+                    _ => return Err("capability table and database disagree"),
+                }
+            }
+            for th in &t.threads {
+                if self.threads.get(*th).and_then(|x| x.task) != Some(tid) {
+                    return Err("task lists a thread that is not bound to it");
+                }
+            }
+        }
+        if caps != self.capdb.len() {
+            return Err("capability database holds slots no table has");
+        }
+        for (_, f) in self.factories.iter() {
+            if f.used > f.limit {
+                return Err("factory over quota");
+            }
+        }
+        for (id, t) in self.threads.iter() {
+            match t.state {
+                ThreadState::Sending { to } => {
+                    if !self.threads.get(to).is_some_and(|r| r.senders.contains(&id)) {
+                        return Err("sender not queued at its receiver");
+                    }
+                }
+                ThreadState::Receiving(Wait::Semaphore(s)) => {
+                    if !self.sems.get(s).is_some_and(|x| x.waiters.contains(&id)) {
+                        return Err("semaphore waiter not queued");
+                    }
+                }
+                _ => {}
+            }
+            if t.task.is_some_and(|tk| self.tasks.get(tk).is_none()) {
+                return Err("thread bound to a dead task");
+            }
+        }
+        for (_, g) in self.gates.iter() {
+            if g.thread.is_some_and(|t| self.threads.get(t).is_none()) {
+                return Err("gate bound to a dead thread");
+            }
+        }
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod fuzz;
 mod intertask;
 mod objects;
 
@@ -20,6 +21,13 @@ fn main(args: &str) -> i32 {
         (Some("syscall"), _) => finish(syscall_checks()),
         (Some("bench"), _) => finish(bench()),
         (Some("objects"), _) => finish(objects::run()),
+        (Some("fuzz"), Some(seed)) => {
+            let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
+            match seed.parse() {
+                Ok(seed) => finish(fuzz::run(seed, count)),
+                Err(_) => finish(Err("fuzz: the seed must be a number")),
+            }
+        }
         (Some("fault"), Some(kind)) => fault(kind),
         (Some("survivor"), _) => {
             spin_for_ms(50);
