@@ -262,7 +262,10 @@ pub mod fpage {
         /// A memory flexpage of `2^order` bytes at `addr` (aligned down to the size).
         pub const fn memory(addr: u64, order: u32, rights: crate::Rights) -> Self {
             Fpage(
-                (addr & !0xfff) | ((order as u64 & 0x3f) << 6) | ((Type::Memory as u64) << 4) | rights.bits() as u64,
+                (addr & !0xfff)
+                    | ((order as u64 & 0x3f) << 6)
+                    | ((Type::Memory as u64) << 4)
+                    | rights.bits() as u64,
             )
         }
 

@@ -220,7 +220,7 @@ pub fn parse_bench(log: &str, system: &str) -> Vec<Metric> {
 
 /// Boots the benchmark scenario `runs` times and returns the median of each metric.
 pub fn kernel_metrics(art: &Artifacts, runs: usize) -> Result<Vec<Metric>> {
-    let machine = art.machine("bench", &[BootProgram::start("ktest", "bench")], "bench")?;
+    let machine = art.machine("bench", &[BootProgram::sigma0(), BootProgram::start("ktest", "bench")], "bench")?;
     let mut all: Vec<Vec<Metric>> = Vec::new();
     for i in 0..runs {
         step(format!("kernel micro-benchmarks, boot {}/{runs}", i + 1));

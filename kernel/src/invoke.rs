@@ -6,7 +6,9 @@
 
 use crate::ipc::Outcome;
 use crate::memory::MEM_ALL;
-use crate::objects::{cost, Factory, Gate, Irq, Kernel, KernelStack, Obj, Semaphore, Task, Thread, ThreadState};
+use crate::objects::{
+    cost, Factory, Gate, Irq, Kernel, KernelStack, Obj, Semaphore, Task, Thread, ThreadState,
+};
 use crate::A;
 use abi::proto::{self, fpage::Fpage, Protocol};
 use abi::syscall::Flags;
@@ -97,7 +99,9 @@ impl Kernel {
         if !cap.rights.contains(Rights::R) {
             return Outcome::err(Error::Perm);
         }
-        let Some(utcb) = self.threads.get(me).and_then(|t| t.utcb_frame) else { return Outcome::err(Error::Inval) };
+        let Some(utcb) = self.threads.get(me).and_then(|t| t.utcb_frame) else {
+            return Outcome::err(Error::Inval);
+        };
         let n = tag.words();
         if n > MR_COUNT {
             return Outcome::err(Error::Inval);
@@ -119,10 +123,12 @@ impl Kernel {
                     log::info!("shutdown requested with status {status}");
                     A::shutdown(status as u32)
                 }),
-                Some(proto::platform_ctl::Op::SelfCheck) => self.self_check().map(|_| Vec::new()).map_err(|why| {
-                    log::error!("self-check failed: {why}");
-                    Error::Inval
-                }),
+                Some(proto::platform_ctl::Op::SelfCheck) => {
+                    self.self_check().map(|_| Vec::new()).map_err(|why| {
+                        log::error!("self-check failed: {why}");
+                        Error::Inval
+                    })
+                }
                 None => Err(Error::NoSys),
             },
             Obj::Task(t) => self.task_op(task, t, cap.rights, op, &mrs),
@@ -241,7 +247,9 @@ impl Kernel {
             }
             proto::thread::Op::ExRegs => {
                 let (ip, sp, flags) = (m.get(1)?, m.get(2)?, m.get(3)?);
-                if (ip != u64::MAX && ip >= abi::kip::USER_END) || (sp != u64::MAX && sp >= abi::kip::USER_END) {
+                if (ip != u64::MAX && ip >= abi::kip::USER_END)
+                    || (sp != u64::MAX && sp >= abi::kip::USER_END)
+                {
                     return Err(Error::Inval);
                 }
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
@@ -260,7 +268,8 @@ impl Kernel {
                 };
                 if !th.fresh {
                     let (pi, ps) = th.pending_regs.unwrap_or((u64::MAX, u64::MAX));
-                    th.pending_regs = Some((if ip == u64::MAX { pi } else { ip }, if sp == u64::MAX { ps } else { sp }));
+                    th.pending_regs =
+                        Some((if ip == u64::MAX { pi } else { ip }, if sp == u64::MAX { ps } else { sp }));
                 }
                 if flags & proto::ex_regs::CANCEL != 0 {
                     self.wake(t, Err(Error::Canceled));
@@ -475,7 +484,11 @@ impl Kernel {
                     return Outcome::err(Error::Timeout);
                 }
                 sem.waiters.push_back(me);
-                self.block(me, ThreadState::Receiving(crate::objects::Wait::Semaphore(s)), abi::syscall::timeout::recv(r8));
+                self.block(
+                    me,
+                    ThreadState::Receiving(crate::objects::Wait::Semaphore(s)),
+                    abi::syscall::timeout::recv(r8),
+                );
                 Outcome::Blocked
             }
             None => Outcome::err(Error::NoSys),
@@ -497,7 +510,9 @@ impl Kernel {
                 let ticks = if us == 0 {
                     QUANTUM
                 } else {
-                    u32::try_from(us.div_ceil(1_000_000 / arch_x86_64::TICK_HZ)).map_err(|_| Error::Inval)?.max(1)
+                    u32::try_from(us.div_ceil(1_000_000 / arch_x86_64::TICK_HZ))
+                        .map_err(|_| Error::Inval)?
+                        .max(1)
                 };
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
                 if th.task.is_none() {

@@ -234,8 +234,7 @@ impl Kernel {
         if let Some((tag, label)) = self.take_pending_irq(me) {
             return Outcome::Done(tag, label);
         }
-        loop {
-            let Some(s) = self.threads.get_mut(me).and_then(|t| t.senders.pop_front()) else { break };
+        while let Some(s) = self.threads.get_mut(me).and_then(|t| t.senders.pop_front()) {
             let Some(p) = self.threads.get(s).and_then(|t| t.send) else { continue };
             let src = match self.fault_source(s) {
                 Some(w) => Source::Kernel(w),
@@ -322,10 +321,21 @@ impl Kernel {
 
     /// A user exception of the current thread `me`: sends the fault message to its pager
     /// (page faults) or exception handler. Returns `None` if there is no handler.
-    pub fn raise_fault(&mut self, me: Id, vector: u8, error: u64, addr: u64, f: &TrapFrame) -> Option<Outcome> {
+    pub fn raise_fault(
+        &mut self,
+        me: Id,
+        vector: u8,
+        error: u64,
+        addr: u64,
+        f: &TrapFrame,
+    ) -> Option<Outcome> {
         let (kind, handler_idx) = {
             let t = self.threads.get(me)?;
-            if vector == 14 { (FaultKind::Page, t.pager) } else { (FaultKind::Exception, t.exc_handler) }
+            if vector == 14 {
+                (FaultKind::Page, t.pager)
+            } else {
+                (FaultKind::Exception, t.exc_handler)
+            }
         };
         let task = self.threads.get(me)?.task?;
         let (dst, label) = self.ipc_target(task, handler_idx).ok()?;

@@ -7,7 +7,10 @@ use crate::objects::{with_kernel, Factory, Gate, Kernel, Obj, ThreadState};
 use crate::A;
 use abi::bootimage::{BootImage, Module, FLAG_SIGMA0, FLAG_START, KIND_PROGRAM};
 use abi::cap::well_known as wk;
-use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, SIGMA0_MEM_RANGES, SIGMA0_PHYS_OFFSET, USER_END};
+use abi::kip::{
+    BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, SIGMA0_MEM_RANGES, SIGMA0_PHYS_OFFSET,
+    USER_END,
+};
 use abi::Rights;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -109,11 +112,15 @@ fn give_sigma0_memory(k: &mut Kernel, thread: Id) {
         };
         let va = SIGMA0_PHYS_OFFSET + pa.0;
         let mut mapped = 0;
-        while mapped < run && k.map_root(task, va + mapped * PAGE_SIZE, PhysAddr(pa.0 + mapped * PAGE_SIZE), MEM_ALL).is_ok() {
+        while mapped < run
+            && k.map_root(task, va + mapped * PAGE_SIZE, PhysAddr(pa.0 + mapped * PAGE_SIZE), MEM_ALL).is_ok()
+        {
             mapped += 1;
         }
         if mapped < run {
-            with_frames(|fa| fa.free_contiguous(PhysAddr(pa.0 + mapped * PAGE_SIZE), (run - mapped) as usize));
+            with_frames(|fa| {
+                fa.free_contiguous(PhysAddr(pa.0 + mapped * PAGE_SIZE), (run - mapped) as usize)
+            });
         }
         if mapped == 0 {
             break;
@@ -146,7 +153,11 @@ fn rights_of(flags: u32) -> u8 {
 }
 
 /// Pages of the program image: user page address → (frame, rights). Frames go to `owned`.
-fn load_segments(elf: &Elf, data: &[u8], owned: &mut Vec<PhysAddr>) -> Result<BTreeMap<u64, (PhysAddr, u8)>, String> {
+fn load_segments(
+    elf: &Elf,
+    data: &[u8],
+    owned: &mut Vec<PhysAddr>,
+) -> Result<BTreeMap<u64, (PhysAddr, u8)>, String> {
     let mut pages: BTreeMap<u64, (PhysAddr, u8)> = BTreeMap::new();
     for ph in elf.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
         let end = ph.p_vaddr.checked_add(ph.p_memsz).filter(|e| *e <= BOOT_UTCB_ADDR);
@@ -213,7 +224,9 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
             return Err(e);
         }
     };
-    let task = k.new_task(BOOT_UTCB_ADDR, BOOT_UTCB_PAGES, None).map_err(|e| format!("cannot create the task: {e:?}"))?;
+    let task = k
+        .new_task(BOOT_UTCB_ADDR, BOOT_UTCB_PAGES, None)
+        .map_err(|e| format!("cannot create the task: {e:?}"))?;
     let r = fill_task(k, task, m, pages, &mut owned);
     if let Some(t) = k.tasks.get_mut(task) {
         t.name = String::from(m.name);
@@ -254,8 +267,13 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
 }
 
 /// Maps image and stack, copies the argument string. Returns (stack pointer, argument address).
-fn fill_task(k: &mut Kernel, task: Id, m: &Module, pages: BTreeMap<u64, (PhysAddr, u8)>, owned: &mut Vec<PhysAddr>)
-    -> Result<(u64, u64), String> {
+fn fill_task(
+    k: &mut Kernel,
+    task: Id,
+    m: &Module,
+    pages: BTreeMap<u64, (PhysAddr, u8)>,
+    owned: &mut Vec<PhysAddr>,
+) -> Result<(u64, u64), String> {
     let err = |va: u64| move |e| format!("cannot map {va:#x}: {e:?}");
     for (va, (pa, r)) in pages {
         k.map_root(task, va, pa, r).map_err(err(va))?;

@@ -60,7 +60,8 @@ impl Kernel {
             if e.rights == 0 {
                 A::unmap(&mut t.space, VirtAddr(e.key.1));
             } else {
-                let _ = with_frames(|fa| A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa));
+                let _ =
+                    with_frames(|fa| A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa));
             }
         }
     }
@@ -72,14 +73,22 @@ impl Kernel {
         self.unmap_entries(&gone);
         self.memdb.insert_root(key, pa, rights).map_err(db_error)?;
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
-        with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa)).map_err(|_| Error::NoMem)?;
+        with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa))
+            .map_err(|_| Error::NoMem)?;
         Ok(())
     }
 
     /// Maps (or grants) the flexpage `fp` of `src` into `dst` at the place `snd_base` selects
     /// inside `window`. Slots the source does not have are skipped, as in L4.
-    pub fn map_fpage(&mut self, src: Id, dst: Id, fp: Fpage, snd_base: u64, window: Fpage, grant: bool)
-        -> Result<(), Error> {
+    pub fn map_fpage(
+        &mut self,
+        src: Id,
+        dst: Id,
+        fp: Fpage,
+        snd_base: u64,
+        window: Fpage,
+        grant: bool,
+    ) -> Result<(), Error> {
         if fp.typ() != window.typ() {
             return Err(Error::Inval);
         }
@@ -149,8 +158,7 @@ impl Kernel {
             Some(Type::Memory) if fp.order() >= 12 && fp.order() <= 47 => {
                 let size = fp.size().ok_or(Error::Inval)?;
                 let base = fp.base();
-                let keys: alloc::vec::Vec<Slot> =
-                    self.memdb_keys(t, base, base.saturating_add(size));
+                let keys: alloc::vec::Vec<Slot> = self.memdb_keys(t, base, base.saturating_add(size));
                 let rights = fp.rights().bits();
                 for k in keys {
                     // The flexpage's rights are the ones to take away; taking R removes.

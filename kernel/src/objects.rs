@@ -73,7 +73,7 @@ impl Task {
     /// The frame backing user address `va` of the UTCB area.
     pub fn utcb_frame(&self, va: u64) -> Option<PhysAddr> {
         let (base, size) = self.utcb_area;
-        if va < base || va >= base + size || va % abi::utcb::UTCB_SIZE as u64 != 0 {
+        if va < base || va >= base + size || !va.is_multiple_of(abi::utcb::UTCB_SIZE as u64) {
             return None;
         }
         let off = va - base;
@@ -104,7 +104,9 @@ pub enum ThreadState {
     Ready,
     Running,
     /// Waiting for `to` to receive.
-    Sending { to: Id },
+    Sending {
+        to: Id,
+    },
     Receiving(Wait),
 }
 
@@ -305,7 +307,9 @@ impl Kernel {
     pub fn update_caps(&mut self, changed: &[Entry<Slot, Obj>]) {
         for e in changed {
             if let Some((_, t)) = self.tasks.iter_mut().find(|(id, _)| id.as_u64() == e.key.0) {
-                let _ = t.caps.set(CapIdx(e.key.1), Cap { obj: e.value, rights: Rights::from_bits_truncate(e.rights) });
+                let _ = t
+                    .caps
+                    .set(CapIdx(e.key.1), Cap { obj: e.value, rights: Rights::from_bits_truncate(e.rights) });
             }
         }
     }
@@ -489,15 +493,15 @@ impl Kernel {
         }
         for (id, t) in self.threads.iter() {
             match t.state {
-                ThreadState::Sending { to } => {
-                    if !self.threads.get(to).is_some_and(|r| r.senders.contains(&id)) {
-                        return Err("sender not queued at its receiver");
-                    }
+                ThreadState::Sending { to }
+                    if !self.threads.get(to).is_some_and(|r| r.senders.contains(&id)) =>
+                {
+                    return Err("sender not queued at its receiver");
                 }
-                ThreadState::Receiving(Wait::Semaphore(s)) => {
-                    if !self.sems.get(s).is_some_and(|x| x.waiters.contains(&id)) {
-                        return Err("semaphore waiter not queued");
-                    }
+                ThreadState::Receiving(Wait::Semaphore(s))
+                    if !self.sems.get(s).is_some_and(|x| x.waiters.contains(&id)) =>
+                {
+                    return Err("semaphore waiter not queued");
                 }
                 _ => {}
             }

@@ -95,7 +95,11 @@ pub fn reschedule() {
         t.fresh = false;
         k.current = Some(next);
         let (task, to, top, utcb) = (t.task, t.kstack.saved_rsp, t.kstack.top(), t.utcb_user);
-        k.tasks.get(task.expect("runnable threads are bound")).expect("thread of a live task").space.activate();
+        k.tasks
+            .get(task.expect("runnable threads are bound"))
+            .expect("thread of a live task")
+            .space
+            .activate();
         cpu::set_kernel_stack(top);
         cpu::set_user_gs(utcb);
         Some((save, to))

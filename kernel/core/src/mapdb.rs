@@ -37,6 +37,9 @@ pub struct Entry<K, V> {
     pub rights: u8,
 }
 
+/// What a map or grant did: the entries it displaced at the target, and the new entry.
+pub type Mapped<K, V> = (Vec<Entry<K, V>>, Entry<K, V>);
+
 pub struct MapDb<K, V> {
     nodes: Slab<Node<K, V>>,
     index: BTreeMap<K, Id>,
@@ -95,7 +98,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
 
     /// Maps `from` to `to` with `from`'s rights reduced by `mask`. Whatever `to` held is revoked
     /// first (returned, together with its subtree). Returns the removed entries and the new one.
-    pub fn derive(&mut self, from: K, to: K, mask: u8) -> Result<(Vec<Entry<K, V>>, Entry<K, V>), MapDbError> {
+    pub fn derive(&mut self, from: K, to: K, mask: u8) -> Result<Mapped<K, V>, MapDbError> {
         let src = *self.index.get(&from).ok_or(MapDbError::NoSource)?;
         let mut removed = Vec::new();
         if let Some(&old) = self.index.get(&to) {
@@ -105,7 +108,13 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
             self.remove_subtree(old, &mut removed);
         }
         let s = self.nodes.get(src).expect("indexed node exists");
-        let node = Node { key: to, value: s.value, rights: s.rights & mask, parent: Some(src), children: Vec::new() };
+        let node = Node {
+            key: to,
+            value: s.value,
+            rights: s.rights & mask,
+            parent: Some(src),
+            children: Vec::new(),
+        };
         let e = Self::entry(&node);
         let id = self.nodes.insert(node);
         self.nodes.get_mut(src).expect("source exists").children.push(id);
@@ -115,7 +124,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
 
     /// Moves the node at `from` to `to` (rights reduced by `mask`): the grantor loses it, the
     /// derivations stay. Returns what `to` held before, and the new entry.
-    pub fn grant(&mut self, from: K, to: K, mask: u8) -> Result<(Vec<Entry<K, V>>, Entry<K, V>), MapDbError> {
+    pub fn grant(&mut self, from: K, to: K, mask: u8) -> Result<Mapped<K, V>, MapDbError> {
         let src = *self.index.get(&from).ok_or(MapDbError::NoSource)?;
         if from == to {
             return Err(MapDbError::Cycle);
@@ -311,10 +320,13 @@ mod tests {
         let k = 0u8..4;
         prop_oneof![
             (k.clone(), k.clone(), any::<u8>()).prop_map(|(a, b, r)| Op::Root(a, b, r)),
-            (k.clone(), k.clone(), k.clone(), k.clone(), any::<u8>()).prop_map(|(a, b, c, d, m)| Op::Derive(a, b, c, d, m)),
-            (k.clone(), k.clone(), k.clone(), k.clone(), any::<u8>()).prop_map(|(a, b, c, d, m)| Op::Grant(a, b, c, d, m)),
+            (k.clone(), k.clone(), k.clone(), k.clone(), any::<u8>())
+                .prop_map(|(a, b, c, d, m)| Op::Derive(a, b, c, d, m)),
+            (k.clone(), k.clone(), k.clone(), k.clone(), any::<u8>())
+                .prop_map(|(a, b, c, d, m)| Op::Grant(a, b, c, d, m)),
             (k.clone(), k.clone(), any::<bool>()).prop_map(|(a, b, s)| Op::Revoke(a, b, s)),
-            (k.clone(), k.clone(), any::<u8>(), any::<bool>()).prop_map(|(a, b, r, s)| Op::Reduce(a, b, r, s)),
+            (k.clone(), k.clone(), any::<u8>(), any::<bool>())
+                .prop_map(|(a, b, r, s)| Op::Reduce(a, b, r, s)),
             k.prop_map(Op::RemoveSpace),
         ]
     }

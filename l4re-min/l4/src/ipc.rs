@@ -103,7 +103,14 @@ pub mod thread {
     use super::*;
     use proto::thread::{Op, LABEL};
 
-    pub fn control(thread: CapIdx, flags: u64, pager: CapIdx, exc: CapIdx, task: CapIdx, utcb: u64) -> Result<(), Error> {
+    pub fn control(
+        thread: CapIdx,
+        flags: u64,
+        pager: CapIdx,
+        exc: CapIdx,
+        task: CapIdx,
+        utcb: u64,
+    ) -> Result<(), Error> {
         call_words(thread, LABEL, &[Op::Control.code(), flags, pager.0, exc.0, task.0, utcb]).map(|_| ())
     }
 

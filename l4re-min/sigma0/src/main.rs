@@ -32,7 +32,14 @@ impl Pool {
     fn from_kip() -> Pool {
         let kip = l4::kip();
         let count = (kip.sigma0_mem_count as usize).min(SIGMA0_MEM_RANGES);
-        Pool { ranges: kip.sigma0_mem, count, cur: 0, next: kip.sigma0_mem[0][0], spare: [0; SPARE], spares: 0 }
+        Pool {
+            ranges: kip.sigma0_mem,
+            count,
+            cur: 0,
+            next: kip.sigma0_mem[0][0],
+            spare: [0; SPARE],
+            spares: 0,
+        }
     }
 
     fn free_bytes(&self) -> u64 {

@@ -109,7 +109,10 @@ pub fn run(seed: u64, count: u64) -> R {
     map_image(HOSTILE)?;
     for (from, to) in [(HOSTILE_FACTORY, wk::FACTORY), (wk::LOG, wk::LOG)] {
         // Without D: the hostile task may drop its copies but not destroy our objects.
-        ok(task::map(HOSTILE, wk::TASK, Fpage::object(from, 0, Rights::RW | Rights::S), to.0 << 12), "hand a capability")?;
+        ok(
+            task::map(HOSTILE, wk::TASK, Fpage::object(from, 0, Rights::RW | Rights::S), to.0 << 12),
+            "hand a capability",
+        )?;
     }
     ok(factory::thread(wk::FACTORY, HOSTILE_THREAD), "hostile thread")?;
     ok(thread::control(HOSTILE_THREAD, tc::BIND_TASK, CapIdx(0), CapIdx(0), HOSTILE, B_UTCB), "bind")?;
@@ -134,7 +137,14 @@ pub fn run(seed: u64, count: u64) -> R {
     }
     let done = PROGRESS.load(Ordering::SeqCst);
     let ms = ms_now();
-    ok(l4::sys::call_words(wk::PLATFORM_CTL, proto::platform_ctl::LABEL, &[proto::platform_ctl::Op::SelfCheck.code()]), "kernel self-check")?;
+    ok(
+        l4::sys::call_words(
+            wk::PLATFORM_CTL,
+            proto::platform_ctl::LABEL,
+            &[proto::platform_ctl::Op::SelfCheck.code()],
+        ),
+        "kernel self-check",
+    )?;
     println!("fuzz: {done} invocations in {ms} ms, kernel self-check passed");
     Ok(())
 }

@@ -46,17 +46,29 @@ pub fn map_image(dst: CapIdx) -> R {
 }
 
 /// Creates task B with the image and a pager gate, and an echo server thread in it.
-pub fn make_b(task_slot: CapIdx, thread_slot: CapIdx, gate_slot: CapIdx, stack: usize, f: extern "C" fn() -> !) -> R {
+pub fn make_b(
+    task_slot: CapIdx,
+    thread_slot: CapIdx,
+    gate_slot: CapIdx,
+    stack: usize,
+    f: extern "C" fn() -> !,
+) -> R {
     ok(factory::task(wk::FACTORY, task_slot, Fpage::memory(B_UTCB, 12, Rights::ALL)), "create task")?;
     map_image(task_slot)?;
-    ok(task::map(task_slot, wk::TASK, Fpage::object(wk::PAGER, 0, Rights::RW), wk::PAGER.0 << 12), "map pager gate")?;
+    ok(
+        task::map(task_slot, wk::TASK, Fpage::object(wk::PAGER, 0, Rights::RW), wk::PAGER.0 << 12),
+        "map pager gate",
+    )?;
     spawn_in(task_slot, thread_slot, stack, f)?;
     ok(factory::gate(wk::FACTORY, gate_slot, thread_slot, 0xb0b), "gate to B")
 }
 
 fn spawn_in(task_slot: CapIdx, thread_slot: CapIdx, stack: usize, f: extern "C" fn() -> !) -> R {
     ok(factory::thread(wk::FACTORY, thread_slot), "create thread")?;
-    ok(thread::control(thread_slot, tc::BIND_TASK | tc::SET_PAGER, wk::PAGER, CapIdx(0), task_slot, B_UTCB), "bind")?;
+    ok(
+        thread::control(thread_slot, tc::BIND_TASK | tc::SET_PAGER, wk::PAGER, CapIdx(0), task_slot, B_UTCB),
+        "bind",
+    )?;
     ok(thread::ex_regs(thread_slot, f as *const () as u64, crate::objects::stack_top(stack), 0), "ex_regs")?;
     ok(l4::ipc::scheduler::run_thread(wk::SCHEDULER, thread_slot, 100, 1, 0), "run")
 }
@@ -73,7 +85,10 @@ pub fn run() -> R {
     check(t.words() == 2 && mr(0) == 100 && mr(1) == 0xb0b, "reply from task B")?;
     check(B_TOUCHED.load(Ordering::SeqCst) == 1, "B's page fault was served by its pager")?;
     // Deleting B kills its thread: the gate is unbound, calls fail.
-    ok(task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::TASK_B, 0, Rights::ALL)]), "delete B")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::TASK_B, 0, Rights::ALL)]),
+        "delete B",
+    )?;
     check(ok(task::cap_info(wk::TASK, slot::THREAD_B), "info")?.0 == 0, "B's thread died with it")?;
     expect_err(ipc::call(slot::GATE_B, MsgTag::new(3, 1, 0, 0), 0), Error::NoEnt, "call into deleted task")?;
     println!("inter-task IPC, pager of a created task, task deletion ok");

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod fuzz;
 mod intertask;
 mod objects;
@@ -19,7 +20,7 @@ fn main(args: &str) -> i32 {
     let mut words = args.split_whitespace();
     match (words.next(), words.next()) {
         (Some("syscall"), _) => finish(syscall_checks()),
-        (Some("bench"), _) => finish(bench()),
+        (Some("bench"), _) => finish(bench::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
@@ -92,7 +93,7 @@ fn syscall_checks() -> Result<(), &'static str> {
 }
 
 /// Median cost of a null system call, in batches of `per_batch`.
-fn samples<const N: usize>(per_batch: u64) -> [u64; N] {
+pub fn samples<const N: usize>(per_batch: u64) -> [u64; N] {
     let mut s = [0u64; N];
     for v in s.iter_mut() {
         let t0 = cycles();
@@ -104,15 +105,9 @@ fn samples<const N: usize>(per_batch: u64) -> [u64; N] {
     s
 }
 
-fn median(s: &mut [u64]) -> u64 {
+pub fn median(s: &mut [u64]) -> u64 {
     s.sort_unstable();
     s[s.len() / 2]
-}
-
-fn bench() -> Result<(), &'static str> {
-    let mut s = samples::<101>(1000);
-    println!("BENCH syscall_roundtrip {} cycles", median(&mut s));
-    Ok(())
 }
 
 fn spin_for_ms(ms: u64) {

@@ -68,21 +68,23 @@ pub mod slot {
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; 16384]);
 
-impl Stack {
-    pub fn top(&self) -> u64 {
-        self.0.as_ptr_range().end as u64 - 8
-    }
-}
-
 pub static mut STACKS: [Stack; 6] = [const { Stack([0; 16384]) }; 6];
 
+/// The top of helper stack `i` (only the address is taken; each helper owns its stack).
 pub fn stack_top(i: usize) -> u64 {
-    // SAFETY: only the address is taken; each helper thread uses its own stack.
-    unsafe { (*(&raw const STACKS))[i].top() }
+    let base = &raw const STACKS as u64;
+    base + (i as u64 + 1) * core::mem::size_of::<Stack>() as u64 - 8
 }
 
 /// Creates a thread in task `task_cap` with the UTCB at `utcb`, starting at `f` on stack `i`.
-pub fn spawn(slot: CapIdx, task_cap: CapIdx, utcb: u64, f: extern "C" fn() -> !, stack: usize, prio: u8) -> R {
+pub fn spawn(
+    slot: CapIdx,
+    task_cap: CapIdx,
+    utcb: u64,
+    f: extern "C" fn() -> !,
+    stack: usize,
+    prio: u8,
+) -> R {
     ok(factory::thread(wk::FACTORY, slot), "create thread")?;
     ok(thread::control(slot, tc::BIND_TASK, CapIdx(0), CapIdx(0), task_cap, utcb), "bind thread")?;
     ok(thread::ex_regs(slot, f as *const () as u64, stack_top(stack), 0), "ex_regs")?;
@@ -126,7 +128,11 @@ fn sigma0() -> R {
     check(unsafe { p.read_volatile() } == 0x5a5a, "memory from sigma0 is usable")?;
     set_mr(0, proto::sigma0::REQ_ANY);
     set_mr(1, 40);
-    expect_err(ipc::call(wk::PAGER, MsgTag::new(proto::event::SIGMA0, 2, 0, 0), 0), Error::Inval, "sigma0 bad order")?;
+    expect_err(
+        ipc::call(wk::PAGER, MsgTag::new(proto::event::SIGMA0, 2, 0, 0), 0),
+        Error::Inval,
+        "sigma0 bad order",
+    )?;
     // A page fault on fresh address space is served by sigma0 (our pager).
     let q = 0x2000_0008 as *const u64;
     // SAFETY: the access faults; sigma0 maps a zeroed page and the access is retried.
@@ -139,7 +145,10 @@ fn factory_and_caps() -> R {
     use factory as f;
     ok(f::semaphore(wk::FACTORY, slot::SEM, 0), "create semaphore")?;
     let (label, rights) = ok(task::cap_info(wk::TASK, slot::SEM), "cap_info")?;
-    check(label == Protocol::Semaphore.label() && rights == Rights::ALL.bits() as u64, "cap_info of semaphore")?;
+    check(
+        label == Protocol::Semaphore.label() && rights == Rights::ALL.bits() as u64,
+        "cap_info of semaphore",
+    )?;
     check(ok(task::cap_info(wk::TASK, CapIdx(999)), "cap_info empty")?.0 == 0, "empty slot has no object")?;
     expect_err(f::semaphore(wk::FACTORY, CapIdx(0), 0), Error::Inval, "create into slot 0")?;
     expect_err(
@@ -161,20 +170,35 @@ fn factory_and_caps() -> R {
     // Rights: a read-only copy of platform control cannot shut down; a log copy can print.
     let ro = Fpage::object(wk::PLATFORM_CTL, 0, Rights::R);
     ok(task::map(wk::TASK, wk::TASK, ro, slot::CTL_RO.0 << 12), "map ctl read-only")?;
-    check(ok(task::cap_info(wk::TASK, slot::CTL_RO), "cap_info ro")?.1 == Rights::R.bits() as u64, "rights reduced")?;
+    check(
+        ok(task::cap_info(wk::TASK, slot::CTL_RO), "cap_info ro")?.1 == Rights::R.bits() as u64,
+        "rights reduced",
+    )?;
     expect_err(
         l4::sys::call_words(slot::CTL_RO, proto::platform_ctl::LABEL, &[0, 5]),
         Error::Perm,
         "shutdown without W",
     )?;
-    ok(task::map(wk::TASK, wk::TASK, Fpage::object(wk::LOG, 0, Rights::ALL), slot::LOG_COPY.0 << 12), "map log")?;
-    ok(task::map(wk::TASK, wk::TASK, Fpage::object(slot::LOG_COPY, 0, Rights::ALL), slot::LOG_COPY2.0 << 12), "map copy")?;
+    ok(
+        task::map(wk::TASK, wk::TASK, Fpage::object(wk::LOG, 0, Rights::ALL), slot::LOG_COPY.0 << 12),
+        "map log",
+    )?;
+    ok(
+        task::map(wk::TASK, wk::TASK, Fpage::object(slot::LOG_COPY, 0, Rights::ALL), slot::LOG_COPY2.0 << 12),
+        "map copy",
+    )?;
     ok(l4::sys::call_words(slot::LOG_COPY2, 0, &[0, 0]), "log through a derived capability")?;
     // Revoking the first copy takes the derived one with it, but not the copy itself.
-    ok(task::unmap(wk::TASK, unmap_mask::OTHER_SPACES, &[Fpage::object(slot::LOG_COPY, 0, Rights::ALL)]), "revoke")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::OTHER_SPACES, &[Fpage::object(slot::LOG_COPY, 0, Rights::ALL)]),
+        "revoke",
+    )?;
     check(ok(task::cap_info(wk::TASK, slot::LOG_COPY2), "info")?.0 == 0, "derived capability revoked")?;
     check(ok(task::cap_info(wk::TASK, slot::LOG_COPY), "info")?.0 != 0, "revoked capability itself stays")?;
-    ok(task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[Fpage::object(slot::LOG_COPY, 0, Rights::ALL)]), "unmap")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[Fpage::object(slot::LOG_COPY, 0, Rights::ALL)]),
+        "unmap",
+    )?;
     check(ok(task::cap_info(wk::TASK, slot::LOG_COPY), "info")?.0 == 0, "unmapped capability gone")?;
     expect_err(task::map(wk::TASK, wk::LOG, ro, 50 << 12), Error::Inval, "map from a non-task")?;
     expect_err(l4::sys::call_words(wk::TASK, proto::task::LABEL, &[9]), Error::NoSys, "bad task opcode")?;
@@ -185,7 +209,11 @@ fn factory_and_caps() -> R {
 fn semaphores() -> R {
     ok(semaphore::up(slot::SEM), "up")?;
     ok(semaphore::down(slot::SEM, timeout::pack(timeout::NEVER, timeout::ZERO)), "down after up")?;
-    expect_err(semaphore::down(slot::SEM, timeout::pack(0, timeout::ZERO)), Error::Timeout, "down, zero timeout")?;
+    expect_err(
+        semaphore::down(slot::SEM, timeout::pack(0, timeout::ZERO)),
+        Error::Timeout,
+        "down, zero timeout",
+    )?;
     let t0 = l4::sys::cycles();
     expect_err(semaphore::down(slot::SEM, timeout::pack(0, 20_000)), Error::Timeout, "down, 20 ms timeout")?;
     let ms = (l4::sys::cycles() - t0) / (l4::kip().tsc_hz / 1000);
@@ -210,7 +238,11 @@ fn ipc_intra() -> R {
     expect_err(ipc::call(slot::SCRATCH, MsgTag::new(1, 0, 0, 0), 0), Error::NoEnt, "call an unbound gate")?;
     expect_err(gate::bind(slot::SCRATCH, wk::LOG, 1), Error::Inval, "bind a gate to a non-thread")?;
     expect_err(thread::ex_regs(wk::TASK, 0, 0, 0), Error::BadProto, "thread op on a task")?;
-    expect_err(scheduler::run_thread(wk::SCHEDULER, slot::SERVER, 1, 0b10, 0), Error::Inval, "CPU set without CPU 0")?;
+    expect_err(
+        scheduler::run_thread(wk::SCHEDULER, slot::SERVER, 1, 0b10, 0),
+        Error::Inval,
+        "CPU set without CPU 0",
+    )?;
     expect_err(ipc::reply(MsgTag::new(0, 0, 0, 0)), Error::NoEnt, "reply without a caller")?;
     // A thread that never waits: sends time out.
     ok(factory::thread(wk::FACTORY, slot::VICTIM), "idle thread")?;
@@ -294,7 +326,14 @@ fn exceptions() -> R {
     ok(factory::gate(wk::FACTORY, slot::EXC_GATE, slot::EXC_HANDLER, 9), "exception gate")?;
     ok(factory::thread(wk::FACTORY, slot::EXC_THREAD), "create faulting thread")?;
     ok(
-        thread::control(slot::EXC_THREAD, tc::BIND_TASK | tc::SET_EXC_HANDLER, CapIdx(0), slot::EXC_GATE, wk::TASK, utcb(3)),
+        thread::control(
+            slot::EXC_THREAD,
+            tc::BIND_TASK | tc::SET_EXC_HANDLER,
+            CapIdx(0),
+            slot::EXC_GATE,
+            wk::TASK,
+            utcb(3),
+        ),
         "bind with exception handler",
     )?;
     ok(thread::ex_regs(slot::EXC_THREAD, faulting_thread as *const () as u64, stack_top(2), 0), "ex_regs")?;
@@ -327,7 +366,10 @@ extern "C" fn client() -> ! {
 
 fn deletion() -> R {
     ok(factory::semaphore(wk::FACTORY, CapIdx(31), 0), "never-up semaphore")?;
-    ok(task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::VICTIM, 0, Rights::ALL)]), "delete")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::VICTIM, 0, Rights::ALL)]),
+        "delete",
+    )?;
     check(ok(task::cap_info(wk::TASK, slot::VICTIM), "info")?.0 == 0, "deleted thread's capability gone")?;
     check(!ok(gate::info(slot::VICTIM_GATE), "gate info")?.1, "gate of a deleted thread is unbound")?;
     // A server that dies while a client waits for its reply: the client gets an error.
@@ -336,7 +378,10 @@ fn deletion() -> R {
     spawn(slot::CLIENT, wk::TASK, utcb(5), client, 4, 100)?;
     // Let both run: the client's call reaches the black hole, which keeps it.
     expect_err(semaphore::down(CapIdx(31), timeout::pack(0, 20_000)), Error::Timeout, "let them run")?;
-    ok(task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::VICTIM, 0, Rights::ALL)]), "kill server")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::VICTIM, 0, Rights::ALL)]),
+        "kill server",
+    )?;
     ok(semaphore::down(slot::SEM, timeout::pack(0, 1_000_000)), "client woke")?;
     check(CLIENT_RESULT.load(Ordering::SeqCst) == 1, "client got Canceled from its dead partner")?;
     expect_err(semaphore::up(slot::VICTIM), Error::NoEnt, "invoke a deleted object")?;

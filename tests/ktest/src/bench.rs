@@ -1,0 +1,146 @@
+//! `ktest bench`: kernel micro-benchmarks, printed as `BENCH <name> <value> cycles` (medians).
+
+use crate::intertask::{make_b, map_image};
+use crate::objects::{echo_server, ok, spawn, stack_top, R};
+use abi::cap::well_known as wk;
+use abi::kip::BOOT_UTCB_ADDR;
+use abi::proto::{fpage::unmap_mask, fpage::Fpage, thread_control as tc};
+use abi::{CapIdx, MsgTag, Rights};
+use core::sync::atomic::{AtomicU64, Ordering};
+use l4::ipc::{self, factory, mr, put_map_item, scheduler, set_mr, task, thread};
+use l4::println;
+use l4::sys::cycles;
+
+const SERVER: CapIdx = CapIdx(100);
+const GATE: CapIdx = CapIdx(101);
+const TASK_B: CapIdx = CapIdx(102);
+const THREAD_B: CapIdx = CapIdx(103);
+const GATE_B: CapIdx = CapIdx(104);
+const TASK_C: CapIdx = CapIdx(105);
+const THREAD_C: CapIdx = CapIdx(106);
+const PAGER: CapIdx = CapIdx(107);
+const PAGER_GATE: CapIdx = CapIdx(108);
+/// First slot of the idle tasks created for the scaling measurement.
+const IDLE_TASKS: u64 = 1000;
+
+/// Median over `batches` batches of `per` calls through `gate`, in cycles per call.
+fn call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
+    let mut s = [0u64; 64];
+    let n = batches.min(s.len());
+    for v in s[..n].iter_mut() {
+        let t0 = cycles();
+        for _ in 0..per {
+            set_mr(0, 1);
+            let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
+        }
+        *v = (cycles() - t0) / per;
+    }
+    crate::median(&mut s[..n])
+}
+
+fn null_cost() -> u64 {
+    let mut s = crate::samples::<63>(500);
+    crate::median(&mut s)
+}
+
+fn page() -> u64 {
+    // The page the pager hands out: one of our own (in .bss, page aligned).
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    static mut PAGE: Page = Page([0; 4096]);
+    &raw const PAGE as u64
+}
+
+/// A pager that maps one page of ours at every fault address.
+extern "C" fn pager() -> ! {
+    let mut msg = ipc::wait(0);
+    loop {
+        let reply = match msg {
+            Ok((t, _)) if t.label() == abi::proto::event::PAGE_FAULT => {
+                put_map_item(0, mr(0) & !0xfff, Fpage::memory(page(), 12, Rights::ALL), false);
+                MsgTag::new(0, 0, 1, 0)
+            }
+            _ => MsgTag::new(0, 0, 0, 0),
+        };
+        msg = ipc::reply_and_wait(reply, 0);
+    }
+}
+
+static FAULT_CYCLES: AtomicU64 = AtomicU64::new(0);
+const FAULT_PAGES: u64 = 512;
+
+/// Runs in task C: touches FAULT_PAGES fresh pages, each resolved by our pager.
+extern "C" fn toucher() -> ! {
+    let base = 0x4000_0000u64;
+    let t0 = cycles();
+    for i in 0..FAULT_PAGES {
+        // SAFETY: each access faults and the pager maps a page there.
+        unsafe { core::ptr::read_volatile((base + i * 4096) as *const u8) };
+    }
+    FAULT_CYCLES.store((cycles() - t0) / FAULT_PAGES, Ordering::SeqCst);
+    loop {
+        let _ = ipc::wait(0);
+    }
+}
+
+fn map_unmap_cost() -> Result<u64, &'static str> {
+    let mut s = [0u64; 31];
+    let fp = Fpage::memory(page(), 12, Rights::ALL);
+    for v in s.iter_mut() {
+        let t0 = cycles();
+        for _ in 0..64 {
+            ok(task::map(TASK_B, wk::TASK, fp, 0x5000_0000), "map")?;
+            ok(task::unmap(wk::TASK, unmap_mask::OTHER_SPACES, &[fp]), "unmap")?;
+        }
+        *v = (cycles() - t0) / 64;
+    }
+    Ok(crate::median(&mut s))
+}
+
+pub fn run() -> R {
+    let null = null_cost();
+    println!("BENCH syscall_roundtrip {null} cycles");
+    spawn(SERVER, wk::TASK, BOOT_UTCB_ADDR + 1024, echo_server, 0, 100)?;
+    ok(factory::gate(wk::FACTORY, GATE, SERVER, 1), "gate")?;
+    println!("BENCH ipc_intra_task_roundtrip {} cycles", call_cost(GATE, 63, 500));
+    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server)?;
+    let inter = call_cost(GATE_B, 63, 500);
+    println!("BENCH ipc_inter_task_roundtrip {inter} cycles");
+    println!("BENCH map_unmap_page {} cycles", map_unmap_cost()?);
+    // Page faults of task C resolved by our pager thread.
+    spawn(PAGER, wk::TASK, BOOT_UTCB_ADDR + 2048, pager, 2, 120)?;
+    ok(factory::gate(wk::FACTORY, PAGER_GATE, PAGER, 0), "pager gate")?;
+    ok(factory::task(wk::FACTORY, TASK_C, Fpage::memory(0x7fff_ffc0_0000, 12, Rights::ALL)), "task C")?;
+    map_image(TASK_C)?;
+    ok(task::map(TASK_C, wk::TASK, Fpage::object(PAGER_GATE, 0, Rights::RW), 4 << 12), "pager gate into C")?;
+    ok(factory::thread(wk::FACTORY, THREAD_C), "thread C")?;
+    ok(
+        thread::control(
+            THREAD_C,
+            tc::BIND_TASK | tc::SET_PAGER,
+            CapIdx(4),
+            CapIdx(0),
+            TASK_C,
+            0x7fff_ffc0_0000,
+        ),
+        "bind",
+    )?;
+    ok(thread::ex_regs(THREAD_C, toucher as *const () as u64, stack_top(3), 0), "ex_regs")?;
+    ok(scheduler::run_thread(wk::SCHEDULER, THREAD_C, 90, 1, 0), "run")?;
+    while FAULT_CYCLES.load(Ordering::SeqCst) == 0 {
+        let _ = ipc::wait(abi::syscall::timeout::pack(0, 1000));
+    }
+    println!("BENCH pagefault_roundtrip {} cycles", FAULT_CYCLES.load(Ordering::SeqCst));
+    // The same inter-task round trip with 10, 100 and 1000 tasks alive.
+    let mut alive = 1;
+    for target in [10u64, 100, 1000] {
+        while alive < target {
+            let slot = CapIdx(IDLE_TASKS + alive);
+            let area = Fpage::memory(0x7fff_ff80_0000, 12, Rights::ALL);
+            ok(factory::task(wk::FACTORY, slot, area), "idle task")?;
+            alive += 1;
+        }
+        println!("BENCH ipc_inter_task_roundtrip_{target}_tasks {} cycles", call_cost(GATE_B, 63, 300));
+    }
+    Ok(())
+}
