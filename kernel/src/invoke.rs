@@ -247,29 +247,24 @@ impl Kernel {
             }
             proto::thread::Op::ExRegs => {
                 let (ip, sp, flags) = (m.get(1)?, m.get(2)?, m.get(3)?);
-                if (ip != u64::MAX && ip >= abi::kip::USER_END)
-                    || (sp != u64::MAX && sp >= abi::kip::USER_END)
-                {
+                if (ip != u64::MAX && ip >= abi::kip::USER_END) || (sp != u64::MAX && sp >= abi::kip::USER_END) {
                     return Err(Error::Inval);
                 }
+                let current = self.current == Some(t);
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
-                let old = {
-                    let f = trap::user_frame(&mut th.kstack.stack);
-                    let old = [f.rip, f.rsp, f.rflags];
-                    if th.fresh {
-                        if ip != u64::MAX {
-                            f.rip = ip;
-                        }
-                        if sp != u64::MAX {
-                            f.rsp = sp;
-                        }
+                let f = trap::user_frame(&mut th.kstack.stack);
+                let old = [f.rip, f.rsp, f.rflags];
+                if current {
+                    // Our own frame is in use by this very system call: apply on the way out.
+                    th.pending_regs = Some((ip, sp));
+                } else {
+                    // Not running: its frame is only read when it resumes.
+                    if ip != u64::MAX {
+                        f.rip = ip;
                     }
-                    old
-                };
-                if !th.fresh {
-                    let (pi, ps) = th.pending_regs.unwrap_or((u64::MAX, u64::MAX));
-                    th.pending_regs =
-                        Some((if ip == u64::MAX { pi } else { ip }, if sp == u64::MAX { ps } else { sp }));
+                    if sp != u64::MAX {
+                        f.rsp = sp;
+                    }
                 }
                 if flags & proto::ex_regs::CANCEL != 0 {
                     self.wake(t, Err(Error::Canceled));
@@ -392,10 +387,9 @@ impl Kernel {
             senders: VecDeque::new(),
             send: None,
             deadline: None,
-            result: None,
+            resume: None,
             pending_regs: None,
             pending_fault: None,
-            pending_exc: None,
             irqs: Vec::new(),
             factory,
         })

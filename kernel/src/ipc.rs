@@ -1,8 +1,8 @@
 //! The IPC state machine: send, receive, call, reply, open wait, timeouts, and the messages the
 //! kernel sends on behalf of a faulting thread (page faults, exceptions) or an interrupt.
 //!
-//! A blocked thread is never written to by others except through its `Thread` record: a waker
-//! leaves the result registers in `result`, and the thread applies them on its way out.
+//! A thread that blocks abandons its kernel context; it resumes straight from its saved user
+//! frame, into which the waker writes the result registers.
 
 use crate::objects::{Kernel, PendingSend, ThreadState, Wait};
 use crate::A;
@@ -10,7 +10,7 @@ use abi::proto::{event, exc_regs, fpage::Fpage, map};
 use abi::syscall::timeout;
 use abi::utcb::{BR_OFFSET, MR_COUNT};
 use abi::{Error, MsgTag, Rights};
-use arch_x86_64::TrapFrame;
+use arch_x86_64::{trap, TrapFrame};
 use kernel_core::hal::Arch;
 use kernel_core::mem::PhysAddr;
 use kernel_core::slab::Id;
@@ -19,7 +19,7 @@ use kernel_core::slab::Id;
 pub enum Outcome {
     /// Finished: result tag and label for the caller's registers.
     Done(MsgTag, u64),
-    /// The caller blocked; its result arrives in `Thread::result`.
+    /// The caller blocked; the waker writes its result into its user frame.
     Blocked,
 }
 
@@ -102,10 +102,17 @@ impl Kernel {
         }
         self.leave_wait(t, state);
         let th = self.threads.get_mut(t).expect("checked above");
-        th.result = Some(match r {
-            Ok((tag, label)) => (tag.0, label),
-            Err(e) => (MsgTag::error(e).0, 0),
-        });
+        if th.resume == Some(trap::Resume::Sysret) {
+            let (tag, label) = match r {
+                Ok((tag, label)) => (tag.0, label),
+                Err(e) => (MsgTag::error(e).0, 0),
+            };
+            let f = trap::user_frame(&mut th.kstack.stack);
+            f.rax = tag;
+            f.rsi = label;
+        }
+        // A fault message, if it sent one, has been answered.
+        th.pending_fault = None;
         th.state = ThreadState::Ready;
         let p = th.prio;
         // Woken partners run next among equals: the IPC hand-off needs no scheduling round.
@@ -289,17 +296,38 @@ impl Kernel {
                 Ok(())
             }
             ThreadState::Receiving(Wait::PageFault(p)) if p == me => {
+                if tag.label() < 0 {
+                    // The pager refuses: retrying would fault forever.
+                    self.kill_faulter(caller, "its pager refused the page fault");
+                    return Ok(());
+                }
                 let r = self.transfer(Source::Utcb(me), caller, tag, true);
+                if r.is_err() {
+                    self.kill_faulter(caller, "the pager's mapping failed");
+                    return Ok(());
+                }
                 self.wake(caller, r.map(|t| (t, 0)));
                 Ok(())
             }
             ThreadState::Receiving(Wait::Exception(p)) if p == me => {
+                if tag.label() < 0 {
+                    self.kill_faulter(caller, "its exception handler gave up");
+                    return Ok(());
+                }
                 if tag.words() >= exc_regs::WORDS {
-                    let mut regs = [0u64; exc_regs::WORDS];
+                    let mut r = [0u64; exc_regs::WORDS];
                     let utcb = self.threads.get(me).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
-                    read_words(utcb, 0, exc_regs::WORDS, &mut regs);
+                    read_words(utcb, 0, exc_regs::WORDS, &mut r);
                     if let Some(t) = self.threads.get_mut(caller) {
-                        t.pending_exc = Some(regs);
+                        use exc_regs::*;
+                        let f = trap::user_frame(&mut t.kstack.stack);
+                        if r[IP] < abi::kip::USER_END && r[SP] < abi::kip::USER_END {
+                            (f.rip, f.rsp) = (r[IP], r[SP]);
+                        }
+                        // Only the arithmetic flags are the thread's to change.
+                        f.rflags = (f.rflags & !0xcd5) | (r[FLAGS] & 0xcd5);
+                        (f.rax, f.rbx, f.rcx, f.rdx) = (r[RAX], r[RBX], r[RCX], r[RDX]);
+                        (f.rsi, f.rdi, f.rbp, f.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
                     }
                 }
                 self.wake(caller, Ok((MsgTag::new(0, 0, 0, 0), 0)));
@@ -308,6 +336,14 @@ impl Kernel {
             // The caller gave up (timeout, cancel) or is gone.
             _ => Err(Error::NoEnt),
         }
+    }
+
+    /// Destroys the task of a thread whose fault cannot be resolved, and says why.
+    pub fn kill_faulter(&mut self, t: Id, why: &str) {
+        let Some(task) = self.threads.get(t).and_then(|x| x.task) else { return };
+        let name = self.tasks.get(task).map(|x| x.name.clone()).unwrap_or_default();
+        log::warn!("user fault: task {name}: {why}; task destroyed");
+        self.destroy_task(task);
     }
 
     /// Words of a fault message a blocked sender carries, if it is one.

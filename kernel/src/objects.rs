@@ -163,14 +163,13 @@ pub struct Thread {
     pub send: Option<PendingSend>,
     /// TSC deadline of the current block.
     pub deadline: Option<u64>,
-    /// Result registers (tag, label) handed over by whoever woke the thread.
-    pub result: Option<(u64, u64)>,
-    /// New ip/sp set by `ex_regs` while the thread was inside the kernel.
+    /// How the thread returns to user mode while its kernel context is abandoned (it blocked):
+    /// wakers then write its result registers into its user frame.
+    pub resume: Option<arch_x86_64::trap::Resume>,
+    /// New ip/sp from an `ex_regs` on itself, applied on its way out of the kernel.
     pub pending_regs: Option<(u64, u64)>,
     /// The fault message this thread sends while blocked on its pager / exception handler.
     pub pending_fault: Option<(crate::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>,
-    /// Registers from an exception handler's reply.
-    pub pending_exc: Option<[u64; abi::proto::exc_regs::WORDS]>,
     /// Interrupts attached to this thread.
     pub irqs: Vec<Id>,
     pub factory: Option<Id>,

@@ -4,8 +4,8 @@
 use crate::ipc::Outcome;
 use crate::objects::{with_kernel, Kernel, KernelStack, ThreadState};
 use crate::A;
-use abi::proto::exc_regs;
-use abi::{Error, MsgTag};
+use abi::MsgTag;
+use arch_x86_64::trap::Resume;
 use arch_x86_64::{cpu, trap, TrapFrame};
 use kernel_core::hal::{Arch, UserFrame};
 use kernel_core::mem::PAGE_SIZE;
@@ -68,57 +68,30 @@ fn stack_slot(s: &KernelStack) -> *mut u64 {
     (&s.saved_rsp as *const u64).cast_mut()
 }
 
-/// Switches to the best ready thread unless that is the current one. A running current thread
-/// goes to the tail of its priority level; a blocked or dead one is left where it is.
-pub fn reschedule() {
-    let switch = with_kernel(|k| {
-        // (save slot, stack top) of the context we run on.
-        let cur_stack = k.current_stack().map(|s| (stack_slot(s), s.top()));
-        k.reap(cur_stack.map(|(_, top)| top));
-        if let Some(c) = k.current {
-            if let Some(t) = k.threads.get_mut(c).filter(|t| t.state == ThreadState::Running) {
-                t.state = ThreadState::Ready;
-                let p = t.prio;
-                k.ready.enqueue(c, p);
-            }
-        }
-        let save = cur_stack.map_or(&raw mut IDLE_RSP, |(slot, _)| slot);
-        let Some(next) = k.ready.dequeue() else {
-            k.current = None;
-            return cur_stack.map(|_| (save, idle_rsp()));
-        };
-        let t = k.threads.get_mut(next).expect("ready queue names a live thread");
-        t.state = ThreadState::Running;
-        if k.current == Some(next) {
-            return None;
-        }
-        t.fresh = false;
-        k.current = Some(next);
-        let (task, to, top, utcb) = (t.task, t.kstack.saved_rsp, t.kstack.top(), t.utcb_user);
-        k.tasks
-            .get(task.expect("runnable threads are bound"))
-            .expect("thread of a live task")
-            .space
-            .activate();
-        cpu::set_kernel_stack(top);
-        cpu::set_user_gs(utcb);
-        Some((save, to))
-    });
-    if let Some((save, to)) = switch {
-        // SAFETY: `to` was saved by `switch` or built by `init_kernel_stack` for a live
-        // thread (or is the idle context); `save` is the current context's slot, kept alive:
-        // the idle slot is static and a dead thread's stack is reaped only by another context.
-        unsafe { trap::switch(save, to) };
-    }
-}
-
-fn idle_rsp() -> u64 {
-    // SAFETY: IDLE_RSP is only touched here and by `switch`, on this single CPU with
-    // interrupts masked.
-    unsafe { (&raw const IDLE_RSP).read() }
+/// Where the CPU goes next: an address space to load (0: keep) and a saved context.
+struct Next {
+    cr3: u64,
+    rsp: u64,
 }
 
 impl Kernel {
+    /// Picks the best ready thread and makes it current (kernel stack, GS, nothing else yet).
+    /// `None`: nothing is ready; the caller decides between going idle and staying.
+    fn pick(&mut self) -> Option<Next> {
+        let next = self.ready.dequeue()?;
+        let t = self.threads.get_mut(next).expect("ready queue names a live thread");
+        t.state = ThreadState::Running;
+        t.fresh = false;
+        t.resume = None;
+        self.current = Some(next);
+        let (task, rsp, top, utcb) = (t.task, t.kstack.saved_rsp, t.kstack.top(), t.utcb_user);
+        cpu::set_kernel_stack(top);
+        cpu::set_user_gs(utcb);
+        let root = self.tasks.get(task.expect("runnable threads are bound")).expect("live task").space.root();
+        let cr3 = if arch_x86_64::paging::read_cr3() == root { 0 } else { root.0 };
+        Some(Next { cr3, rsp })
+    }
+
     /// The kernel stack the CPU runs on (the current thread's, also when it just died).
     fn current_stack(&self) -> Option<&KernelStack> {
         let c = self.current?;
@@ -129,22 +102,98 @@ impl Kernel {
     }
 }
 
-/// Never return to a thread that is gone (it destroyed itself, or its task).
-fn leave_if_dead() {
-    let dead = with_kernel(|k| k.current.is_some_and(|c| k.threads.get(c).is_none()));
-    if dead {
-        reschedule();
-        unreachable!("a destroyed thread was resumed");
+/// Preemption, yield and the idle loop: switches to the best ready thread, keeping the current
+/// kernel context to come back to. A running current thread goes to the tail of its level.
+pub fn reschedule() {
+    let switch = with_kernel(|k| {
+        let cur = k.current_stack().map(|s| (stack_slot(s), s.top()));
+        k.reap(cur.map(|(_, top)| top));
+        if let Some(c) = k.current {
+            if let Some(t) = k.threads.get_mut(c).filter(|t| t.state == ThreadState::Running) {
+                t.state = ThreadState::Ready;
+                let p = t.prio;
+                k.ready.enqueue(c, p);
+            }
+        }
+        let save = cur.map_or(&raw mut IDLE_RSP, |(slot, _)| slot);
+        let was = k.current;
+        match k.pick() {
+            Some(n) if k.current == was => {
+                // The same thread again: nothing to switch.
+                let _ = n;
+                None
+            }
+            Some(n) => {
+                if n.cr3 != 0 {
+                    arch_x86_64::paging::write_cr3(kernel_core::mem::PhysAddr(n.cr3));
+                }
+                Some((save, n.rsp))
+            }
+            None => {
+                k.current = None;
+                cur.map(|_| (save, idle_rsp()))
+            }
+        }
+    });
+    if let Some((save, to)) = switch {
+        // SAFETY: `to` was saved by `switch`/`prepare_resume`/`init_kernel_stack` for a live
+        // thread (or is the idle context); `save` is the current context's slot, kept alive:
+        // the idle slot is static and a dead thread's stack is reaped only by another context.
+        unsafe { trap::switch(save, to) };
     }
 }
 
-/// Applies what others left for the current thread: ex_regs and exception-reply registers.
-/// Returns the result registers of a blocking operation, if any.
-fn apply_pending(f: &mut TrapFrame) -> Option<(u64, u64)> {
-    with_kernel(|k| {
-        let t = k.threads.get_mut(k.current?)?;
-        t.pending_fault = None;
-        if let Some((ip, sp)) = t.pending_regs.take() {
+/// The current thread blocked (or died) inside the kernel: abandon its kernel context — it will
+/// resume straight from its user frame, the way `how` says — and run the next thread.
+fn block_and_leave(how: Resume) -> ! {
+    let next = with_kernel(|k| {
+        let cur_top = k.current_stack().map(|s| s.top());
+        k.reap(cur_top);
+        if let Some(t) = k.current.and_then(|c| k.threads.get_mut(c)) {
+            let base = t.kstack.stack.as_ptr() as u64;
+            let off = trap::prepare_resume(&mut t.kstack.stack, how);
+            t.kstack.saved_rsp = base + off as u64;
+            t.resume = Some(how);
+            if t.state == ThreadState::Running {
+                // Not blocked after all (e.g. a zero timeout): it competes like any other.
+                t.state = ThreadState::Ready;
+                let p = t.prio;
+                let c = k.current.expect("checked");
+                k.ready.enqueue(c, p);
+            }
+        }
+        k.pick().unwrap_or_else(|| {
+            k.current = None;
+            Next { cr3: 0, rsp: idle_rsp() }
+        })
+    });
+    // SAFETY: `next.rsp` is a saved context of a live thread or the idle loop; `cr3` is 0 or a
+    // task's root; nothing on this abandoned stack is used again.
+    unsafe { trap::resume(next.cr3, next.rsp) }
+}
+
+fn idle_rsp() -> u64 {
+    // SAFETY: IDLE_RSP is only touched here and by `switch`, on this single CPU with
+    // interrupts masked.
+    unsafe { (&raw const IDLE_RSP).read() }
+}
+
+/// A system call of the current thread.
+pub fn syscall(f: &mut TrapFrame) {
+    let [rdx, rax, _label, r8] = f.syscall_args();
+    let out = with_kernel(|k| k.invoke(rdx, MsgTag(rax), r8));
+    let (tag, label) = match out {
+        Outcome::Done(tag, label) => (tag, label),
+        Outcome::Blocked => block_and_leave(Resume::Sysret),
+    };
+    let regs = with_kernel(|k| match k.current.and_then(|c| k.threads.get_mut(c)) {
+        Some(t) => Ok(t.pending_regs.take()),
+        None => Err(()),
+    });
+    match regs {
+        // The caller destroyed itself.
+        Err(()) => block_and_leave(Resume::Sysret),
+        Ok(Some((ip, sp))) => {
             if ip != u64::MAX {
                 f.rip = ip;
             }
@@ -152,67 +201,30 @@ fn apply_pending(f: &mut TrapFrame) -> Option<(u64, u64)> {
                 f.rsp = sp;
             }
         }
-        if let Some(r) = t.pending_exc.take() {
-            use exc_regs::*;
-            if r[IP] < abi::kip::USER_END && r[SP] < abi::kip::USER_END {
-                (f.rip, f.rsp) = (r[IP], r[SP]);
-            }
-            // Only the arithmetic flags are the thread's to change.
-            f.rflags = (f.rflags & !0xcd5) | (r[FLAGS] & 0xcd5);
-            (f.rax, f.rbx, f.rcx, f.rdx) = (r[RAX], r[RBX], r[RCX], r[RDX]);
-            (f.rsi, f.rdi, f.rbp, f.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
-        }
-        t.result.take()
-    })
-}
-
-/// A system call of the current thread.
-pub fn syscall(f: &mut TrapFrame) {
-    let [rdx, rax, _label, r8] = f.syscall_args();
-    let out = with_kernel(|k| k.invoke(rdx, MsgTag(rax), r8));
-    let done = match out {
-        Outcome::Done(tag, label) => Some((tag.0, label)),
-        Outcome::Blocked => {
-            reschedule();
-            None
-        }
-    };
-    leave_if_dead();
-    let woke = apply_pending(f);
-    let (tag, label) = done.or(woke).unwrap_or((MsgTag::error(Error::Canceled).0, 0));
-    f.set_syscall_result(tag, label);
+        Ok(None) => {}
+    }
+    f.set_syscall_result(tag.0, label);
 }
 
 /// A user exception of the current thread: a message to its pager or exception handler, whose
-/// reply resolves it; without a handler (or if the handler fails) the task is destroyed.
+/// reply resolves it; without a handler the task is destroyed.
 pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
     let sent = with_kernel(|k| {
         let me = k.current?;
         k.raise_fault(me, vector, error, addr, f)
     });
-    let failure = match sent {
-        Some(_) => {
-            reschedule();
-            leave_if_dead();
-            match apply_pending(f).map(|(tag, _)| MsgTag(tag).result()) {
-                Some(Err(e)) => Some(alloc::format!("handler failed ({e:?})")),
-                _ => None,
-            }
-        }
-        None => Some(alloc::string::String::from("no handler")),
-    };
-    let Some(why) = failure else { return };
-    with_kernel(|k| {
-        let Some(task) = k.current_task() else { return };
-        let name = k.tasks.get(task).map(|t| t.name.clone()).unwrap_or_default();
-        log::warn!(
-            "user fault: task {name}: {} ip={:#x} addr={addr:#x} err={error:#x} sp={:#x}; {why}, task destroyed",
-            arch_x86_64::exception_name(vector),
-            f.rip,
-            f.rsp
-        );
-        k.destroy_task(task);
-    });
-    reschedule();
-    unreachable!("a destroyed thread was resumed");
+    if sent.is_none() {
+        with_kernel(|k| {
+            let Some(task) = k.current_task() else { return };
+            let name = k.tasks.get(task).map(|t| t.name.clone()).unwrap_or_default();
+            log::warn!(
+                "user fault: task {name}: {} ip={:#x} addr={addr:#x} err={error:#x} sp={:#x}; no handler, task destroyed",
+                arch_x86_64::exception_name(vector),
+                f.rip,
+                f.rsp
+            );
+            k.destroy_task(task);
+        });
+    }
+    block_and_leave(Resume::Iret)
 }

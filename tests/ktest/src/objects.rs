@@ -233,6 +233,9 @@ fn ipc_intra() -> R {
     check(ok(gate::info(slot::GATE), "gate info")? == (0x1234, true), "gate info")?;
     set_mr(0, 41);
     let t = ok(ipc::call(slot::GATE, MsgTag::new(7, 1, 0, 0), 0), "call")?;
+    if !(t.words() == 2 && mr(0) == 42 && mr(1) == 0x1234) {
+        println!("echo reply: {t:?} mr0={} mr1={:#x}", mr(0), mr(1));
+    }
     check(t.words() == 2 && mr(0) == 42 && mr(1) == 0x1234, "echo reply with the gate label")?;
     ok(factory::gate(wk::FACTORY, slot::SCRATCH, CapIdx(0), 0), "unbound gate")?;
     expect_err(ipc::call(slot::SCRATCH, MsgTag::new(1, 0, 0, 0), 0), Error::NoEnt, "call an unbound gate")?;

@@ -172,6 +172,8 @@ syscall_entry:
     mov rdi, rsp
     cld
     call arch_syscall
+    .global syscall_return
+syscall_return:
     pop r15
     pop r14
     pop r13
@@ -192,6 +194,22 @@ syscall_entry:
     mov rsp, [rsp + 40]
     swapgs
     sysretq
+
+    /* resume_context(cr3 [rdi] or 0, rsp [rsi]): load an address space (late: every page
+       touched after this write costs a TLB refill under TCG) and resume a saved context. */
+    .global resume_context
+resume_context:
+    test rdi, rdi
+    jz 1f
+    mov cr3, rdi
+1:  mov rsp, rsi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
 
     /* switch_context(save_rsp: *mut u64 [rdi], new_rsp: u64 [rsi]) */
     .global switch_context
@@ -221,8 +239,19 @@ extern "C" {
     /// First of 256 16-byte entry stubs, one per vector.
     pub fn isr_stubs();
     fn trap_return();
+    fn syscall_return();
     pub fn syscall_entry();
     fn switch_context(save_rsp: *mut u64, new_rsp: u64);
+    fn resume_context(cr3: u64, rsp: u64) -> !;
+}
+
+/// How a thread whose kernel context was abandoned goes back to user mode from its frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// It entered by `syscall`: leave by `sysretq` (the frame's rip/rflags go to rcx/r11).
+    Sysret,
+    /// It entered by an exception or interrupt (or never ran): leave by `iretq`.
+    Iret,
 }
 
 /// Words a fresh kernel stack holds below its [`TrapFrame`]: six callee-saved registers
@@ -261,10 +290,33 @@ pub fn init_kernel_stack(stack: &mut [u64], frame: &TrapFrame) -> usize {
         frame.ss,
     ];
     stack[f..top].copy_from_slice(&regs);
+    prepare_resume(stack, Resume::Iret)
+}
+
+/// Builds, just below the user frame at the top of `stack`, a context that returns to user mode
+/// the way `how` says. Returns its stack pointer as a byte offset from the stack base. The frame
+/// itself is left as it is: whoever wakes the thread writes its results there.
+pub fn prepare_resume(stack: &mut [u64], how: Resume) -> usize {
+    let f = stack.len() - core::mem::size_of::<TrapFrame>() / 8;
     let sp = f - SWITCH_WORDS;
     stack[sp..f - 1].fill(0);
-    stack[f - 1] = trap_return as *const () as usize as u64;
+    stack[f - 1] = match how {
+        Resume::Sysret => syscall_return as *const () as usize as u64,
+        Resume::Iret => trap_return as *const () as usize as u64,
+    };
     sp * 8
+}
+
+/// Abandons the current kernel context and resumes the one saved at `rsp`, loading `cr3`
+/// first unless it is 0.
+///
+/// # Safety
+/// `rsp` must come from [`prepare_resume`], [`init_kernel_stack`] or an earlier [`switch`] of a
+/// context whose stack is alive; `cr3` must be 0 or a root sharing the kernel half. Nothing on
+/// the current stack may still be needed.
+pub unsafe fn resume(cr3: u64, rsp: u64) -> ! {
+    // SAFETY: guaranteed by the caller.
+    unsafe { resume_context(cr3, rsp) }
 }
 
 /// Saves the current kernel context into `*save_rsp` and resumes the one at `new_rsp`.
