@@ -7,7 +7,7 @@
 //! The unpacked tree and objects live in `~/.cache/l4rs/linux/work/`, reused while the source
 //! (tarball + patches) stays the same, so a fragment change only rebuilds what make decides to.
 
-use crate::util::{cache_dir, err, output, root, run, step, Result};
+use crate::util::{cache_dir, err, output, root, run, step, succeeds, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,7 +104,11 @@ fn config_mismatches(fragment: &str, config: &str) -> Vec<String> {
             (Some(_), None) => false,
         };
         if !ok {
-            bad.push(format!("{sym}: wanted {}, got {}", want.as_deref().unwrap_or("unset"), have.as_deref().unwrap_or("unset")));
+            bad.push(format!(
+                "{sym}: wanted {}, got {}",
+                want.as_deref().unwrap_or("unset"),
+                have.as_deref().unwrap_or("unset")
+            ));
         }
     }
     bad
@@ -113,7 +117,8 @@ fn config_mismatches(fragment: &str, config: &str) -> Vec<String> {
 /// The patches of `linux-patches/series`, as (name, path).
 fn patches() -> Result<Vec<(String, PathBuf)>> {
     let dir = root().join("linux-patches");
-    let series = std::fs::read_to_string(dir.join("series")).map_err(|e| format!("linux-patches/series: {e}"))?;
+    let series =
+        std::fs::read_to_string(dir.join("series")).map_err(|e| format!("linux-patches/series: {e}"))?;
     let list = parse_series(&series);
     let mut v = Vec::new();
     for name in list {
@@ -136,7 +141,7 @@ fn check_source() -> Result {
             return err(format!(
                 "{DEB_PACKAGE} {v} is installed but the build is pinned to {DEB_VERSION}: install that version \
                  (apt-get install {DEB_PACKAGE}={DEB_VERSION}) or update DEB_VERSION and TARBALL_SHA256 in build/src/linux.rs"
-            ))
+            ));
         }
         Some(_) => {}
     }
@@ -242,6 +247,9 @@ fn prepare_source(work: &Path, src: &Path, patches: &[(String, PathBuf)], source
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == source_key) && src.is_dir() {
         return Ok(());
     }
+    if !patches.is_empty() && !succeeds(Command::new("patch").arg("--version")) {
+        return err("`patch` is not installed: run `cargo xtask setup`");
+    }
     if work.exists() {
         std::fs::remove_dir_all(work)?;
     }
@@ -257,7 +265,8 @@ fn prepare_source(work: &Path, src: &Path, patches: &[(String, PathBuf)], source
             .output()
             .map_err(|e| format!("cannot run patch: {e}"))?;
         if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            let text =
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
             let hunks = failed_hunks(&text);
             let what = if hunks.is_empty() { text.trim().to_string() } else { hunks.join("\n  ") };
             // Leave no half-patched tree behind as if it were good.
@@ -282,7 +291,8 @@ fn make_with_progress(cmd: &mut Command) -> Result {
         lines
     });
     let mut n = 0usize;
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(std::result::Result::ok) {
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(std::result::Result::ok)
+    {
         n += 1;
         eprintln!("[{n:5}] {line}");
     }
@@ -324,7 +334,10 @@ mod tests {
     #[test]
     fn sha256_of_known_string() {
         // echo -n abc | sha256sum
-        assert_eq!(sha256_str("abc").unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_str("abc").unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -4,8 +4,11 @@
 mod bench;
 mod kbuild;
 mod ktests;
+mod linux;
 mod qemu;
+mod reference;
 mod report;
+mod rootfs;
 mod setup;
 mod util;
 
@@ -22,6 +25,13 @@ cargo xtask <command> [options]
       --list            list the scenarios
       --gdb             wait for a debugger on :1234 before starting
       --qemu-arg ARG    extra QEMU argument (repeatable); or put them after `--`
+      --reference       boot the reference Linux guest to a shell instead (see rootfs/README.md)
+        --exec CMD        run CMD in it, print its output, exit with its status
+        --overlay DIR     add a directory tree on top of the rootfs (repeatable)
+        --deb NAME        add a Debian package and its library dependencies (repeatable)
+        --rootfs CPIO     use your own (Buildroot) rootfs.cpio[.gz] instead of busybox + debs
+  linux            build (or find cached) the reference Linux kernel; prints the bzImage path
+  rootfs           assemble the guest initramfs; takes --overlay/--deb/--rootfs like run
   test             lint, host tests and QEMU tests; ends with `N passed, N failed`
       --filter TEXT     only tests whose name contains TEXT
       --no-lint         skip rustfmt and clippy
@@ -45,6 +55,8 @@ fn main() -> ExitCode {
         "run" => cmd_run(Args::new(argv)),
         "test" => cmd_test(Args::new(argv)),
         "bench" => cmd_bench(Args::new(argv)),
+        "linux" => Args::new(argv).finish().and_then(|_| setup::ensure()).and_then(|_| linux::cmd_linux()),
+        "rootfs" => rootfs::cmd_rootfs(Args::new(argv)),
         "fuzz" => cmd_fuzz(Args::new(argv)),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
@@ -62,6 +74,9 @@ fn main() -> ExitCode {
 }
 
 fn cmd_run(mut a: Args) -> Result<i32> {
+    if a.flag("--reference") {
+        return reference::cmd_run(a);
+    }
     if a.flag("--list") {
         a.finish()?;
         for (name, what) in ktests::scenario_list() {
@@ -131,6 +146,7 @@ fn cmd_test(mut a: Args) -> Result<i32> {
         Ok(art) => ktests::run_all(&art, &mut report, &wanted),
         Err(e) => report.fail("build/kernel", &e.to_string()),
     }
+    reference::run_tests(&mut report, &wanted);
     println!("{}", report.summary());
     Ok(if report.failed() == 0 { 0 } else { 1 })
 }
@@ -149,7 +165,8 @@ fn cmd_bench(a: Args) -> Result<i32> {
     a.finish()?;
     setup::ensure()?;
     let art = kbuild::build_all()?;
-    let metrics = ktests::kernel_metrics(&art, 3)?;
+    let mut metrics = ktests::kernel_metrics(&art, 3)?;
+    metrics.extend(reference::metrics()?);
     bench::print_table(&metrics);
     bench::write(&metrics)?;
     step("wrote target/bench/latest.json");

@@ -19,8 +19,16 @@ pub const DEFAULT_DEBS: &[&str] = &["python3.11-minimal"];
 
 /// Dependencies never unpacked: packaging and configuration machinery, data we do not need, or
 /// pure documentation packages. Everything else a package depends on is included.
-const SKIP_DEBS: &[&str] =
-    &["debconf", "dpkg", "perl-base", "tzdata", "media-types", "install-info", "gcc-12-base", "readline-common"];
+const SKIP_DEBS: &[&str] = &[
+    "debconf",
+    "dpkg",
+    "perl-base",
+    "tzdata",
+    "media-types",
+    "install-info",
+    "gcc-12-base",
+    "readline-common",
+];
 
 /// ABI tests also built dynamically (as `<name>-dyn`) against the glibc unpacked into the image.
 const DYNAMIC_TESTS: &[&str] = &["threads", "procfs"];
@@ -99,13 +107,17 @@ fn fetch_deb(name: &str) -> Result<PathBuf> {
     let dir = cache_dir().join("debs");
     std::fs::create_dir_all(&dir)?;
     let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", name]))?;
-    let (Some(version), Some(arch)) = (show_field(&show, "Version"), show_field(&show, "Architecture")) else {
+    let (Some(version), Some(arch)) = (show_field(&show, "Version"), show_field(&show, "Architecture"))
+    else {
         return err(format!("apt-cache show {name}: no Version/Architecture (is it a real package?)"));
     };
     let path = dir.join(deb_file_name(name, version, arch));
     if !path.is_file() {
         step(format!("rootfs: apt-get download {name} {version}"));
-        run(Command::new("apt-get").args(["download", "-q", name]).current_dir(&dir))?;
+        // Sandbox user root: the _apt user cannot write into our cache directory.
+        run(Command::new("apt-get")
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", name])
+            .current_dir(&dir))?;
         if !path.is_file() {
             return err(format!("apt-get download {name} did not produce {}", path.display()));
         }
@@ -125,7 +137,9 @@ fn check_cpio(head: &[u8], decompressed: impl FnOnce() -> Result<Vec<u8>>) -> Re
         if newc(&inner) {
             return Ok("gzip-compressed newc cpio");
         }
-        return err("it is gzip-compressed but not a newc cpio archive inside (Buildroot: BR2_TARGET_ROOTFS_CPIO)");
+        return err(
+            "it is gzip-compressed but not a newc cpio archive inside (Buildroot: BR2_TARGET_ROOTFS_CPIO)",
+        );
     }
     err("it is neither a newc cpio archive nor a gzip-compressed one (expected magic 070701 or 1f 8b)")
 }
@@ -137,7 +151,8 @@ fn validate_user_rootfs(path: &Path) -> Result {
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| format!("--rootfs {}: {e}", path.display()))?;
     let kind = check_cpio(&head[..n], || {
-        let mut child = Command::new("gzip").arg("-dc").arg(path).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut child =
+            Command::new("gzip").arg("-dc").arg(path).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let mut b = vec![0u8; 6];
         let got = child.stdout.take().expect("piped").read(&mut b)?;
         let _ = child.kill();
@@ -163,7 +178,12 @@ fn cc(src: &Path, deps: &[PathBuf], out: &Path, args: &[&str]) -> Result {
     if built.is_some() && built >= newest(&inputs) {
         return Ok(());
     }
-    run(Command::new("gcc").args(["-O2", "-Wall", "-Wextra", "-Werror"]).args(args).arg("-o").arg(out).arg(src))
+    run(Command::new("gcc")
+        .args(["-O2", "-s", "-Wall", "-Wextra", "-Werror"])
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(src))
 }
 
 fn c_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
@@ -260,7 +280,11 @@ fn copy_tree(src: &Path, dest: &Path) -> Result {
 /// Writes a gzip-compressed newc cpio of `dir` (owned by root) to `out`.
 fn pack(dir: &Path, out: &Path) -> Result {
     run(Command::new("sh")
-        .args(["-c", "cd \"$1\" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -6 > \"$2\"", "sh"])
+        .args([
+            "-c",
+            "cd \"$1\" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -6 > \"$2\"",
+            "sh",
+        ])
         .arg(dir)
         .arg(out))
 }
@@ -296,8 +320,9 @@ pub fn assemble(spec: &Spec, name: &str) -> Result<Image> {
         if staging.join("usr/bin/python3.11").is_file() && py.symlink_metadata().is_err() {
             std::os::unix::fs::symlink("python3.11", &py)?;
         }
-        // Docs and manuals are the bulk of some packages and nothing in the guest reads them.
-        for d in ["usr/share/doc", "usr/share/man", "usr/share/lintian"] {
+        // Docs and manuals are the bulk of some packages and nothing in the guest reads them; glibc
+        // charset converters (gconv, 8 MiB) are only loaded for iconv to non-UTF-8 charsets.
+        for d in ["usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/lib/x86_64-linux-gnu/gconv"] {
             let p = staging.join(d);
             if p.exists() {
                 std::fs::remove_dir_all(p)?;
@@ -372,7 +397,8 @@ mod tests {
 
     #[test]
     fn depends_of_real_apt_output_shape() {
-        let text = "libc6\n  Depends: libgcc-s1\n  Breaks: aide\n  Recommends: libidn2-0\n |Suggests: debconf\n  \
+        let text =
+            "libc6\n  Depends: libgcc-s1\n  Breaks: aide\n  Recommends: libidn2-0\n |Suggests: debconf\n  \
                     Suggests: <debconf-2.0>\n";
         assert_eq!(parse_depends(text), vec!["libgcc-s1"]);
     }
@@ -391,7 +417,13 @@ mod tests {
         assert_eq!(check_cpio(b"070701", never).unwrap(), "newc cpio");
         assert!(check_cpio(b"070707", never).is_err(), "old binary/odc cpio is not newc");
         assert!(check_cpio(b"\x7fELF", never).is_err());
-        assert_eq!(check_cpio(&[0x1f, 0x8b, 8], || Ok(b"070701".to_vec())).unwrap(), "gzip-compressed newc cpio");
-        assert!(check_cpio(&[0x1f, 0x8b, 8], || Ok(b"ustar".to_vec())).unwrap_err().to_string().contains("gzip"));
+        assert_eq!(
+            check_cpio(&[0x1f, 0x8b, 8], || Ok(b"070701".to_vec())).unwrap(),
+            "gzip-compressed newc cpio"
+        );
+        assert!(check_cpio(&[0x1f, 0x8b, 8], || Ok(b"ustar".to_vec()))
+            .unwrap_err()
+            .to_string()
+            .contains("gzip"));
     }
 }

@@ -31,6 +31,10 @@ const APT: &[AptPkg] = &[
     pkg("make"),
     pkg("gcc"),
     pkg("busybox-static"),
+    // The reference guest (cargo xtask linux/rootfs): patch for linux-patches/, gzip for the
+    // initramfs (apt-get download and dpkg-deb come with every Debian system).
+    pkg("patch"),
+    pkg("gzip"),
 ];
 
 const RUST_TARGETS: &[&str] = &["x86_64-unknown-none", "aarch64-unknown-none"];

@@ -563,17 +563,9 @@ impl Kernel {
 }
 
 fn read_mrs(utcb: PhysAddr, out: &mut [u64]) {
-    let mut bytes = [0u8; MR_COUNT * 8];
-    A::read_phys(utcb, &mut bytes[..out.len() * 8]);
-    for (w, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-    }
+    A::read_words(utcb, out);
 }
 
 fn write_mrs(utcb: PhysAddr, words: &[u64]) {
-    let mut bytes = [0u8; MR_COUNT * 8];
-    for (c, w) in bytes.chunks_exact_mut(8).zip(words) {
-        c.copy_from_slice(&w.to_le_bytes());
-    }
-    A::write_phys(utcb, &bytes[..words.len() * 8]);
+    A::write_words(utcb, words);
 }

@@ -46,19 +46,11 @@ pub enum FaultKind {
 }
 
 fn read_words(frame: PhysAddr, first: usize, n: usize, out: &mut [u64]) {
-    let mut bytes = [0u8; MR_COUNT * 8];
-    A::read_phys(PhysAddr(frame.0 + first as u64 * 8), &mut bytes[..n * 8]);
-    for (w, c) in out.iter_mut().zip(bytes[..n * 8].chunks_exact(8)) {
-        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-    }
+    A::read_words(PhysAddr(frame.0 + first as u64 * 8), &mut out[..n]);
 }
 
 fn write_words(frame: PhysAddr, words: &[u64]) {
-    let mut bytes = [0u8; MR_COUNT * 8];
-    for (c, w) in bytes.chunks_exact_mut(8).zip(words) {
-        c.copy_from_slice(&w.to_le_bytes());
-    }
-    A::write_phys(frame, &bytes[..words.len() * 8]);
+    A::write_words(frame, words);
 }
 
 /// Microseconds to a TSC deadline.
@@ -158,20 +150,27 @@ impl Kernel {
         let dst = self.threads.get(to).ok_or(Error::NoEnt)?;
         let dst_utcb = dst.utcb_frame.ok_or(Error::Inval)?;
         let dst_task = dst.task.ok_or(Error::Inval)?;
-        let mut buf = [0u64; MR_COUNT];
         let src_task = match src {
             Source::Utcb(s) => {
                 let st = self.threads.get(s).ok_or(Error::NoEnt)?;
-                read_words(st.utcb_frame.ok_or(Error::Inval)?, 0, words + 2 * items, &mut buf);
+                let src_utcb = st.utcb_frame.ok_or(Error::Inval)?;
+                if src_utcb != dst_utcb {
+                    A::copy_phys(dst_utcb, src_utcb, words * 8);
+                }
                 st.task
             }
             Source::Kernel(w) => {
-                buf[..w.len().min(words)].copy_from_slice(&w[..w.len().min(words)]);
+                write_words(dst_utcb, &w[..w.len().min(words)]);
                 None
             }
         };
-        write_words(dst_utcb, &buf[..words]);
         if items > 0 {
+            let mut buf = [0u64; MR_COUNT];
+            let st = match src {
+                Source::Utcb(s) => self.threads.get(s).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?,
+                Source::Kernel(_) => return Err(Error::Inval),
+            };
+            read_words(st, words, 2 * items, &mut buf[words..]);
             let src_task = src_task.ok_or(Error::Inval)?;
             let window = if fault_reply {
                 Fpage::memory(0, 47, Rights::ALL)

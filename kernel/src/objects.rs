@@ -134,8 +134,11 @@ pub struct KernelStack {
 }
 
 impl KernelStack {
+    /// A zeroed stack, built in place on the heap: as a temporary it would not even fit on
+    /// the kernel stack that creates it.
     pub fn new() -> Box<Self> {
-        Box::new(KernelStack { saved_rsp: 0, _pad: 0, stack: [0; KSTACK_SIZE / 8 - 2] })
+        // SAFETY: all-zero bytes are a valid KernelStack (integers only).
+        unsafe { Box::<Self>::new_zeroed().assume_init() }
     }
 
     pub fn top(&self) -> u64 {

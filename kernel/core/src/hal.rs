@@ -51,6 +51,12 @@ pub trait Arch {
 
     /// Copies `bytes` into physical memory at `pa` (through the kernel's direct map).
     fn write_phys(pa: PhysAddr, bytes: &[u8]);
+    /// Copies `len` bytes between physical addresses (ranges must not overlap).
+    fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize);
+    /// Reads little-endian 64-bit words from physical memory at `pa` (8-byte aligned).
+    fn read_words(pa: PhysAddr, out: &mut [u64]);
+    /// Writes 64-bit words to physical memory at `pa` (8-byte aligned).
+    fn write_words(pa: PhysAddr, words: &[u64]);
     /// Copies physical memory at `pa` into `buf`.
     fn read_phys(pa: PhysAddr, buf: &mut [u8]);
 }

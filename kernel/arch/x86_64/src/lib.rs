@@ -68,6 +68,18 @@ impl Arch for X86_64 {
         paging::write_phys(pa, bytes)
     }
 
+    fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
+        paging::copy_phys(dst, src, len)
+    }
+
+    fn read_words(pa: PhysAddr, out: &mut [u64]) {
+        paging::read_words(pa, out)
+    }
+
+    fn write_words(pa: PhysAddr, words: &[u64]) {
+        paging::write_words(pa, words)
+    }
+
     fn read_phys(pa: PhysAddr, buf: &mut [u8]) {
         paging::read_phys(pa, buf)
     }

@@ -203,6 +203,27 @@ pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(pa), bytes.len()) };
 }
 
+pub fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
+    let l = len as u64;
+    assert!(dst.0 + l <= DIRECT_MAP_SIZE && src.0 + l <= DIRECT_MAP_SIZE);
+    assert!(dst.0 + l <= src.0 || src.0 + l <= dst.0, "overlapping physical copy");
+    // SAFETY: both ranges are inside the direct map (checked) and disjoint (checked); callers
+    // own the destination frames.
+    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(src), phys_to_virt(dst), len) };
+}
+
+pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
+    assert!(pa.0.is_multiple_of(8) && pa.0 + out.len() as u64 * 8 <= DIRECT_MAP_SIZE);
+    // SAFETY: aligned (checked), inside the direct map (checked); reading RAM has no side effects.
+    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u64, out.as_mut_ptr(), out.len()) };
+}
+
+pub fn write_words(pa: PhysAddr, words: &[u64]) {
+    assert!(pa.0.is_multiple_of(8) && pa.0 + words.len() as u64 * 8 <= DIRECT_MAP_SIZE);
+    // SAFETY: aligned (checked), inside the direct map (checked); callers own the frame.
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), phys_to_virt(pa) as *mut u64, words.len()) };
+}
+
 pub fn read_phys(pa: PhysAddr, buf: &mut [u8]) {
     assert!(pa.0 + buf.len() as u64 <= DIRECT_MAP_SIZE);
     // SAFETY: the range is inside the direct map (checked); reading RAM has no side effects.
