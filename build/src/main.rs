@@ -39,6 +39,7 @@ cargo xtask <command> [options]
       --count N         invocations (default 10000000)
       --seed S          replay a seed (also L4RS_FUZZ_SEED for `test`)
   bench            run the benchmarks, print the table, write target/bench/latest.json
+      --only SYSTEM     only `kernel` or `linux-ref`
   help             this text
 ";
 
@@ -161,12 +162,19 @@ fn cmd_fuzz(mut a: Args) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_bench(a: Args) -> Result<i32> {
+fn cmd_bench(mut a: Args) -> Result<i32> {
+    let only = a.value("--only")?;
     a.finish()?;
+    let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
     setup::ensure()?;
     let art = kbuild::build_all()?;
-    let mut metrics = ktests::kernel_metrics(&art, 3)?;
-    metrics.extend(reference::metrics()?);
+    let mut metrics = Vec::new();
+    if want("kernel") {
+        metrics.extend(ktests::kernel_metrics(&art, 3)?);
+    }
+    if want("linux-ref") {
+        metrics.extend(reference::metrics()?);
+    }
     bench::print_table(&metrics);
     bench::write(&metrics)?;
     step("wrote target/bench/latest.json");

@@ -226,6 +226,7 @@ impl Kernel {
                     }
                     let tk = self.tasks.get(task).ok_or(Error::NoEnt)?;
                     let frame = tk.utcb_frame(addr).ok_or(Error::Inval)?;
+                    let root = tk.space.root().0;
                     if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
                         return Err(Error::Exists);
                     }
@@ -235,6 +236,7 @@ impl Kernel {
                     th.task = Some(task);
                     th.utcb_frame = Some(frame);
                     th.utcb_user = addr;
+                    th.root = root;
                 }
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
                 if flags & SET_PAGER != 0 {
@@ -373,6 +375,7 @@ impl Kernel {
         kstack.saved_rsp = kstack.stack.as_ptr() as u64 + off as u64;
         self.threads.insert(Thread {
             task: None,
+            root: 0,
             state: ThreadState::Inactive,
             prio: 0,
             quantum: QUANTUM,

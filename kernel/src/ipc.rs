@@ -347,11 +347,11 @@ impl Kernel {
 
     /// Words of a fault message a blocked sender carries, if it is one.
     fn fault_source(&self, s: Id) -> Option<[u64; exc_regs::WORDS]> {
-        self.threads.get(s)?.pending_fault.map(|(_, w)| w)
+        self.threads.get(s)?.pending_fault.as_ref().map(|f| f.1)
     }
 
     fn fault_kind(&self, s: Id) -> Option<FaultKind> {
-        self.threads.get(s)?.pending_fault.map(|(k, _)| k)
+        self.threads.get(s)?.pending_fault.as_ref().map(|f| f.0)
     }
 
     /// A user exception of the current thread `me`: sends the fault message to its pager
@@ -400,7 +400,7 @@ impl Kernel {
             }
         };
         if let Some(t) = self.threads.get_mut(me) {
-            t.pending_fault = Some((kind, w));
+            t.pending_fault = Some(alloc::boxed::Box::new((kind, w)));
         }
         let wait = match kind {
             FaultKind::Page => Wait::PageFault(dst),

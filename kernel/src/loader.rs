@@ -242,8 +242,10 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
     let thread = k.new_thread(None);
     let utcb = k.tasks.get(task).and_then(|t| t.utcb_frame(BOOT_UTCB_ADDR)).ok_or("no UTCB")?;
     A::write_phys(PhysAddr(utcb.0 + abi::utcb::TCR_SELF_OFFSET as u64), &BOOT_UTCB_ADDR.to_le_bytes());
+    let root = k.tasks.get(task).ok_or("task vanished")?.space.root().0;
     let t = k.threads.get_mut(thread).ok_or("thread vanished")?;
     t.task = Some(task);
+    t.root = root;
     t.utcb_frame = Some(utcb);
     t.utcb_user = BOOT_UTCB_ADDR;
     let f = trap::user_frame(&mut t.kstack.stack);

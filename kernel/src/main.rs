@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+mod fastpath;
 mod heap;
 mod icu;
 mod invoke;

@@ -146,33 +146,36 @@ impl KernelStack {
     }
 }
 
+/// A thread. The fields the IPC fast path reads come first.
 pub struct Thread {
-    pub task: Option<Id>,
     pub state: ThreadState,
     pub prio: u8,
-    pub quantum: u32,
-    pub quantum_len: u32,
-    pub kstack: Box<KernelStack>,
-    /// Has never run: its user frame on the kernel stack may be edited in place.
-    pub fresh: bool,
-    pub utcb_user: u64,
+    /// How the thread returns to user mode while its kernel context is abandoned (it blocked):
+    /// wakers then write its result registers into its user frame.
+    pub resume: Option<arch_x86_64::trap::Resume>,
     pub utcb_frame: Option<PhysAddr>,
-    pub pager: CapIdx,
-    pub exc_handler: CapIdx,
+    pub utcb_user: u64,
+    /// Page-table root of the bound task (0: unbound), so a switch needs no task lookup.
+    pub root: u64,
     /// The caller waiting for this thread's reply (the implicit reply capability).
     pub reply_to: Option<Id>,
+    pub kstack: Box<KernelStack>,
+    pub task: Option<Id>,
+    pub quantum: u32,
+    pub quantum_len: u32,
+    /// Has never run: its user frame on the kernel stack may be edited in place.
+    pub fresh: bool,
+    pub pager: CapIdx,
+    pub exc_handler: CapIdx,
     /// Threads blocked sending to this one, in arrival order.
     pub senders: VecDeque<Id>,
     pub send: Option<PendingSend>,
     /// TSC deadline of the current block.
     pub deadline: Option<u64>,
-    /// How the thread returns to user mode while its kernel context is abandoned (it blocked):
-    /// wakers then write its result registers into its user frame.
-    pub resume: Option<arch_x86_64::trap::Resume>,
     /// New ip/sp from an `ex_regs` on itself, applied on its way out of the kernel.
     pub pending_regs: Option<(u64, u64)>,
     /// The fault message this thread sends while blocked on its pager / exception handler.
-    pub pending_fault: Option<(crate::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>,
+    pub pending_fault: Option<Box<(crate::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>>,
     /// Interrupts attached to this thread.
     pub irqs: Vec<Id>,
     pub factory: Option<Id>,

@@ -69,9 +69,20 @@ fn stack_slot(s: &KernelStack) -> *mut u64 {
 }
 
 /// Where the CPU goes next: an address space to load (0: keep) and a saved context.
-struct Next {
-    cr3: u64,
-    rsp: u64,
+pub struct Next {
+    pub cr3: u64,
+    pub rsp: u64,
+}
+
+/// Makes `t` the thread the next kernel entry belongs to (kernel stack, user GS) and says where
+/// to resume it. The caller has made it current.
+#[inline(always)]
+pub fn enter(t: &crate::objects::Thread) -> Next {
+    cpu::set_kernel_stack(t.kstack.top());
+    cpu::set_user_gs(t.utcb_user);
+    debug_assert!(t.root != 0, "runnable threads are bound");
+    let cr3 = if arch_x86_64::paging::read_cr3().0 == t.root { 0 } else { t.root };
+    Next { cr3, rsp: t.kstack.saved_rsp }
 }
 
 impl Kernel {
@@ -84,12 +95,7 @@ impl Kernel {
         t.fresh = false;
         t.resume = None;
         self.current = Some(next);
-        let (task, rsp, top, utcb) = (t.task, t.kstack.saved_rsp, t.kstack.top(), t.utcb_user);
-        cpu::set_kernel_stack(top);
-        cpu::set_user_gs(utcb);
-        let root = self.tasks.get(task.expect("runnable threads are bound")).expect("live task").space.root();
-        let cr3 = if arch_x86_64::paging::read_cr3() == root { 0 } else { root.0 };
-        Some(Next { cr3, rsp })
+        Some(enter(t))
     }
 
     /// The kernel stack the CPU runs on (the current thread's, also when it just died).
@@ -181,7 +187,16 @@ fn idle_rsp() -> u64 {
 /// A system call of the current thread.
 pub fn syscall(f: &mut TrapFrame) {
     let [rdx, rax, _label, r8] = f.syscall_args();
-    let out = with_kernel(|k| k.invoke(rdx, MsgTag(rax), r8));
+    let out = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
+        Some(next) => Err(next),
+        None => Ok(k.invoke(rdx, MsgTag(rax), r8)),
+    });
+    let out = match out {
+        Ok(out) => out,
+        // SAFETY: the fast path made `next` current and left this thread blocked with a
+        // resume context; nothing on this stack is used again.
+        Err(next) => unsafe { trap::resume(next.cr3, next.rsp) },
+    };
     let (tag, label) = match out {
         Outcome::Done(tag, label) => (tag, label),
         Outcome::Blocked => block_and_leave(Resume::Sysret),

@@ -5,7 +5,9 @@ use alloc::collections::VecDeque;
 pub const PRIORITIES: usize = 256;
 
 pub struct ReadyQueues<Id> {
-    queues: [VecDeque<Id>; PRIORITIES],
+    /// Boxed: the 8 KiB of queue heads stay off the page that holds the bitmap and the rest
+    /// of the kernel's hot state.
+    queues: alloc::boxed::Box<[VecDeque<Id>; PRIORITIES]>,
     /// Bit p set: queue p is non-empty. Finds the highest level in four word scans.
     nonempty: [u64; PRIORITIES / 64],
 }
@@ -18,7 +20,10 @@ impl<Id: Copy + PartialEq> Default for ReadyQueues<Id> {
 
 impl<Id: Copy + PartialEq> ReadyQueues<Id> {
     pub fn new() -> Self {
-        ReadyQueues { queues: core::array::from_fn(|_| VecDeque::new()), nonempty: [0; PRIORITIES / 64] }
+        ReadyQueues {
+            queues: alloc::boxed::Box::new(core::array::from_fn(|_| VecDeque::new())),
+            nonempty: [0; PRIORITIES / 64],
+        }
     }
 
     /// Appends `id` at the tail of its priority level. Enqueuing a queued id is a no-op.

@@ -57,19 +57,23 @@ impl Gate {
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
+/// The CPU's tables. Per-CPU data, TSS and GDT come first and share one page: every kernel entry
+/// and every thread switch touches them, and under TCG each distinct page touched after an
+/// address-space switch costs a TLB refill.
+#[repr(C, align(4096))]
 struct Tables {
-    gdt: GlobalDescriptorTable,
-    tss: TaskStateSegment,
-    idt: Idt,
     percpu: PerCpu,
+    tss: TaskStateSegment,
+    gdt: GlobalDescriptorTable,
+    idt: Idt,
     df_stack: [u8; DOUBLE_FAULT_STACK],
 }
 
 static mut TABLES: Tables = Tables {
-    gdt: GlobalDescriptorTable::new(),
-    tss: TaskStateSegment::new(),
-    idt: Idt([Gate::EMPTY; 256]),
     percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0 },
+    tss: TaskStateSegment::new(),
+    gdt: GlobalDescriptorTable::new(),
+    idt: Idt([Gate::EMPTY; 256]),
     df_stack: [0; DOUBLE_FAULT_STACK],
 };
 
