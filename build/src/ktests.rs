@@ -119,6 +119,14 @@ fn defs() -> Vec<Def> {
             status: 0,
         },
         Def {
+            name: "ipc-trace",
+            what: "a few inter-task round trips between two calls of ktest's trace_mark (profile with `-- -d exec,nochain -D FILE`)",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "trace")],
+            append: "",
+            checks: vec![],
+            status: 0,
+        },
+        Def {
             name: "kernel-fault",
             what: "a kernel fault prints a register dump and fails the boot",
             programs: vec![BootProgram::start("hello", "")],

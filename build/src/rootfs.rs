@@ -38,7 +38,7 @@ const DYNAMIC_TESTS: &[&str] = &["threads", "procfs"];
 pub struct Spec {
     /// A user-supplied cpio (plain or gzip-compressed newc) used instead of busybox + debs.
     pub user_rootfs: Option<PathBuf>,
-    /// Extra Debian packages (besides [`DEFAULT_DEBS`]); ignored with a user rootfs.
+    /// Extra Debian packages (besides [`DEFAULT_DEBS`]); refused with a user rootfs.
     pub debs: Vec<String>,
     /// Directories copied on top, in order.
     pub overlays: Vec<PathBuf>,
@@ -317,6 +317,9 @@ pub fn assemble(spec: &Spec, name: &str) -> Result<Image> {
     }
     std::fs::create_dir_all(&staging)?;
     if let Some(user) = &spec.user_rootfs {
+        if !spec.debs.is_empty() {
+            return err("--deb cannot be combined with --rootfs: Debian packages need Debian's glibc");
+        }
         validate_user_rootfs(user)?;
     } else {
         install_busybox(&staging)?;

@@ -11,12 +11,9 @@
 
 use crate::objects::{Kernel, Obj, ThreadState, Wait};
 use crate::sched::{enter, Next};
-use crate::A;
 use abi::syscall::FLAGS_MASK;
 use abi::{CapSel, MsgTag};
 use arch_x86_64::trap::{self, Resume};
-use kernel_core::hal::Arch;
-use kernel_core::slab::Id;
 
 /// Untyped words the fast path copies; longer messages take the general path.
 const MAX_WORDS: usize = 16;
@@ -26,77 +23,60 @@ const REPLY_AND_WAIT: u64 = 0xf;
 impl Kernel {
     /// Tries the fast path for the current thread's `invoke`. `Some`: done, the partner is
     /// current and the caller blocked; resume `Next`.
+    ///
+    /// Written for few branches: under TCG each basic block first executed after an
+    /// address-space switch costs a hash lookup, so conditions are combined before testing.
+    #[link_section = ".text.fast"]
     pub fn fastpath(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Option<Next> {
         let flags = rdx & FLAGS_MASK;
-        if r8 != 0 || tag.items() != 0 || tag.words() > MAX_WORDS || tag.flags() != 0 {
+        let words = tag.words();
+        // No timeouts, no typed items, no tag flags, a short message, a call or reply-and-wait.
+        let shape = (r8 == 0) & (tag.0 & 0xffc0 == 0) & (words <= MAX_WORDS) & ((flags == CALL) | (flags == REPLY_AND_WAIT));
+        if !shape {
             return None;
         }
         let me = self.current?;
-        let (dst, label, wait) = match flags {
-            CALL => {
-                let task = self.threads.get(me)?.task?;
-                let cap = self.tasks.get(task)?.caps.get(CapSel::from_raw(rdx).idx())?;
-                let Obj::Gate(g) = cap.obj else { return None };
-                if tag.label() == abi::proto::ipc_gate::LABEL {
-                    return None;
-                }
-                let gate = self.gates.get(g)?;
-                let dst = gate.thread?;
-                let d = self.threads.get(dst)?;
-                if d.state != ThreadState::Receiving(Wait::Open) || !d.senders.is_empty() {
-                    return None;
-                }
-                (dst, gate.label, Wait::Reply(dst))
-            }
-            REPLY_AND_WAIT => {
-                let t = self.threads.get(me)?;
-                let dst = t.reply_to?;
-                if !t.senders.is_empty() || !t.irqs.is_empty() {
-                    return None;
-                }
-                if self.threads.get(dst)?.state != ThreadState::Receiving(Wait::Reply(me)) {
-                    return None;
-                }
-                (dst, 0, Wait::Open)
-            }
-            _ => return None,
+        let call = flags == CALL;
+        let (dst, label) = if call {
+            let task = self.threads.get(me)?.task?;
+            let cap = self.tasks.get(task)?.caps.get(CapSel::from_raw(rdx).idx())?;
+            let Obj::Gate(g) = cap.obj else { return None };
+            let gate = self.gates.get(g)?;
+            (gate.thread?, gate.label)
+        } else {
+            (self.threads.get(me)?.reply_to?, 0)
         };
-        self.handoff(me, dst, tag, label, wait)
-    }
-
-    /// Moves the message and the CPU from `me` to the waiting `dst`; `me` waits in `wait`.
-    #[inline(always)]
-    fn handoff(&mut self, me: Id, dst: Id, tag: MsgTag, label: u64, wait: Wait) -> Option<Next> {
-        let (src_utcb, my_prio) = {
-            let t = self.threads.get(me)?;
-            (t.utcb_frame?, t.prio)
-        };
-        let d = self.threads.get(dst)?;
-        // Direct switching may not overtake a more important ready thread.
-        if d.resume != Some(Resume::Sysret) || self.ready.highest().is_some_and(|h| h > d.prio.max(my_prio)) {
+        let (t, d) = self.threads.get2_mut(me, dst)?;
+        // The partner must wait for exactly this, with a user frame to resume by sysret, and
+        // nothing may be queued at us that an open wait would have to take first.
+        let expect = if call { Wait::Open } else { Wait::Reply(me) };
+        let ok = matches!(d.state, ThreadState::Receiving(w) if w == expect)
+            & (d.resume == Some(Resume::Sysret))
+            & d.senders.is_empty()
+            & (call | (t.senders.is_empty() & t.irqs.is_empty()))
+            & (!call | (tag.label() != abi::proto::ipc_gate::LABEL))
+            & !self.ready.any_above(d.prio.max(t.prio));
+        if !ok {
             return None;
         }
-        let dst_utcb = d.utcb_frame?;
-        let words = tag.words();
-        A::copy_phys(dst_utcb, src_utcb, words * 8);
-        let d = self.threads.get_mut(dst)?;
+        let (src_utcb, dst_utcb) = (t.utcb_frame?, d.utcb_frame?);
+        arch_x86_64::paging::copy_words(dst_utcb, src_utcb, words);
         let f = trap::user_frame(&mut d.kstack.stack);
         f.rax = MsgTag::new(tag.label(), words as u64, 0, 0).0;
         f.rsi = label;
         d.state = ThreadState::Running;
         d.resume = None;
-        if let Wait::Reply(_) = wait {
+        // A call hands the partner our reply capability; a reply uses up ours.
+        if call {
             d.reply_to = Some(me);
-        }
-        let next = enter(d);
-        let t = self.threads.get_mut(me)?;
-        if let Wait::Open = wait {
+        } else {
             t.reply_to = None;
         }
-        t.state = ThreadState::Receiving(wait);
+        t.state = ThreadState::Receiving(if call { Wait::Reply(dst) } else { Wait::Open });
         let base = t.kstack.stack.as_ptr() as u64;
         t.kstack.saved_rsp = base + trap::prepare_resume(&mut t.kstack.stack, Resume::Sysret) as u64;
         t.resume = Some(Resume::Sysret);
+        let next = enter(d);
         self.current = Some(dst);
         Some(next)
     }

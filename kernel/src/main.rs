@@ -71,6 +71,7 @@ fn kernel_event(frame: &mut TrapFrame, ev: Event) {
 
 /// A system call from user mode.
 #[no_mangle]
+#[link_section = ".text.fast"]
 fn kernel_syscall(frame: &mut TrapFrame) {
     sched::syscall(frame);
 }

@@ -185,6 +185,7 @@ fn idle_rsp() -> u64 {
 }
 
 /// A system call of the current thread.
+#[link_section = ".text.fast"]
 pub fn syscall(f: &mut TrapFrame) {
     let [rdx, rax, _label, r8] = f.syscall_args();
     let out = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {

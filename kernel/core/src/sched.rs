@@ -53,6 +53,23 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
             .map(|w| (w * 64 + 63 - self.nonempty[w].leading_zeros() as usize) as u8)
     }
 
+    /// True if a thread of priority strictly above `prio` is ready. Branch-free: the IPC fast
+    /// path asks this on every hand-off.
+    pub fn any_above(&self, prio: u8) -> bool {
+        let first = prio as usize + 1;
+        let mut any = 0;
+        for (w, bits) in self.nonempty.iter().enumerate() {
+            let lo = w * 64;
+            let mask = match first.checked_sub(lo) {
+                None => !0u64,
+                Some(k) if k >= 64 => 0,
+                Some(k) => !0u64 << k,
+            };
+            any |= bits & mask;
+        }
+        any != 0
+    }
+
     /// Removes and returns the head of the highest non-empty level.
     pub fn dequeue(&mut self) -> Option<Id> {
         let p = self.highest()?;
@@ -102,8 +119,12 @@ mod tests {
         assert_eq!(r.dequeue(), Some(4));
         assert!(r.is_empty());
         assert_eq!(r.dequeue(), None);
+        assert!(!r.any_above(0));
         r.enqueue(9, 255);
         assert_eq!(r.highest(), Some(255));
+        assert!(r.any_above(254) && !r.any_above(255));
+        r.enqueue(7, 64);
+        assert!(r.any_above(63) && r.any_above(0));
         r.enqueue(8, 255);
         r.enqueue_front(8, 255);
         assert_eq!(r.dequeue(), Some(8));

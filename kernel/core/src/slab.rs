@@ -77,6 +77,15 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Two distinct live entries at once.
+    pub fn get2_mut(&mut self, a: Id, b: Id) -> Option<(&mut T, &mut T)> {
+        let [x, y] = self.slots.get_disjoint_mut([a.index(), b.index()]).ok()?;
+        match (x, y) {
+            (Slot::Used(ga, va), Slot::Used(gb, vb)) if *ga == a.generation && *gb == b.generation => Some((va, vb)),
+            _ => None,
+        }
+    }
+
     pub fn remove(&mut self, id: Id) -> Option<T> {
         let slot = self.slots.get_mut(id.index())?;
         match slot {
@@ -135,5 +144,8 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec!["c", "b"]);
         assert_eq!(s.get(b), Some(&"b"));
+        assert_eq!(s.get2_mut(b, c).map(|(x, y)| (*x, *y)), Some(("b", "c")));
+        assert!(s.get2_mut(b, b).is_none(), "not the same entry twice");
+        assert!(s.get2_mut(a, b).is_none(), "stale id");
     }
 }

@@ -97,6 +97,22 @@ fn map_unmap_cost() -> Result<u64, &'static str> {
     Ok(crate::median(&mut s))
 }
 
+/// A marker for execution traces (`-d exec`): its address brackets the traced round trips.
+#[inline(never)]
+pub extern "C" fn trace_mark() {
+    core::hint::black_box(0);
+}
+
+/// `ktest trace`: a few inter-task round trips between two calls of `trace_mark`.
+pub fn trace() -> R {
+    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server)?;
+    call_cost(GATE_B, 4, 50);
+    trace_mark();
+    call_cost(GATE_B, 1, 4);
+    trace_mark();
+    Ok(())
+}
+
 pub fn run() -> R {
     let null = null_cost();
     println!("BENCH syscall_roundtrip {null} cycles");

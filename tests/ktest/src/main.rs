@@ -21,6 +21,7 @@ fn main(args: &str) -> i32 {
     match (words.next(), words.next()) {
         (Some("syscall"), _) => finish(syscall_checks()),
         (Some("bench"), _) => finish(bench::run()),
+        (Some("trace"), _) => finish(bench::trace()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);

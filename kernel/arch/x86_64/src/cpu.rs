@@ -145,8 +145,19 @@ pub fn set_kernel_stack(top: u64) {
 }
 
 /// Sets the GS base user mode will see after the next `swapgs` on the way out.
+#[inline(always)]
 pub fn set_user_gs(base: u64) {
-    KernelGsBase::write(VirtAddr::new(base));
+    // SAFETY: IA32_KERNEL_GS_BASE only takes effect after the next swapgs, on the way to user
+    // mode; any user address (or 0) is acceptable there.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            in("ecx") 0xc000_0102u32,
+            in("eax") base as u32,
+            in("edx") (base >> 32) as u32,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// The time-stamp counter.

@@ -238,6 +238,7 @@ extern "C" fn arch_trap(f: &mut TrapFrame) {
 
 /// Handler of the `syscall` instruction (called from `syscall_entry`).
 #[no_mangle]
+#[link_section = ".text.fast"]
 extern "C" fn arch_syscall(f: &mut TrapFrame) {
     // SAFETY: the kernel's handler, with the caller's frame.
     unsafe { kernel_syscall(f) }

@@ -212,6 +212,28 @@ pub fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
     unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(src), phys_to_virt(dst), len) };
 }
 
+/// Copies `n` 64-bit words between physical frames with one `rep movsq` (a single basic block
+/// under TCG, whatever `n` is). `n` must be at most a UTCB's worth.
+pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
+    assert!(n <= abi::utcb::UTCB_SIZE / 8);
+    let l = n as u64 * 8;
+    // Callers pass UTCB frames of two different threads (kernel-allocated RAM): in the direct
+    // map and disjoint. Checked in debug builds only: this is the IPC fast path.
+    debug_assert!(dst.0 + l <= DIRECT_MAP_SIZE && src.0 + l <= DIRECT_MAP_SIZE);
+    debug_assert!(dst.0 + l <= src.0 || src.0 + l <= dst.0, "overlapping physical copy");
+    // SAFETY: both ranges are inside the direct map and disjoint (see above); the direction
+    // flag is clear in the kernel (SFMASK clears DF on entry).
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") n => _,
+            inout("rsi") phys_to_virt(src) => _,
+            inout("rdi") phys_to_virt(dst) => _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + out.len() as u64 * 8 <= DIRECT_MAP_SIZE);
     // SAFETY: aligned (checked), inside the direct map (checked); reading RAM has no side effects.

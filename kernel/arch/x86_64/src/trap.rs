@@ -141,6 +141,9 @@ trap_return:
     swapgs
 2:  iretq
 
+    /* The system-call path lives in .text.fast, next to the Rust fast path: under TCG every
+       code page touched after an address-space switch costs a TLB refill. */
+    .section .text.fast, "ax"
     .global syscall_entry
     .p2align 4
 syscall_entry:
