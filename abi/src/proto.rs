@@ -210,6 +210,8 @@ pub mod sigma0 {
     pub const REQ_ANY: u64 = 1;
     /// Reply: `MR[0]` = free RAM in bytes.
     pub const REQ_INFO: u64 = 2;
+    /// `MR[1]` = an I/O flexpage. Reply: a map item granting those ports (sigma0 owns all).
+    pub const REQ_IO: u64 = 3;
 }
 
 /// Flexpages: a naturally aligned power-of-two range of memory, I/O ports or capabilities.
@@ -265,6 +267,16 @@ pub mod fpage {
                 (addr & !0xfff)
                     | ((order as u64 & 0x3f) << 6)
                     | ((Type::Memory as u64) << 4)
+                    | rights.bits() as u64,
+            )
+        }
+
+        /// An I/O-port flexpage of `2^order` ports starting at `port`.
+        pub const fn io(port: u64, order: u32, rights: crate::Rights) -> Self {
+            Fpage(
+                (port << 12)
+                    | ((order as u64 & 0x3f) << 6)
+                    | ((Type::IoPort as u64) << 4)
                     | rights.bits() as u64,
             )
         }

@@ -31,7 +31,8 @@ fn machine(kernel: &crate::linux::Kernel, image: &rootfs::Image, mode: &str) -> 
 pub fn cmd_run(mut a: Args) -> Result<i32> {
     let exec = a.value("--exec")?;
     let spec = rootfs::spec_from_args(&mut a)?;
-    let extra = a.values("--qemu-arg")?;
+    let mut extra = a.values("--qemu-arg")?;
+    extra.extend(a.rest());
     a.finish()?;
     crate::setup::ensure()?;
     let kernel = crate::linux::build()?;

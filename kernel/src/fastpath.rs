@@ -31,7 +31,10 @@ impl Kernel {
         let flags = rdx & FLAGS_MASK;
         let words = tag.words();
         // No timeouts, no typed items, no tag flags, a short message, a call or reply-and-wait.
-        let shape = (r8 == 0) & (tag.0 & 0xffc0 == 0) & (words <= MAX_WORDS) & ((flags == CALL) | (flags == REPLY_AND_WAIT));
+        let shape = (r8 == 0)
+            & (tag.0 & 0xffc0 == 0)
+            & (words <= MAX_WORDS)
+            & ((flags == CALL) | (flags == REPLY_AND_WAIT));
         if !shape {
             return None;
         }
@@ -55,6 +58,7 @@ impl Kernel {
             & d.senders.is_empty()
             & (call | (t.senders.is_empty() & t.irqs.is_empty()))
             & (!call | (tag.label() != abi::proto::ipc_gate::LABEL))
+            & (d.io_task == self.io_loaded)
             & !self.ready.any_above(d.prio.max(t.prio));
         if !ok {
             return None;

@@ -185,6 +185,7 @@ impl Kernel {
                 let base = m.get(3)?;
                 let window = match fp.typ() {
                     Some(proto::fpage::Type::Object) => Fpage::object(CapIdx(0), 16, Rights::ALL),
+                    Some(proto::fpage::Type::IoPort) => Fpage::io(0, 16, Rights::ALL),
                     _ => Fpage::memory(0, 47, Rights::ALL),
                 };
                 self.map_fpage(src, t, fp, base & !0xfff, window, base & proto::map::GRANT != 0)?;
@@ -227,6 +228,7 @@ impl Kernel {
                     let tk = self.tasks.get(task).ok_or(Error::NoEnt)?;
                     let frame = tk.utcb_frame(addr).ok_or(Error::Inval)?;
                     let root = tk.space.root().0;
+                    let has_io = tk.io.is_some();
                     if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
                         return Err(Error::Exists);
                     }
@@ -237,6 +239,7 @@ impl Kernel {
                     th.utcb_frame = Some(frame);
                     th.utcb_user = addr;
                     th.root = root;
+                    th.io_task = if has_io { task.as_u64() } else { 0 };
                 }
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
                 if flags & SET_PAGER != 0 {
@@ -249,7 +252,9 @@ impl Kernel {
             }
             proto::thread::Op::ExRegs => {
                 let (ip, sp, flags) = (m.get(1)?, m.get(2)?, m.get(3)?);
-                if (ip != u64::MAX && ip >= abi::kip::USER_END) || (sp != u64::MAX && sp >= abi::kip::USER_END) {
+                if (ip != u64::MAX && ip >= abi::kip::USER_END)
+                    || (sp != u64::MAX && sp >= abi::kip::USER_END)
+                {
                     return Err(Error::Inval);
                 }
                 let current = self.current == Some(t);
@@ -350,6 +355,8 @@ impl Kernel {
             threads: Vec::new(),
             log_at_line_start: true,
             factory,
+            io: None,
+            io_root: false,
         });
         for i in 0..pages {
             let Some(f) = crate::mem::with_frames(|fa| fa.alloc()) else {
@@ -376,6 +383,7 @@ impl Kernel {
         self.threads.insert(Thread {
             task: None,
             root: 0,
+            io_task: 0,
             state: ThreadState::Inactive,
             prio: 0,
             quantum: QUANTUM,

@@ -65,6 +65,9 @@ pub fn start_boot_tasks(range: PhysRange) {
         let sigma0 = started.iter().find(|s| s.sigma0).map(|s| s.thread);
         if let Some(s0) = sigma0 {
             give_sigma0_memory(k, s0);
+            if let Some(t) = k.threads.get(s0).and_then(|t| t.task).and_then(|t| k.tasks.get_mut(t)) {
+                t.io_root = true;
+            }
             let gate = k.gates.insert(Gate { thread: Some(s0), label: 0, factory: None });
             for s in started.iter().filter(|s| !s.sigma0) {
                 let Some(task) = k.threads.get(s.thread).and_then(|t| t.task) else { continue };

@@ -95,7 +95,7 @@ impl Kernel {
         let (order_max, unit) = match fp.typ() {
             Some(Type::Memory) => (MAX_MEM_ORDER, PAGE_SIZE),
             Some(Type::Object) => (MAX_OBJ_ORDER, 1),
-            Some(Type::IoPort) => return Err(Error::NoSys),
+            Some(Type::IoPort) => return self.map_ports(src, dst, fp, grant),
             None => return Err(Error::Inval),
         };
         if fp.order() > order_max || (unit == PAGE_SIZE && fp.order() < 12) {
@@ -194,12 +194,111 @@ impl Kernel {
                 }
                 Ok(false)
             }
-            Some(Type::IoPort) => Err(Error::NoSys),
+            Some(Type::IoPort) if fp.order() <= 16 => {
+                let (first, end) = (fp.base(), (fp.base() + (1 << fp.order())).min(PORTS));
+                let keys = self.iodb.keys_in((t, first)..=(t, end.max(first + 1) - 1));
+                for k in keys {
+                    let gone = self.iodb.revoke(k, include_self);
+                    self.deny_ports(&gone);
+                }
+                Ok(false)
+            }
             _ => Err(Error::Inval),
         }
     }
 
     fn memdb_keys(&self, task: u64, start: u64, end: u64) -> alloc::vec::Vec<Slot> {
         self.memdb.keys_in((task, start)..=(task, end - 1))
+    }
+}
+
+/// Number of x86 I/O ports.
+const PORTS: u64 = 65536;
+
+impl Kernel {
+    /// Maps (or grants) I/O ports: they keep their numbers, so only the flexpage matters. The
+    /// root owner (sigma0) has every port without a database entry until it first maps it.
+    fn map_ports(&mut self, src: Id, dst: Id, fp: Fpage, grant: bool) -> Result<(), Error> {
+        if fp.order() > 16 {
+            return Err(Error::Inval);
+        }
+        let (first, end) = (fp.base(), fp.base() + (1 << fp.order()));
+        if end > PORTS {
+            return Err(Error::Inval);
+        }
+        let root = self.tasks.get(src).ok_or(Error::NoEnt)?.io_root;
+        let (s, d) = (src.as_u64(), dst.as_u64());
+        for port in first..end {
+            if self.iodb.get((s, port)).is_none() {
+                if !root {
+                    continue;
+                }
+                self.iodb.insert_root((s, port), port, Rights::ALL.bits()).map_err(db_error)?;
+            }
+            if s == d {
+                continue;
+            }
+            let mask = fp.rights().bits() | Rights::R.bits();
+            let r = if grant {
+                self.iodb.grant((s, port), (d, port), mask)
+            } else {
+                self.iodb.derive((s, port), (d, port), mask)
+            };
+            let (gone, e) = r.map_err(db_error)?;
+            self.deny_ports(&gone);
+            self.set_port(dst, e.value, true);
+            if grant {
+                self.set_port(src, port, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removed port mappings: their tasks lose the ports.
+    pub fn deny_ports(&mut self, gone: &[Entry<Slot, u64>]) {
+        for e in gone {
+            self.set_port(Id::from_u64(e.key.0), e.value, false);
+        }
+    }
+
+    /// Allows or denies `port` in `task`'s bitmap, creating it on the first allowed port, and
+    /// keeps the loaded TSS copy current.
+    fn set_port(&mut self, task: Id, port: u64, allow: bool) {
+        let key = task.as_u64();
+        let Some(t) = self.tasks.get_mut(task) else { return };
+        if t.io.is_none() {
+            if !allow {
+                return;
+            }
+            t.io = Some(alloc::boxed::Box::new([0xff; arch_x86_64::cpu::IO_BITMAP_BYTES]));
+            let threads = t.threads.clone();
+            for th in threads {
+                if let Some(x) = self.threads.get_mut(th) {
+                    x.io_task = key;
+                }
+            }
+        }
+        let Some(bits) = self.tasks.get_mut(task).and_then(|t| t.io.as_mut()) else { return };
+        let (byte, bit) = ((port / 8) as usize, 1u8 << (port % 8));
+        if allow {
+            bits[byte] &= !bit;
+        } else {
+            bits[byte] |= bit;
+        }
+        if self.io_loaded == key {
+            arch_x86_64::cpu::io_load(bits);
+        }
+    }
+
+    /// Makes the TSS hold the I/O bitmap of task `key` (0: none) before that task runs.
+    pub fn load_io(&mut self, key: u64) {
+        if self.io_loaded == key {
+            return;
+        }
+        match self.tasks.get(Id::from_u64(key)).and_then(|t| t.io.as_ref()) {
+            Some(bits) if key != 0 => arch_x86_64::cpu::io_load(bits),
+            _ => arch_x86_64::cpu::io_disable(),
+        }
+        self.io_loaded = key;
     }
 }

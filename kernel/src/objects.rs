@@ -67,6 +67,10 @@ pub struct Task {
     pub threads: Vec<Id>,
     pub log_at_line_start: bool,
     pub factory: Option<Id>,
+    /// I/O permission bitmap (a set bit denies the port); `None`: no ports at all.
+    pub io: Option<Box<[u8; arch_x86_64::cpu::IO_BITMAP_BYTES]>>,
+    /// Owns every I/O port from boot on (sigma0), the root of all port mappings.
+    pub io_root: bool,
 }
 
 impl Task {
@@ -157,6 +161,8 @@ pub struct Thread {
     pub utcb_user: u64,
     /// Page-table root of the bound task (0: unbound), so a switch needs no task lookup.
     pub root: u64,
+    /// Key of the bound task if it has an I/O bitmap, else 0 (see `Kernel::io_loaded`).
+    pub io_task: u64,
     /// The caller waiting for this thread's reply (the implicit reply capability).
     pub reply_to: Option<Id>,
     pub kstack: Box<KernelStack>,
@@ -225,6 +231,10 @@ pub struct Kernel {
     pub factories: Slab<Factory>,
     pub capdb: MapDb<Slot, Obj>,
     pub memdb: MapDb<Slot, PhysAddr>,
+    /// I/O port mappings: (task, port) → port.
+    pub iodb: MapDb<Slot, u64>,
+    /// The task whose I/O bitmap the TSS holds (0: none loaded).
+    pub io_loaded: u64,
     pub ready: ReadyQueues<Id>,
     pub current: Option<Id>,
     /// Dead threads whose kernel stacks are freed once nobody runs on them.
@@ -258,6 +268,8 @@ impl Kernel {
             factories: Slab::new(),
             capdb: MapDb::new(),
             memdb: MapDb::new(),
+            iodb: MapDb::new(),
+            io_loaded: 0,
             ready: ReadyQueues::new(),
             current: None,
             zombies: Vec::new(),
@@ -393,6 +405,12 @@ impl Kernel {
         self.drop_caps(&gone);
         let gone = self.memdb.remove_range((k, 0)..=(k, u64::MAX));
         self.unmap_entries(&gone);
+        let gone = self.iodb.remove_range((k, 0)..=(k, u64::MAX));
+        self.deny_ports(&gone);
+        if self.io_loaded == k {
+            self.io_loaded = 0;
+            arch_x86_64::cpu::io_disable();
+        }
         self.purge_caps(Obj::Task(id));
         let Some(task) = self.tasks.remove(id) else { return };
         self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
@@ -473,6 +491,7 @@ impl Kernel {
     pub fn self_check(&self) -> Result<(), &'static str> {
         self.capdb.check()?;
         self.memdb.check()?;
+        self.iodb.check()?;
         let mut caps = 0;
         for (tid, t) in self.tasks.iter() {
             for (idx, c) in t.caps.iter() {

@@ -94,8 +94,11 @@ impl Kernel {
         t.state = ThreadState::Running;
         t.fresh = false;
         t.resume = None;
+        let io = t.io_task;
+        let n = enter(t);
         self.current = Some(next);
-        Some(enter(t))
+        self.load_io(io);
+        Some(n)
     }
 
     /// The kernel stack the CPU runs on (the current thread's, also when it just died).

@@ -81,7 +81,9 @@ impl<T> Slab<T> {
     pub fn get2_mut(&mut self, a: Id, b: Id) -> Option<(&mut T, &mut T)> {
         let [x, y] = self.slots.get_disjoint_mut([a.index(), b.index()]).ok()?;
         match (x, y) {
-            (Slot::Used(ga, va), Slot::Used(gb, vb)) if *ga == a.generation && *gb == b.generation => Some((va, vb)),
+            (Slot::Used(ga, va), Slot::Used(gb, vb)) if *ga == a.generation && *gb == b.generation => {
+                Some((va, vb))
+            }
             _ => None,
         }
     }

@@ -1,6 +1,6 @@
 //! sigma0: the first user program. The kernel hands it all memory it does not keep (described in
-//! the KIP); sigma0 hands it out through the sigma0 protocol and serves page faults of the boot
-//! tasks whose pager it is with fresh zeroed pages.
+//! the KIP) and every I/O port; sigma0 hands them out through the sigma0 protocol and serves
+//! page faults of the boot tasks whose pager it is with fresh zeroed pages.
 #![no_std]
 #![no_main]
 
@@ -120,6 +120,15 @@ fn serve(pool: &mut Pool, tag: MsgTag) -> MsgTag {
                 }
                 None => MsgTag::error(Error::NoMem),
             }
+        }
+        event::SIGMA0 if tag.words() >= 2 && mr(0) == sigma0::REQ_IO => {
+            let fp = Fpage(mr(1));
+            if fp.typ() != Some(abi::proto::fpage::Type::IoPort) || fp.order() > 16 {
+                return MsgTag::error(Error::Inval);
+            }
+            // sigma0 owns every port; the kernel checks the range when it maps.
+            put_map_item(0, 0, fp, false);
+            MsgTag::new(0, 0, 1, 0)
         }
         event::PAGE_FAULT if tag.words() >= 2 => {
             let addr = mr(0) & !(PAGE - 1);

@@ -94,3 +94,91 @@ pub fn run() -> R {
     println!("inter-task IPC, pager of a created task, task deletion ok");
     Ok(())
 }
+
+const IO_TASK: CapIdx = CapIdx(70);
+const IO_THREAD: CapIdx = CapIdx(71);
+const IO_GO: CapIdx = CapIdx(72);
+const IO_DONE: CapIdx = CapIdx(73);
+const SLEEP: CapIdx = CapIdx(74);
+/// Slots of the go/done semaphores inside the I/O task.
+const GO_IN_T: CapIdx = CapIdx(9);
+const DONE_IN_T: CapIdx = CapIdx(10);
+/// The POST diagnostic port: reading it has no effect on the machine.
+const PORT: u16 = 0x80;
+
+static IO_READS: AtomicU64 = AtomicU64::new(0);
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: reading port 0x80 has no side effects; without the right the CPU raises #GP,
+    // which is what the tests want to see.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nostack, nomem)) };
+    v
+}
+
+/// In the I/O task: on every go, read the port once and report.
+extern "C" fn io_user() -> ! {
+    loop {
+        let _ = l4::ipc::semaphore::down(GO_IN_T, 0);
+        inb(PORT);
+        IO_READS.fetch_add(1, Ordering::SeqCst);
+        let _ = l4::ipc::semaphore::up(DONE_IN_T);
+    }
+}
+
+/// Starts the I/O task and thread; `with_port` maps the port from us into it.
+fn io_task(with_port: bool) -> R {
+    let _ = task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(IO_TASK, 0, Rights::ALL)]);
+    ok(factory::task(wk::FACTORY, IO_TASK, Fpage::memory(B_UTCB, 12, Rights::ALL)), "io task")?;
+    map_image(IO_TASK)?;
+    for (from, to) in [(IO_GO, GO_IN_T), (IO_DONE, DONE_IN_T)] {
+        ok(task::map(IO_TASK, wk::TASK, Fpage::object(from, 0, Rights::RW), to.0 << 12), "semaphore")?;
+    }
+    if with_port {
+        ok(task::map(IO_TASK, wk::TASK, Fpage::io(PORT as u64, 0, Rights::ALL), 0), "map the port")?;
+    }
+    spawn_in(IO_TASK, IO_THREAD, 4, io_user)
+}
+
+/// Waits up to a second for the I/O thread to be gone (its task destroyed by a #GP).
+fn io_thread_dies() -> R {
+    for _ in 0..50 {
+        if ok(task::cap_info(wk::TASK, IO_THREAD), "info")?.0 == 0 {
+            return Ok(());
+        }
+        let _ = l4::ipc::semaphore::down(SLEEP, abi::syscall::timeout::pack(0, 20_000));
+    }
+    check(false, "a task using a port it does not have is stopped")
+}
+
+/// I/O ports: sigma0 hands them out, the TSS bitmap enforces them, unmapping revokes them.
+pub fn io_ports() -> R {
+    ok(factory::semaphore(wk::FACTORY, IO_GO, 0), "go")?;
+    ok(factory::semaphore(wk::FACTORY, IO_DONE, 0), "done")?;
+    ok(factory::semaphore(wk::FACTORY, SLEEP, 0), "sleep")?;
+    l4::ipc::set_br(0, Fpage::io(0, 16, Rights::ALL).0);
+    set_mr(0, abi::proto::sigma0::REQ_IO);
+    set_mr(1, Fpage::io(PORT as u64, 0, Rights::ALL).0);
+    ok(ipc::call(wk::PAGER, MsgTag::new(abi::proto::event::SIGMA0, 2, 0, 0), 0), "port from sigma0")?;
+    inb(PORT);
+    // A task without the port is stopped at its first access.
+    io_task(false)?;
+    ok(l4::ipc::semaphore::up(IO_GO), "go")?;
+    io_thread_dies()?;
+    check(IO_READS.load(Ordering::SeqCst) == 0, "no read without the port")?;
+    // With the port mapped from us it reads; after we revoke it, it is stopped.
+    io_task(true)?;
+    ok(l4::ipc::semaphore::up(IO_GO), "go")?;
+    ok(l4::ipc::semaphore::down(IO_DONE, abi::syscall::timeout::pack(0, 1_000_000)), "read with the port")?;
+    check(IO_READS.load(Ordering::SeqCst) == 1, "one read with the port")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::OTHER_SPACES, &[Fpage::io(PORT as u64, 0, Rights::ALL)]),
+        "revoke the port",
+    )?;
+    ok(l4::ipc::semaphore::up(IO_GO), "go")?;
+    io_thread_dies()?;
+    check(IO_READS.load(Ordering::SeqCst) == 1, "no read after the revoke")?;
+    inb(PORT);
+    println!("I/O ports from sigma0, enforcement and revocation ok");
+    Ok(())
+}

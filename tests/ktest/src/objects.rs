@@ -402,6 +402,7 @@ pub fn run() -> R {
     exceptions()?;
     deletion()?;
     crate::intertask::run()?;
+    crate::intertask::io_ports()?;
     println!("all kernel object checks passed");
     Ok(())
 }

@@ -21,6 +21,11 @@ pub struct PerCpu {
 }
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
+/// Bytes of an I/O permission bitmap: one bit per port.
+pub const IO_BITMAP_BYTES: usize = 65536 / 8;
+const TSS_SIZE: usize = core::mem::size_of::<TaskStateSegment>();
+/// `iomap_base` that lies beyond the TSS limit: no bitmap, every port denied.
+const NO_IO_BITMAP: u16 = 0xdfff;
 
 /// One 64-bit interrupt gate. (The x86_64 crate's IDT type only takes handlers of the unstable
 /// `x86-interrupt` ABI per exception kind; our stubs are uniform, so a flat table is simpler.)
@@ -64,6 +69,8 @@ struct Idt([Gate; 256]);
 struct Tables {
     percpu: PerCpu,
     tss: TaskStateSegment,
+    /// The TSS's I/O permission bitmap (a set bit denies the port) and its mandatory 0xff end.
+    iobitmap: [u8; IO_BITMAP_BYTES + 1],
     gdt: GlobalDescriptorTable,
     idt: Idt,
     df_stack: [u8; DOUBLE_FAULT_STACK],
@@ -72,6 +79,7 @@ struct Tables {
 static mut TABLES: Tables = Tables {
     percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0 },
     tss: TaskStateSegment::new(),
+    iobitmap: [0xff; IO_BITMAP_BYTES + 1],
     gdt: GlobalDescriptorTable::new(),
     idt: Idt([Gate::EMPTY; 256]),
     df_stack: [0; DOUBLE_FAULT_STACK],
@@ -92,7 +100,8 @@ pub fn init() {
         let kdata = t.gdt.append(Descriptor::kernel_data_segment());
         let udata = t.gdt.append(Descriptor::user_data_segment());
         let ucode = t.gdt.append(Descriptor::user_code_segment());
-        let tss = t.gdt.append(Descriptor::tss_segment_unchecked(&raw const t.tss));
+        t.tss.iomap_base = NO_IO_BITMAP;
+        let tss = t.gdt.append(tss_descriptor(&raw const t.tss as u64));
         assert_eq!((udata.0, ucode.0), (trap::USER_SS as u16, trap::USER_CS as u16));
         t.gdt.load_unsafe();
         CS::set_reg(kcode);
@@ -131,6 +140,35 @@ pub fn init() {
         GsBase::write(VirtAddr::new(t.percpu.self_ptr));
         KernelGsBase::write(VirtAddr::new(0));
     }
+}
+
+/// A 64-bit available-TSS descriptor whose limit covers the TSS and the I/O bitmap after it
+/// (the x86_64 crate's covers the TSS alone).
+fn tss_descriptor(base: u64) -> Descriptor {
+    let limit = (TSS_SIZE + IO_BITMAP_BYTES) as u64; // + 1 end byte - 1 for the limit
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40) // present, type 9: available 64-bit TSS
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    Descriptor::SystemSegment(low, base >> 32)
+}
+
+/// Loads an I/O permission bitmap (a set bit denies the port) for the next user entries.
+pub fn io_load(bitmap: &[u8; IO_BITMAP_BYTES]) {
+    // SAFETY: single CPU with interrupts masked in the kernel: the CPU reads the bitmap only
+    // on user-mode port accesses, which cannot happen while we write it.
+    unsafe {
+        let t = &mut *tables();
+        t.iobitmap[..IO_BITMAP_BYTES].copy_from_slice(bitmap);
+        t.tss.iomap_base = TSS_SIZE as u16;
+    }
+}
+
+/// Denies every port to user mode (no bitmap).
+pub fn io_disable() {
+    // SAFETY: as in `io_load`.
+    unsafe { (*tables()).tss.iomap_base = NO_IO_BITMAP };
 }
 
 /// Sets the kernel stack used on the next entry from user mode (TSS.rsp0 and `gs:8`).
