@@ -76,7 +76,13 @@ pub struct BootProgram {
 
 impl BootProgram {
     pub fn start(program: &str, args: &str) -> Self {
-        BootProgram { name: program.into(), program: program.into(), args: args.into(), start: true, sigma0: false }
+        BootProgram {
+            name: program.into(),
+            program: program.into(),
+            args: args.into(),
+            start: true,
+            sigma0: false,
+        }
     }
 
     /// The sigma0 program.

@@ -152,14 +152,21 @@ fn fuzz_seed() -> u64 {
 /// `cargo xtask fuzz [--count N] [--seed S]`: the long fuzz run.
 pub fn fuzz(art: &Artifacts, count: u64, seed: Option<u64>) -> Result {
     let seed = seed.unwrap_or_else(fuzz_seed);
-    let m = art.machine("fuzz-long", &[BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {seed} {count}"))], "")?;
+    let m = art.machine(
+        "fuzz-long",
+        &[BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {seed} {count}"))],
+        "",
+    )?;
     let mut s = Scenario::new("fuzz-long", m);
     s.markers = vec!["kernel self-check passed".into()];
     s.timeout = Duration::from_secs(60 + count / 2000);
     let o = run_scenario(&s)?;
     match &o.failure {
         None => {
-            step(format!("fuzz: {count} invocations with seed {seed} survived ({:.0} s)", o.elapsed.as_secs_f64()));
+            step(format!(
+                "fuzz: {count} invocations with seed {seed} survived ({:.0} s)",
+                o.elapsed.as_secs_f64()
+            ));
             Ok(())
         }
         Some(f) => err(format!("fuzz failed with seed {seed}: {f}\n{}", o.tail(40))),
@@ -229,7 +236,8 @@ pub fn parse_bench(log: &str, system: &str) -> Vec<Metric> {
 
 /// Boots the benchmark scenario `runs` times and returns the median of each metric.
 pub fn kernel_metrics(art: &Artifacts, runs: usize) -> Result<Vec<Metric>> {
-    let machine = art.machine("bench", &[BootProgram::sigma0(), BootProgram::start("ktest", "bench")], "bench")?;
+    let machine =
+        art.machine("bench", &[BootProgram::sigma0(), BootProgram::start("ktest", "bench")], "bench")?;
     let mut all: Vec<Vec<Metric>> = Vec::new();
     for i in 0..runs {
         step(format!("kernel micro-benchmarks, boot {}/{runs}", i + 1));
