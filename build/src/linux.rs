@@ -135,24 +135,37 @@ fn patches() -> Result<Vec<(String, PathBuf)>> {
 fn check_source() -> Result {
     let v = Command::new("dpkg-query").args(["-W", "-f=${Version}", DEB_PACKAGE]).output();
     let v = v.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    match v {
-        None => return err(format!("{DEB_PACKAGE} is not installed: run `cargo xtask setup`")),
-        Some(v) if v != DEB_VERSION => {
-            return err(format!(
-                "{DEB_PACKAGE} {v} is installed but the build is pinned to {DEB_VERSION}: install that version \
-                 (apt-get install {DEB_PACKAGE}={DEB_VERSION}) or update DEB_VERSION and TARBALL_SHA256 in build/src/linux.rs"
-            ));
-        }
-        Some(_) => {}
+    check_version(v.as_deref())?;
+    check_tarball(Path::new(TARBALL), TARBALL_SHA256)
+}
+
+/// The installed version (`None`: not installed) must be the pinned one.
+fn check_version(installed: Option<&str>) -> Result {
+    match installed {
+        None => err(format!("{DEB_PACKAGE} is not installed: run `cargo xtask setup`")),
+        Some(v) if v != DEB_VERSION => err(format!(
+            "{DEB_PACKAGE} {v} is installed but the build is pinned to {DEB_VERSION}: install that version \
+             (apt-get install {DEB_PACKAGE}={DEB_VERSION}) or update DEB_VERSION and TARBALL_SHA256 in \
+             build/src/linux.rs"
+        )),
+        Some(_) => Ok(()),
     }
-    if !Path::new(TARBALL).is_file() {
-        return err(format!("{TARBALL} is missing although {DEB_PACKAGE} is installed: reinstall it"));
-    }
-    let got = sha256_file(Path::new(TARBALL))?;
-    if got != TARBALL_SHA256 {
+}
+
+/// The tarball must exist and have the pinned digest.
+fn check_tarball(path: &Path, want: &str) -> Result {
+    if !path.is_file() {
         return err(format!(
-            "{TARBALL} is corrupt or not the pinned one: sha256 {got}, expected {TARBALL_SHA256} \
-             (apt-get install --reinstall {DEB_PACKAGE}={DEB_VERSION})"
+            "{} is missing although {DEB_PACKAGE} is installed: reinstall it",
+            path.display()
+        ));
+    }
+    let got = sha256_file(path)?;
+    if got != want {
+        return err(format!(
+            "{} is corrupt or not the pinned one: sha256 {got}, expected {want} \
+             (apt-get install --reinstall {DEB_PACKAGE}={DEB_VERSION})",
+            path.display()
         ));
     }
     Ok(())
@@ -315,6 +328,20 @@ pub fn cmd_linux() -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_source_checks() {
+        assert!(check_version(Some(DEB_VERSION)).is_ok());
+        assert!(check_version(Some("6.12.999-1")).unwrap_err().to_string().contains("pinned to"));
+        assert!(check_version(None).unwrap_err().to_string().contains("not installed"));
+        let f = std::env::temp_dir().join(format!("l4rs-tarball-test-{}", std::process::id()));
+        std::fs::write(&f, "abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert!(check_tarball(&f, abc).is_ok());
+        assert!(check_tarball(&f, TARBALL_SHA256).unwrap_err().to_string().contains("corrupt"));
+        std::fs::remove_file(&f).unwrap();
+        assert!(check_tarball(&f, abc).unwrap_err().to_string().contains("missing"));
+    }
 
     #[test]
     fn series_parsing() {

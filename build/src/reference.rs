@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// The first line /init prints: boot_to_shell is measured up to it.
 const INIT_MARKER: &str = "l4rs-init: start";
+/// Output that means the guest kernel died.
+const PANIC: &str = "Kernel panic";
 /// Guest memory: enough for python3 and the page-touch benchmark with room to spare.
 const MEMORY_MIB: u32 = 1024;
 /// Boots per benchmark run; each benchmark already takes a median inside the guest.
@@ -22,8 +24,9 @@ fn machine(kernel: &crate::linux::Kernel, image: &rootfs::Image, mode: &str) -> 
     m.initrd = Some(image.initrd.clone());
     m.memory_mib = MEMORY_MIB;
     // quiet: the kernel's boot log over the emulated UART costs boot time. (No `mitigations=off`:
-    // the kernel is built without them, see build/linux-configs/reference.config.)
-    m.append = format!("console=ttyS0 quiet l4rs.mode={mode}");
+    // the kernel is built without them, see build/linux-configs/reference.config.) panic=-1
+    // reboots at once on a panic, which ends QEMU (-no-reboot) instead of waiting for the timeout.
+    m.append = format!("console=ttyS0 quiet panic=-1 l4rs.mode={mode}");
     m
 }
 
@@ -67,7 +70,8 @@ struct AbiResult {
     failure: Option<String>,
 }
 
-/// `PASS name` / `FAIL name: why` lines, in order (later lines for the same name win).
+/// `PASS name` / `FAIL name: why` lines, in order of first appearance; the first failure of a
+/// name stands (a later line for it, pass or fail, cannot hide it).
 fn parse_abi(log: &str) -> Vec<AbiResult> {
     let mut out: Vec<AbiResult> = Vec::new();
     for line in log.lines().map(str::trim) {
@@ -131,7 +135,10 @@ fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
 /// `cargo xtask test`'s part: boots the reference guest in test mode and records each ABI test as
 /// `linux-ref/abi/<name>`, plus an exec-mode boot checking that a status reaches the host.
 pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
-    let abi = wanted("linux-ref/abi");
+    // Also when the filter names one test (`--filter linux-ref/abi/memory`).
+    let names = rootfs::abi_test_names().unwrap_or_default();
+    let abi_wanted = |n: &str| wanted(&format!("linux-ref/abi/{n}"));
+    let abi = wanted("linux-ref/abi") || names.iter().any(|n| abi_wanted(n));
     let exec = wanted("linux-ref/exec-status");
     if !abi && !exec {
         return;
@@ -149,7 +156,7 @@ pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
         Err(e) => return report.fail("linux-ref/rootfs", &e.to_string()),
     };
     if abi {
-        abi_boot(report, &kernel, &image);
+        abi_boot(report, &kernel, &image, &abi_wanted);
     }
     if exec {
         match rootfs::with_exec(&image, "echo exec-ok; exit 3", "test-exec") {
@@ -158,6 +165,7 @@ pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
                 let mut s = Scenario::new("linux-ref/exec-status", machine(&kernel, &image, "exec"));
                 s.markers = vec![INIT_MARKER.into(), "exec-ok".into(), "l4rs-init: exit 3".into()];
                 s.expect_status = Some(3);
+                s.forbidden = vec![PANIC.into()];
                 s.timeout = Duration::from_secs(120);
                 match qemu::run_scenario(&s) {
                     Ok(o) => report.scenario("linux-ref/exec-status", &o),
@@ -168,9 +176,15 @@ pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
     }
 }
 
-fn abi_boot(report: &mut Report, kernel: &crate::linux::Kernel, image: &rootfs::Image) {
+fn abi_boot(
+    report: &mut Report,
+    kernel: &crate::linux::Kernel,
+    image: &rootfs::Image,
+    wanted: &dyn Fn(&str) -> bool,
+) {
     let mut s = Scenario::new("linux-ref/abi", machine(kernel, image, "test"));
     s.markers = vec![INIT_MARKER.into(), " passed, ".into()];
+    s.forbidden = vec![PANIC.into()];
     s.timeout = Duration::from_secs(600);
     let o = match qemu::run_scenario(&s) {
         Ok(o) => o,
@@ -182,6 +196,9 @@ fn abi_boot(report: &mut Report, kernel: &crate::linux::Kernel, image: &rootfs::
     }
     let mut any_failed = false;
     for (name, verdict) in judge_abi(&image.abi_tests, &o.log) {
+        if !wanted(&name) {
+            continue;
+        }
         let full = format!("linux-ref/abi/{name}");
         match verdict {
             None => report.pass(&full, ""),
@@ -223,6 +240,7 @@ pub fn metrics() -> Result<Vec<Metric>> {
         step(format!("linux-ref: benchmark boot {boot}/{BENCH_BOOTS}"));
         let mut s = Scenario::new(format!("linux-ref-bench-{boot}"), machine(&kernel, &image, "bench"));
         s.markers = vec![INIT_MARKER.into()];
+        s.forbidden = vec![PANIC.into()];
         s.timeout = Duration::from_secs(900);
         let o = qemu::run_scenario(&s)?;
         if let Some(why) = &o.failure {

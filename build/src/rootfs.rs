@@ -208,8 +208,8 @@ fn c_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Builds the guest programs into `dest` (`opt/l4rs/{bin,abi,bench}`); returns the ABI test names.
-fn build_programs(dest: &Path) -> Result<Vec<String>> {
+/// Builds the guest programs into `dest` (`opt/l4rs/{bin,abi,bench}`).
+fn build_programs(dest: &Path) -> Result {
     let r = root();
     let bin = dest.join("opt/l4rs/bin");
     let abi = dest.join("opt/l4rs/abi");
@@ -226,23 +226,19 @@ fn build_programs(dest: &Path) -> Result<Vec<String>> {
 
     let abi_src = r.join("tests/linux-abi");
     let headers = c_files(&abi_src, "h")?;
-    let mut names = Vec::new();
     for src in c_files(&abi_src, "c")? {
         let name = src.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string();
         cc(&src, &headers, &built(&name), &["-static", "-pthread"])?;
         std::fs::copy(built(&name), abi.join(&name))?;
-        names.push(name.clone());
         if DYNAMIC_TESTS.contains(&name.as_str()) {
             let dyn_name = format!("{name}-dyn");
             cc(&src, &headers, &built(&dyn_name), &["-pthread"])?;
             std::fs::copy(built(&dyn_name), abi.join(&dyn_name))?;
-            names.push(dyn_name);
         }
     }
     for py in c_files(&abi_src, "py")? {
         let name = py.file_name().and_then(|s| s.to_str()).ok_or("bad file name")?;
         std::fs::copy(&py, abi.join(name))?;
-        names.push(name.trim_end_matches(".py").to_string());
     }
     std::fs::copy(abi_src.join("run"), abi.join("run"))?;
 
@@ -256,6 +252,21 @@ fn build_programs(dest: &Path) -> Result<Vec<String>> {
         std::fs::copy(built(&format!("bench-{name}")), bench.join(&name))?;
     }
     std::fs::copy(bench_src.join("run"), bench.join("run"))?;
+    Ok(())
+}
+
+/// The names of the ABI tests the image carries (what each prints as `PASS <name>`): every
+/// `tests/linux-abi/*.c`, `<name>-dyn` for [`DYNAMIC_TESTS`], every `*.py` without its extension.
+pub fn abi_test_names() -> Result<Vec<String>> {
+    let dir = root().join("tests/linux-abi");
+    let mut names = Vec::new();
+    for p in c_files(&dir, "c")?.into_iter().chain(c_files(&dir, "py")?) {
+        let name = p.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string();
+        if DYNAMIC_TESTS.contains(&name.as_str()) {
+            names.push(format!("{name}-dyn"));
+        }
+        names.push(name);
+    }
     names.sort();
     Ok(names)
 }
@@ -348,7 +359,8 @@ pub fn assemble(spec: &Spec, name: &str) -> Result<Image> {
         std::fs::create_dir_all(staging.join(d))?;
     }
     std::fs::copy(root().join("rootfs/init"), staging.join("init"))?;
-    let abi_tests = build_programs(&staging)?;
+    build_programs(&staging)?;
+    let abi_tests = abi_test_names()?;
     for o in &spec.overlays {
         step(format!("rootfs: overlay {}", o.display()));
         copy_tree(o, &staging)?;

@@ -1,7 +1,7 @@
 //! The kernel heap: power-of-two size classes up to 2 KiB carved from frames, larger blocks as
 //! contiguous frames. Everything is reached through the direct map.
 
-use crate::mem::with_frames;
+use arch_x86_64::frames::with_frames;
 use arch_x86_64::paging::phys_to_virt;
 use core::alloc::{GlobalAlloc, Layout};
 use kernel_core::mem::{PhysAddr, PAGE_SIZE};

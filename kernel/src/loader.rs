@@ -1,10 +1,7 @@
 //! Starting boot tasks: the programs the boot image flags `START`, loaded from their ELF files
 //! into fresh address spaces (see `abi::kip` for the start-up contract), and sigma0's memory.
 
-use crate::mem::with_frames;
-use crate::memory::{MEM_ALL, MEM_R, MEM_W, MEM_X};
-use crate::objects::{with_kernel, Factory, Gate, Kernel, Obj, ThreadState};
-use crate::A;
+use crate::{with_kernel, A};
 use abi::bootimage::{BootImage, Module, FLAG_SIGMA0, FLAG_START, KIND_PROGRAM};
 use abi::cap::well_known as wk;
 use abi::kip::{
@@ -16,9 +13,12 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use arch_x86_64::trap;
+use arch_x86_64::frames::with_frames;
 use goblin::elf::{header, program_header, Elf};
-use kernel_core::hal::Arch;
+use kernel_core::hal::{Arch, ThreadStack, UserRegs};
+use kernel_core::kernel::memory::{MEM_ALL, MEM_R, MEM_W, MEM_X};
+use kernel_core::kernel::Kernel;
+use kernel_core::kernel::{Factory, Gate, Obj, ThreadState};
 use kernel_core::mem::{PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use kernel_core::slab::Id;
 
@@ -96,7 +96,7 @@ pub fn start_boot_tasks(range: PhysRange) {
 
 /// Moves all memory the kernel does not keep into sigma0's space, at physical address plus
 /// `SIGMA0_PHYS_OFFSET`, as roots of the mapping database, and describes it in the KIP.
-fn give_sigma0_memory(k: &mut Kernel, thread: Id) {
+fn give_sigma0_memory(k: &mut Kernel<A>, thread: Id) {
     let Some(task) = k.threads.get(thread).and_then(|t| t.task) else { return };
     let free = with_frames(|fa| fa.free_frames() as u64 * PAGE_SIZE);
     let keep = (free / 2).max(KERNEL_MIN_RESERVE).min(free);
@@ -208,7 +208,7 @@ fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
 }
 
 /// Loads one boot task and creates its (inactive) first thread.
-fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
+fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id) -> Result<Id, String> {
     let elf = Elf::parse(m.data).map_err(|e| format!("not a valid ELF file: {e}"))?;
     if !elf.is_64 || elf.header.e_machine != header::EM_X86_64 || elf.header.e_type != header::ET_EXEC {
         return Err("not a static x86_64 executable".to_string());
@@ -245,14 +245,16 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
     let thread = k.new_thread(None);
     let utcb = k.tasks.get(task).and_then(|t| t.utcb_frame(BOOT_UTCB_ADDR)).ok_or("no UTCB")?;
     A::write_phys(PhysAddr(utcb.0 + abi::utcb::TCR_SELF_OFFSET as u64), &BOOT_UTCB_ADDR.to_le_bytes());
-    let root = k.tasks.get(task).ok_or("task vanished")?.space.root().0;
+    let root = A::space_root(&k.tasks.get(task).ok_or("task vanished")?.space);
     let t = k.threads.get_mut(thread).ok_or("thread vanished")?;
     t.task = Some(task);
     t.root = root;
     t.utcb_frame = Some(utcb);
     t.utcb_user = BOOT_UTCB_ADDR;
-    let f = trap::user_frame(&mut t.kstack.stack);
-    (f.rip, f.rsp, f.rdi, f.rsi, f.rdx) = (elf.entry, sp, args_addr, m.args.len() as u64, KIP_ADDR);
+    let f = t.kstack.regs();
+    f.set_ip(elf.entry);
+    f.set_sp(sp);
+    f.set_start_args([args_addr, m.args.len() as u64, KIP_ADDR]);
     if let Some(tk) = k.tasks.get_mut(task) {
         tk.threads.push(thread);
     }
@@ -273,7 +275,7 @@ fn start_task(k: &mut Kernel, m: &Module, factory: Id) -> Result<Id, String> {
 
 /// Maps image and stack, copies the argument string. Returns (stack pointer, argument address).
 fn fill_task(
-    k: &mut Kernel,
+    k: &mut Kernel<A>,
     task: Id,
     m: &Module,
     pages: BTreeMap<u64, (PhysAddr, u8)>,

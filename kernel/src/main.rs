@@ -5,20 +5,26 @@
 
 extern crate alloc;
 
-mod fastpath;
 mod heap;
-mod icu;
-mod invoke;
-mod ipc;
 mod loader;
-mod mem;
-mod memory;
-mod objects;
 mod sched;
 mod selftest;
 
 /// The architecture this kernel is built for: the one place it is chosen.
 pub type A = arch_x86_64::X86_64;
+
+/// The kernel's state: one instance, behind one lock. Interrupts are masked in the kernel, so
+/// the lock only orders code paths; it is never held across a context switch.
+static KERNEL: spin::Mutex<Option<kernel_core::kernel::Kernel<A>>> = spin::Mutex::new(None);
+
+/// Runs `f` with the kernel state.
+pub fn with_kernel<R>(f: impl FnOnce(&mut kernel_core::kernel::Kernel<A>) -> R) -> R {
+    f(KERNEL.lock().as_mut().expect("kernel state not initialised"))
+}
+
+fn init_kernel(k: kernel_core::kernel::Kernel<A>) {
+    *KERNEL.lock() = Some(k);
+}
 
 use arch_x86_64::{Boot, Event, TrapFrame};
 
@@ -43,7 +49,7 @@ fn kernel_main(boot: Boot) -> ! {
     if !cmdline.is_empty() {
         log::info!("command line: {cmdline}");
     }
-    mem::init(&boot);
+    arch_x86_64::frames::init(&boot);
     sched::init(boot.clocks.tsc_hz);
     for opt in cmdline.split_whitespace() {
         match opt {

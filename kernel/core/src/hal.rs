@@ -1,8 +1,11 @@
 //! The seam between portable kernel logic and an architecture. The kernel binary chooses the
-//! implementation in exactly one place (`kernel/src/main.rs`, `type A = ...`).
+//! implementation in exactly one place (`kernel/src/main.rs`, `type A = ...`); host tests use a
+//! fake one (`kernel::fake`).
 
 use crate::frames::FrameAllocator;
 use crate::mem::{Perms, PhysAddr, VirtAddr};
+use abi::proto::exc_regs;
+use alloc::boxed::Box;
 
 /// Why a mapping could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,19 +16,61 @@ pub enum MapError {
     BadAddress,
 }
 
+/// Bytes of an I/O permission bitmap: one bit per port, a set bit denies it.
+pub const IO_BITMAP_BYTES: usize = 65536 / 8;
+
+/// How a thread whose kernel context was abandoned (it blocked) goes back to user mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// It entered by a system call: its result registers are written by whoever wakes it.
+    Syscall,
+    /// It entered by an exception or interrupt (or never ran): it resumes unchanged.
+    Exception,
+}
+
 /// Registers of a thread saved on kernel entry from user mode.
-pub trait UserFrame {
+pub trait UserRegs {
     /// `(rdx, rax, rsi, r8)` on x86_64: selector|flags, tag, label, timeout.
     fn syscall_args(&self) -> [u64; 4];
     /// Sets the result registers `(tag, label)`.
     fn set_syscall_result(&mut self, tag: u64, label: u64);
     fn ip(&self) -> u64;
+    fn sp(&self) -> u64;
+    fn flags(&self) -> u64;
+    fn set_ip(&mut self, ip: u64);
+    fn set_sp(&mut self, sp: u64);
+    /// The message an exception handler receives (`abi::proto::exc_regs` layout).
+    fn exception_words(&self, trapno: u64, error: u64, addr: u64) -> [u64; exc_regs::WORDS];
+    /// Applies an exception handler's answer (ip/sp only if they are user addresses; only the
+    /// arithmetic flags).
+    fn apply_exception_words(&mut self, w: &[u64; exc_regs::WORDS]);
+    /// The three argument registers a boot task starts with.
+    fn set_start_args(&mut self, args: [u64; 3]);
+}
+
+/// A thread's kernel stack, with its saved user registers on top.
+pub trait ThreadStack {
+    type Regs: UserRegs;
+    /// A fresh stack whose first switch enters user mode (at ip 0 / sp 0 until set).
+    fn new_user() -> Box<Self>;
+    /// The stack top: where the CPU saves user registers on the next entry.
+    fn top(&self) -> u64;
+    fn regs(&mut self) -> &mut Self::Regs;
+    /// The kernel stack pointer to resume this thread at.
+    fn saved(&self) -> u64;
+    /// Abandons the thread's kernel context: it will resume from its user registers the way
+    /// `how` says.
+    fn prepare_resume(&mut self, how: Resume);
 }
 
 /// What an architecture provides to the kernel.
-pub trait Arch {
+pub trait Arch: Sized + 'static {
     /// A user address space (its page-table root).
     type Space;
+    type Stack: ThreadStack;
+
+    /// Scheduling ticks per second.
+    const TICK_HZ: u64;
 
     /// A cycle counter (TSC on x86_64).
     fn cycles() -> u64;
@@ -33,6 +78,9 @@ pub trait Arch {
     fn cycles_hz() -> u64;
     /// Powers the machine off with `status` (QEMU: exits with it).
     fn shutdown(status: u32) -> !;
+
+    /// Runs `f` with the frame allocator. `f` must not allocate from the heap.
+    fn with_frames<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R;
 
     /// An empty user address space sharing the kernel's half.
     fn new_space(fa: &mut FrameAllocator) -> Option<Self::Space>;
@@ -48,15 +96,33 @@ pub trait Arch {
     fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr>;
     /// Frees the page tables of a space (not the frames mapped through it).
     fn destroy_space(s: Self::Space, fa: &mut FrameAllocator);
+    /// The page-table root of a space, as the CPU loads it.
+    fn space_root(s: &Self::Space) -> u64;
+    /// The root the CPU uses now.
+    fn active_root() -> u64;
 
     /// Copies `bytes` into physical memory at `pa` (through the kernel's direct map).
     fn write_phys(pa: PhysAddr, bytes: &[u8]);
-    /// Copies `len` bytes between physical addresses (ranges must not overlap).
-    fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize);
-    /// Reads little-endian 64-bit words from physical memory at `pa` (8-byte aligned).
+    /// Copies physical memory at `pa` into `buf`.
+    fn read_phys(pa: PhysAddr, buf: &mut [u8]);
+    /// Reads 64-bit words from physical memory at `pa` (8-byte aligned).
     fn read_words(pa: PhysAddr, out: &mut [u64]);
     /// Writes 64-bit words to physical memory at `pa` (8-byte aligned).
     fn write_words(pa: PhysAddr, words: &[u64]);
-    /// Copies physical memory at `pa` into `buf`.
-    fn read_phys(pa: PhysAddr, buf: &mut [u8]);
+    /// Copies `n` words between two disjoint UTCB-sized areas (the IPC fast path).
+    fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize);
+
+    /// Writes to the kernel console.
+    fn console_write(bytes: &[u8]);
+    /// The kernel stack the next entry from user mode uses.
+    fn set_kernel_stack(top: u64);
+    /// The thread-pointer base user mode sees (the UTCB on x86_64).
+    fn set_user_gs(base: u64);
+    /// Loads an I/O permission bitmap for the next user entries.
+    fn io_load(bits: &[u8; IO_BITMAP_BYTES]);
+    /// Denies all I/O ports to user mode.
+    fn io_disable();
+    /// Masks / unmasks a hardware interrupt line.
+    fn line_mask(line: u8);
+    fn line_unmask(line: u8);
 }

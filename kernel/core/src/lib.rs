@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod captable;
 pub mod frames;
 pub mod hal;
+pub mod kernel;
 pub mod mapdb;
 pub mod mem;
 pub mod sched;

@@ -21,8 +21,7 @@ pub struct PerCpu {
 }
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
-/// Bytes of an I/O permission bitmap: one bit per port.
-pub const IO_BITMAP_BYTES: usize = 65536 / 8;
+use kernel_core::hal::IO_BITMAP_BYTES;
 const TSS_SIZE: usize = core::mem::size_of::<TaskStateSegment>();
 /// `iomap_base` that lies beyond the TSS limit: no bitmap, every port denied.
 const NO_IO_BITMAP: u16 = 0xdfff;

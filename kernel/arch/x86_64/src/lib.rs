@@ -5,9 +5,12 @@
 //! Entry path: `trap.rs` stubs → [`arch_trap`] / [`arch_syscall`] → the kernel's handlers.
 #![no_std]
 
+extern crate alloc;
+
 pub mod apic;
 mod boot;
 pub mod cpu;
+pub mod frames;
 pub mod paging;
 pub mod pvh;
 pub mod serial;
@@ -29,6 +32,9 @@ pub struct X86_64;
 
 impl Arch for X86_64 {
     type Space = paging::AddressSpace;
+    type Stack = trap::KernelStack;
+
+    const TICK_HZ: u64 = TICK_HZ;
 
     fn cycles() -> u64 {
         cpu::rdtsc()
@@ -40,6 +46,10 @@ impl Arch for X86_64 {
 
     fn shutdown(status: u32) -> ! {
         cpu::shutdown(status)
+    }
+
+    fn with_frames<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R {
+        frames::with_frames(f)
     }
 
     fn new_space(fa: &mut FrameAllocator) -> Option<Self::Space> {
@@ -64,12 +74,48 @@ impl Arch for X86_64 {
         s.destroy(fa)
     }
 
+    fn space_root(s: &Self::Space) -> u64 {
+        s.root().0
+    }
+
+    fn active_root() -> u64 {
+        paging::read_cr3().0
+    }
+
     fn write_phys(pa: PhysAddr, bytes: &[u8]) {
         paging::write_phys(pa, bytes)
     }
 
-    fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
-        paging::copy_phys(dst, src, len)
+    fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
+        paging::copy_words(dst, src, n)
+    }
+
+    fn console_write(bytes: &[u8]) {
+        serial::with_console(|s| s.write_bytes(bytes));
+    }
+
+    fn set_kernel_stack(top: u64) {
+        cpu::set_kernel_stack(top)
+    }
+
+    fn set_user_gs(base: u64) {
+        cpu::set_user_gs(base)
+    }
+
+    fn io_load(bits: &[u8; kernel_core::hal::IO_BITMAP_BYTES]) {
+        cpu::io_load(bits)
+    }
+
+    fn io_disable() {
+        cpu::io_disable()
+    }
+
+    fn line_mask(line: u8) {
+        apic::pic_mask(line)
+    }
+
+    fn line_unmask(line: u8) {
+        apic::pic_unmask(line)
     }
 
     fn read_words(pa: PhysAddr, out: &mut [u64]) {

@@ -203,15 +203,6 @@ pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(pa), bytes.len()) };
 }
 
-pub fn copy_phys(dst: PhysAddr, src: PhysAddr, len: usize) {
-    let l = len as u64;
-    assert!(dst.0 + l <= DIRECT_MAP_SIZE && src.0 + l <= DIRECT_MAP_SIZE);
-    assert!(dst.0 + l <= src.0 || src.0 + l <= dst.0, "overlapping physical copy");
-    // SAFETY: both ranges are inside the direct map (checked) and disjoint (checked); callers
-    // own the destination frames.
-    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(src), phys_to_virt(dst), len) };
-}
-
 /// Copies `n` 64-bit words between physical frames with one `rep movsq` (a single basic block
 /// under TCG, whatever `n` is). `n` must be at most a UTCB's worth.
 pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {

@@ -5,6 +5,7 @@
 //! stack. A thread leaves the kernel by the exit path matching how it entered (`iretq` after an
 //! interrupt or exception, `sysretq` after `syscall`); a new thread starts through `trap_return`.
 
+use abi::proto::exc_regs;
 use core::arch::global_asm;
 
 /// Vector number recorded in frames built by the `syscall` entry.
@@ -63,7 +64,7 @@ impl TrapFrame {
     }
 }
 
-impl kernel_core::hal::UserFrame for TrapFrame {
+impl kernel_core::hal::UserRegs for TrapFrame {
     fn syscall_args(&self) -> [u64; 4] {
         [self.rdx, self.rax, self.rsi, self.r8]
     }
@@ -75,6 +76,103 @@ impl kernel_core::hal::UserFrame for TrapFrame {
 
     fn ip(&self) -> u64 {
         self.rip
+    }
+
+    fn sp(&self) -> u64 {
+        self.rsp
+    }
+
+    fn flags(&self) -> u64 {
+        self.rflags
+    }
+
+    fn set_ip(&mut self, ip: u64) {
+        self.rip = ip;
+    }
+
+    fn set_sp(&mut self, sp: u64) {
+        self.rsp = sp;
+    }
+
+    fn exception_words(&self, trapno: u64, error: u64, addr: u64) -> [u64; exc_regs::WORDS] {
+        use exc_regs::*;
+        let mut w = [0u64; WORDS];
+        (w[TRAPNO], w[ERROR], w[IP], w[SP], w[FLAGS], w[FAULT_ADDR]) =
+            (trapno, error, self.rip, self.rsp, self.rflags, addr);
+        (w[RAX], w[RBX], w[RCX], w[RDX]) = (self.rax, self.rbx, self.rcx, self.rdx);
+        (w[RSI], w[RDI], w[RBP], w[R8]) = (self.rsi, self.rdi, self.rbp, self.r8);
+        w
+    }
+
+    fn apply_exception_words(&mut self, r: &[u64; exc_regs::WORDS]) {
+        use exc_regs::*;
+        if r[IP] < abi::kip::USER_END && r[SP] < abi::kip::USER_END {
+            (self.rip, self.rsp) = (r[IP], r[SP]);
+        }
+        // Only the arithmetic flags (CF PF AF ZF SF OF) are the thread's to change.
+        self.rflags = (self.rflags & !0x8d5) | (r[FLAGS] & 0x8d5);
+        (self.rax, self.rbx, self.rcx, self.rdx) = (r[RAX], r[RBX], r[RCX], r[RDX]);
+        (self.rsi, self.rdi, self.rbp, self.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
+    }
+
+    fn set_start_args(&mut self, a: [u64; 3]) {
+        (self.rdi, self.rsi, self.rdx) = (a[0], a[1], a[2]);
+    }
+}
+
+/// Bytes of a thread's kernel stack (including its saved stack pointer).
+pub const KSTACK_SIZE: usize = 16 * 1024;
+
+/// A thread's kernel stack: its user registers at the top, and while it is switched out the
+/// saved stack pointer. Boxed by the kernel, so its address stays put.
+#[repr(C, align(16))]
+pub struct KernelStack {
+    saved_rsp: u64,
+    _pad: u64,
+    stack: [u64; KSTACK_SIZE / 8 - 2],
+}
+
+impl KernelStack {
+    /// Where `switch` saves the stack pointer of the context running on this stack.
+    pub fn saved_slot(&mut self) -> *mut u64 {
+        &raw mut self.saved_rsp
+    }
+
+    fn base(&self) -> u64 {
+        self.stack.as_ptr() as u64
+    }
+}
+
+impl kernel_core::hal::ThreadStack for KernelStack {
+    type Regs = TrapFrame;
+
+    fn new_user() -> alloc::boxed::Box<Self> {
+        // SAFETY: all-zero bytes are a valid KernelStack (integers only); built in place on
+        // the heap because 16 KiB would not fit on the kernel stack that creates it.
+        let mut s = unsafe { alloc::boxed::Box::<Self>::new_zeroed().assume_init() };
+        let off = init_kernel_stack(&mut s.stack, &TrapFrame::new_user(0, 0));
+        s.saved_rsp = s.base() + off as u64;
+        s
+    }
+
+    fn top(&self) -> u64 {
+        self.stack.as_ptr_range().end as u64
+    }
+
+    fn regs(&mut self) -> &mut TrapFrame {
+        user_frame(&mut self.stack)
+    }
+
+    fn saved(&self) -> u64 {
+        self.saved_rsp
+    }
+
+    fn prepare_resume(&mut self, how: kernel_core::hal::Resume) {
+        let how = match how {
+            kernel_core::hal::Resume::Syscall => Resume::Sysret,
+            kernel_core::hal::Resume::Exception => Resume::Iret,
+        };
+        self.saved_rsp = self.base() + prepare_resume(&mut self.stack, how) as u64;
     }
 }
 

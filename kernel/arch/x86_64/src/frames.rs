@@ -1,7 +1,8 @@
-//! Physical memory: the global frame allocator, set up from the boot memory map.
+//! Physical memory: the one frame allocator, set up from the boot memory map. The kernel heap
+//! and the kernel's objects both draw from it.
 
-use arch_x86_64::paging::DIRECT_MAP_SIZE;
-use arch_x86_64::Boot;
+use crate::paging::DIRECT_MAP_SIZE;
+use crate::Boot;
 use kernel_core::frames::FrameAllocator;
 use kernel_core::mem::{PhysRange, PAGE_SIZE};
 use spin::{Mutex, MutexGuard};

@@ -9,18 +9,18 @@
 //! items, timeouts, a higher-priority thread ready, queued senders, pending interrupts) takes
 //! the general path in `ipc.rs`, which has the same semantics.
 
-use crate::objects::{Kernel, Obj, ThreadState, Wait};
-use crate::sched::{enter, Next};
+use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
+use crate::kernel::switch::Next;
+use crate::kernel::{Kernel, Obj, ThreadState, Wait};
 use abi::syscall::FLAGS_MASK;
 use abi::{CapSel, MsgTag};
-use arch_x86_64::trap::{self, Resume};
 
 /// Untyped words the fast path copies; longer messages take the general path.
 const MAX_WORDS: usize = 16;
 const CALL: u64 = 0x3;
 const REPLY_AND_WAIT: u64 = 0xf;
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Tries the fast path for the current thread's `invoke`. `Some`: done, the partner is
     /// current and the caller blocked; resume `Next`.
     ///
@@ -54,7 +54,7 @@ impl Kernel {
         // nothing may be queued at us that an open wait would have to take first.
         let expect = if call { Wait::Open } else { Wait::Reply(me) };
         let ok = matches!(d.state, ThreadState::Receiving(w) if w == expect)
-            & (d.resume == Some(Resume::Sysret))
+            & (d.resume == Some(Resume::Syscall))
             & d.senders.is_empty()
             & (call | (t.senders.is_empty() & t.irqs.is_empty()))
             & (!call | (tag.label() != abi::proto::ipc_gate::LABEL))
@@ -64,10 +64,8 @@ impl Kernel {
             return None;
         }
         let (src_utcb, dst_utcb) = (t.utcb_frame?, d.utcb_frame?);
-        arch_x86_64::paging::copy_words(dst_utcb, src_utcb, words);
-        let f = trap::user_frame(&mut d.kstack.stack);
-        f.rax = MsgTag::new(tag.label(), words as u64, 0, 0).0;
-        f.rsi = label;
+        A::copy_words(dst_utcb, src_utcb, words);
+        d.kstack.regs().set_syscall_result(MsgTag::new(tag.label(), words as u64, 0, 0).0, label);
         d.state = ThreadState::Running;
         d.resume = None;
         // A call hands the partner our reply capability; a reply uses up ours.
@@ -77,10 +75,9 @@ impl Kernel {
             t.reply_to = None;
         }
         t.state = ThreadState::Receiving(if call { Wait::Reply(dst) } else { Wait::Open });
-        let base = t.kstack.stack.as_ptr() as u64;
-        t.kstack.saved_rsp = base + trap::prepare_resume(&mut t.kstack.stack, Resume::Sysret) as u64;
-        t.resume = Some(Resume::Sysret);
-        let next = enter(d);
+        t.kstack.prepare_resume(Resume::Syscall);
+        t.resume = Some(Resume::Syscall);
+        let next = Next::enter(d);
         self.current = Some(dst);
         Some(next)
     }

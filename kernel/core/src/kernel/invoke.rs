@@ -4,23 +4,19 @@
 //! Arguments are read from the caller's UTCB through the kernel's mapping of its frame, never
 //! through user pointers; results are written back there.
 
-use crate::ipc::Outcome;
-use crate::memory::MEM_ALL;
-use crate::objects::{
-    cost, Factory, Gate, Irq, Kernel, KernelStack, Obj, Semaphore, Task, Thread, ThreadState,
-};
-use crate::A;
+use crate::captable::CapTable;
+use crate::hal::{Arch, ThreadStack, UserRegs};
+use crate::kernel::ipc::Outcome;
+use crate::kernel::memory::MEM_ALL;
+use crate::kernel::{cost, Factory, Gate, Irq, Kernel, Obj, Semaphore, Task, Thread, ThreadState};
+use crate::mem::PhysAddr;
+use crate::slab::Id;
 use abi::proto::{self, fpage::Fpage, Protocol};
 use abi::syscall::Flags;
 use abi::utcb::{MR_COUNT, TCR_SELF_OFFSET};
 use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use arch_x86_64::{trap, TrapFrame};
-use kernel_core::captable::CapTable;
-use kernel_core::hal::Arch;
-use kernel_core::mem::PhysAddr;
-use kernel_core::slab::Id;
 
 /// The message registers of the invoking thread.
 struct Mrs {
@@ -60,7 +56,7 @@ fn need(rights: Rights, r: Rights) -> Result<(), Error> {
 /// Default time slice, in ticks.
 pub const QUANTUM: u32 = 10;
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Handles one `invoke` of the current thread.
     pub fn invoke(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Outcome {
         let Some(me) = self.current else { return Outcome::err(Error::Inval) };
@@ -107,7 +103,7 @@ impl Kernel {
             return Outcome::err(Error::Inval);
         }
         let mut mrs = Mrs { w: [0; MR_COUNT], n };
-        read_mrs(utcb, &mut mrs.w[..n]);
+        read_mrs::<A>(utcb, &mut mrs.w[..n]);
         let op = match mrs.get(0) {
             Ok(op) => op,
             Err(e) => return Outcome::err(e),
@@ -142,7 +138,7 @@ impl Kernel {
         };
         match r {
             Ok(words) => {
-                write_mrs(utcb, &words);
+                write_mrs::<A>(utcb, &words);
                 Outcome::Done(MsgTag::new(0, words.len() as u64, 0, 0), 0)
             }
             Err(e) => Outcome::err(e),
@@ -160,16 +156,26 @@ impl Kernel {
         for (i, w) in mrs.w[2..mrs.n].iter().enumerate() {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
-        arch_x86_64::serial::with_console(|s| {
-            for &b in &bytes[..len] {
-                if t.log_at_line_start {
-                    s.write_bytes(t.name.as_bytes());
-                    s.write_bytes(b": ");
-                }
-                s.write_bytes(&[b]);
-                t.log_at_line_start = b == b'\n';
+        // Whole lines go out at once, each prefixed with the task's name.
+        let mut line = [0u8; 64 + MR_COUNT * 8];
+        let mut n = 0;
+        for &b in &bytes[..len] {
+            if t.log_at_line_start {
+                let name = &t.name.as_bytes()[..t.name.len().min(32)];
+                line[n..n + name.len()].copy_from_slice(name);
+                n += name.len();
+                line[n..n + 2].copy_from_slice(b": ");
+                n += 2;
             }
-        });
+            line[n] = b;
+            n += 1;
+            t.log_at_line_start = b == b'\n';
+            if n > line.len() - 40 {
+                A::console_write(&line[..n]);
+                n = 0;
+            }
+        }
+        A::console_write(&line[..n]);
         Ok(())
     }
 
@@ -227,7 +233,7 @@ impl Kernel {
                     }
                     let tk = self.tasks.get(task).ok_or(Error::NoEnt)?;
                     let frame = tk.utcb_frame(addr).ok_or(Error::Inval)?;
-                    let root = tk.space.root().0;
+                    let root = A::space_root(&tk.space);
                     let has_io = tk.io.is_some();
                     if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
                         return Err(Error::Exists);
@@ -259,18 +265,18 @@ impl Kernel {
                 }
                 let current = self.current == Some(t);
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
-                let f = trap::user_frame(&mut th.kstack.stack);
-                let old = [f.rip, f.rsp, f.rflags];
+                let f = th.kstack.regs();
+                let old = [f.ip(), f.sp(), f.flags()];
                 if current {
                     // Our own frame is in use by this very system call: apply on the way out.
                     th.pending_regs = Some((ip, sp));
                 } else {
                     // Not running: its frame is only read when it resumes.
                     if ip != u64::MAX {
-                        f.rip = ip;
+                        f.set_ip(ip);
                     }
                     if sp != u64::MAX {
-                        f.rsp = sp;
+                        f.set_sp(sp);
                     }
                 }
                 if flags & proto::ex_regs::CANCEL != 0 {
@@ -286,7 +292,7 @@ impl Kernel {
         proto::factory::Op::from_code(op).ok_or(Error::NoSys)?;
         let kind = Protocol::from_label(m.get(1)? as i64).ok_or(Error::Inval)?;
         let slot = CapIdx(m.get(2)?);
-        if slot.0 == 0 || slot.0 as usize >= kernel_core::captable::MAX_SLOTS {
+        if slot.0 == 0 || slot.0 as usize >= crate::captable::MAX_SLOTS {
             return Err(Error::Inval);
         }
         let fac = Some(f);
@@ -344,7 +350,7 @@ impl Kernel {
 
     /// A new task with a UTCB area of `pages` pages at `base`.
     pub fn new_task(&mut self, base: u64, pages: u64, factory: Option<Id>) -> Result<Id, Error> {
-        let space = crate::mem::with_frames(|fa| A::new_space(fa)).ok_or(Error::NoMem)?;
+        let space = A::with_frames(|fa| A::new_space(fa)).ok_or(Error::NoMem)?;
         let id = self.tasks.insert(Task {
             name: alloc::string::String::from("task"),
             space,
@@ -359,27 +365,25 @@ impl Kernel {
             io_root: false,
         });
         for i in 0..pages {
-            let Some(f) = crate::mem::with_frames(|fa| fa.alloc()) else {
+            let Some(f) = A::with_frames(|fa| fa.alloc()) else {
                 self.destroy_task(id);
                 return Err(Error::NoMem);
             };
             A::write_phys(f, &[0; 4096]);
             self.tasks.get_mut(id).ok_or(Error::NoEnt)?.utcb_frames.push(f);
-            if let Err(e) = self.map_root(id, base + i * 4096, f, MEM_ALL & !crate::memory::MEM_X) {
+            if let Err(e) = self.map_root(id, base + i * 4096, f, MEM_ALL & !crate::kernel::memory::MEM_X) {
                 self.destroy_task(id);
                 return Err(e);
             }
         }
         let kip = self.kip;
-        self.map_root(id, abi::kip::KIP_ADDR, kip, crate::memory::MEM_R)?;
+        self.map_root(id, abi::kip::KIP_ADDR, kip, crate::kernel::memory::MEM_R)?;
         Ok(id)
     }
 
     /// A new, inactive, unbound thread.
     pub fn new_thread(&mut self, factory: Option<Id>) -> Id {
-        let mut kstack = KernelStack::new();
-        let off = trap::init_kernel_stack(&mut kstack.stack, &TrapFrame::new_user(0, 0));
-        kstack.saved_rsp = kstack.stack.as_ptr() as u64 + off as u64;
+        let kstack = A::Stack::new_user();
         self.threads.insert(Thread {
             task: None,
             root: 0,
@@ -450,7 +454,7 @@ impl Kernel {
             }
             proto::irq::Op::Unmask => {
                 if let Some(l) = self.irqs.get(i).ok_or(Error::NoEnt)?.line {
-                    crate::icu::unmask(l);
+                    A::line_unmask(l);
                 }
                 Ok(Vec::new())
             }
@@ -491,7 +495,7 @@ impl Kernel {
                 sem.waiters.push_back(me);
                 self.block(
                     me,
-                    ThreadState::Receiving(crate::objects::Wait::Semaphore(s)),
+                    ThreadState::Receiving(crate::kernel::Wait::Semaphore(s)),
                     abi::syscall::timeout::recv(r8),
                 );
                 Outcome::Blocked
@@ -515,9 +519,7 @@ impl Kernel {
                 let ticks = if us == 0 {
                     QUANTUM
                 } else {
-                    u32::try_from(us.div_ceil(1_000_000 / arch_x86_64::TICK_HZ))
-                        .map_err(|_| Error::Inval)?
-                        .max(1)
+                    u32::try_from(us.div_ceil(1_000_000 / A::TICK_HZ)).map_err(|_| Error::Inval)?.max(1)
                 };
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
                 if th.task.is_none() {
@@ -545,9 +547,9 @@ impl Kernel {
 
     fn icu_op(&mut self, me: Id, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
         match proto::icu::Op::from_code(op).ok_or(Error::NoSys)? {
-            proto::icu::Op::Info => Ok(alloc::vec![crate::icu::LINES as u64]),
+            proto::icu::Op::Info => Ok(alloc::vec![crate::kernel::icu::LINES as u64]),
             proto::icu::Op::Bind => {
-                let line = crate::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
+                let line = crate::kernel::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
                 let irq = match self.cap(me, CapIdx(m.get(2)?)).ok_or(Error::NoEnt)?.obj {
                     Obj::Irq(i) => i,
                     _ => return Err(Error::Inval),
@@ -557,13 +559,13 @@ impl Kernel {
                 }
                 self.lines[line as usize] = Some(irq);
                 self.irqs.get_mut(irq).ok_or(Error::NoEnt)?.line = Some(line);
-                crate::icu::unmask(line);
+                A::line_unmask(line);
                 Ok(Vec::new())
             }
             proto::icu::Op::Unbind => {
-                let line = crate::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
+                let line = crate::kernel::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
                 let irq = self.lines[line as usize].take().ok_or(Error::NoEnt)?;
-                crate::icu::mask(line);
+                A::line_mask(line);
                 if let Some(i) = self.irqs.get_mut(irq) {
                     i.line = None;
                 }
@@ -573,10 +575,10 @@ impl Kernel {
     }
 }
 
-fn read_mrs(utcb: PhysAddr, out: &mut [u64]) {
+fn read_mrs<A: Arch>(utcb: PhysAddr, out: &mut [u64]) {
     A::read_words(utcb, out);
 }
 
-fn write_mrs(utcb: PhysAddr, words: &[u64]) {
+fn write_mrs<A: Arch>(utcb: PhysAddr, words: &[u64]) {
     A::write_words(utcb, words);
 }

@@ -1,7 +1,8 @@
 //! The interrupt controller object: legacy PIC lines 0..16 bound to Irq objects. A line is
 //! masked when it fires and unmasked again by `Irq::Unmask`.
 
-use crate::objects::Kernel;
+use crate::hal::Arch;
+use crate::kernel::Kernel;
 
 pub const LINES: usize = 16;
 /// Lines the kernel keeps for itself: the PIT (0) and the cascade (2).
@@ -11,15 +12,7 @@ pub fn valid_line(line: u64) -> Option<u8> {
     (line < LINES as u64 && !RESERVED.contains(&(line as u8))).then_some(line as u8)
 }
 
-pub fn mask(line: u8) {
-    arch_x86_64::apic::pic_mask(line);
-}
-
-pub fn unmask(line: u8) {
-    arch_x86_64::apic::pic_unmask(line);
-}
-
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// A hardware line fired: raise its Irq (it stays masked until unmasked).
     pub fn line_fired(&mut self, line: u8) {
         match self.lines[line as usize] {

@@ -4,16 +4,15 @@
 //! A thread that blocks abandons its kernel context; it resumes straight from its saved user
 //! frame, into which the waker writes the result registers.
 
-use crate::objects::{Kernel, PendingSend, ThreadState, Wait};
-use crate::A;
+use crate::hal::Arch;
+use crate::hal::{Resume, ThreadStack, UserRegs};
+use crate::kernel::{Kernel, PendingSend, ThreadState, Wait};
+use crate::mem::PhysAddr;
+use crate::slab::Id;
 use abi::proto::{event, exc_regs, fpage::Fpage, map};
 use abi::syscall::timeout;
 use abi::utcb::{BR_OFFSET, MR_COUNT};
 use abi::{Error, MsgTag, Rights};
-use arch_x86_64::{trap, TrapFrame};
-use kernel_core::hal::Arch;
-use kernel_core::mem::PhysAddr;
-use kernel_core::slab::Id;
 
 /// What a system call did to the calling thread.
 pub enum Outcome {
@@ -45,16 +44,16 @@ pub enum FaultKind {
     Exception,
 }
 
-fn read_words(frame: PhysAddr, first: usize, n: usize, out: &mut [u64]) {
+fn read_words<A: Arch>(frame: PhysAddr, first: usize, n: usize, out: &mut [u64]) {
     A::read_words(PhysAddr(frame.0 + first as u64 * 8), &mut out[..n]);
 }
 
-fn write_words(frame: PhysAddr, words: &[u64]) {
+fn write_words<A: Arch>(frame: PhysAddr, words: &[u64]) {
     A::write_words(frame, words);
 }
 
 /// Microseconds to a TSC deadline.
-fn deadline(us: u32) -> Option<u64> {
+fn deadline<A: Arch>(us: u32) -> Option<u64> {
     match us {
         timeout::NEVER => None,
         timeout::ZERO => Some(A::cycles()),
@@ -62,7 +61,7 @@ fn deadline(us: u32) -> Option<u64> {
     }
 }
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Takes a thread out of whatever it waits in (queues, timeout list).
     pub fn leave_wait(&mut self, t: Id, state: ThreadState) {
         match state {
@@ -94,14 +93,12 @@ impl Kernel {
         }
         self.leave_wait(t, state);
         let th = self.threads.get_mut(t).expect("checked above");
-        if th.resume == Some(trap::Resume::Sysret) {
+        if th.resume == Some(Resume::Syscall) {
             let (tag, label) = match r {
                 Ok((tag, label)) => (tag.0, label),
                 Err(e) => (MsgTag::error(e).0, 0),
             };
-            let f = trap::user_frame(&mut th.kstack.stack);
-            f.rax = tag;
-            f.rsi = label;
+            th.kstack.regs().set_syscall_result(tag, label);
         }
         // A fault message, if it sent one, has been answered.
         th.pending_fault = None;
@@ -113,7 +110,7 @@ impl Kernel {
 
     /// Blocks `t` (the current thread) in `state` with a timeout in microseconds.
     pub fn block(&mut self, t: Id, state: ThreadState, us: u32) {
-        let d = deadline(us);
+        let d = deadline::<A>(us);
         if let Some(th) = self.threads.get_mut(t) {
             th.state = state;
             th.deadline = d;
@@ -155,12 +152,12 @@ impl Kernel {
                 let st = self.threads.get(s).ok_or(Error::NoEnt)?;
                 let src_utcb = st.utcb_frame.ok_or(Error::Inval)?;
                 if src_utcb != dst_utcb {
-                    A::copy_phys(dst_utcb, src_utcb, words * 8);
+                    A::copy_words(dst_utcb, src_utcb, words);
                 }
                 st.task
             }
             Source::Kernel(w) => {
-                write_words(dst_utcb, &w[..w.len().min(words)]);
+                write_words::<A>(dst_utcb, &w[..w.len().min(words)]);
                 None
             }
         };
@@ -170,13 +167,13 @@ impl Kernel {
                 Source::Utcb(s) => self.threads.get(s).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?,
                 Source::Kernel(_) => return Err(Error::Inval),
             };
-            read_words(st, words, 2 * items, &mut buf[words..]);
+            read_words::<A>(st, words, 2 * items, &mut buf[words..]);
             let src_task = src_task.ok_or(Error::Inval)?;
             let window = if fault_reply {
                 Fpage::memory(0, 47, Rights::ALL)
             } else {
                 let mut br = [0u64; 1];
-                read_words(dst_utcb, BR_OFFSET, 1, &mut br);
+                read_words::<A>(dst_utcb, BR_OFFSET, 1, &mut br);
                 Fpage(br[0])
             };
             if window.0 == 0 {
@@ -316,17 +313,9 @@ impl Kernel {
                 if tag.words() >= exc_regs::WORDS {
                     let mut r = [0u64; exc_regs::WORDS];
                     let utcb = self.threads.get(me).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
-                    read_words(utcb, 0, exc_regs::WORDS, &mut r);
+                    read_words::<A>(utcb, 0, exc_regs::WORDS, &mut r);
                     if let Some(t) = self.threads.get_mut(caller) {
-                        use exc_regs::*;
-                        let f = trap::user_frame(&mut t.kstack.stack);
-                        if r[IP] < abi::kip::USER_END && r[SP] < abi::kip::USER_END {
-                            (f.rip, f.rsp) = (r[IP], r[SP]);
-                        }
-                        // Only the arithmetic flags are the thread's to change.
-                        f.rflags = (f.rflags & !0xcd5) | (r[FLAGS] & 0xcd5);
-                        (f.rax, f.rbx, f.rcx, f.rdx) = (r[RAX], r[RBX], r[RCX], r[RDX]);
-                        (f.rsi, f.rdi, f.rbp, f.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
+                        t.kstack.regs().apply_exception_words(&r);
                     }
                 }
                 self.wake(caller, Ok((MsgTag::new(0, 0, 0, 0), 0)));
@@ -356,13 +345,13 @@ impl Kernel {
 
     /// A user exception of the current thread `me`: sends the fault message to its pager
     /// (page faults) or exception handler. Returns `None` if there is no handler.
-    pub fn raise_fault(
+    pub fn raise_fault<R: UserRegs>(
         &mut self,
         me: Id,
         vector: u8,
         error: u64,
         addr: u64,
-        f: &TrapFrame,
+        f: &R,
     ) -> Option<Outcome> {
         let (kind, handler_idx) = {
             let t = self.threads.get(me)?;
@@ -377,27 +366,19 @@ impl Kernel {
         if dst == me {
             return None;
         }
-        let mut w = [0u64; exc_regs::WORDS];
-        let tag = match kind {
+        let (w, tag) = match kind {
             FaultKind::Page => {
+                let mut w = [0u64; exc_regs::WORDS];
                 let write = if error & 2 != 0 { 2 } else { 0 };
                 let fetch = if error & 0x10 != 0 { 1 } else { 0 };
                 w[0] = (addr & !7) | write | fetch;
-                w[1] = f.rip;
-                MsgTag::new(event::PAGE_FAULT, 2, 0, 0)
+                w[1] = f.ip();
+                (w, MsgTag::new(event::PAGE_FAULT, 2, 0, 0))
             }
-            FaultKind::Exception => {
-                use exc_regs::*;
-                w[TRAPNO] = vector as u64;
-                w[ERROR] = error;
-                w[IP] = f.rip;
-                w[SP] = f.rsp;
-                w[FLAGS] = f.rflags;
-                w[FAULT_ADDR] = addr;
-                (w[RAX], w[RBX], w[RCX], w[RDX]) = (f.rax, f.rbx, f.rcx, f.rdx);
-                (w[RSI], w[RDI], w[RBP], w[R8]) = (f.rsi, f.rdi, f.rbp, f.r8);
-                MsgTag::new(event::EXCEPTION, WORDS as u64, 0, 0)
-            }
+            FaultKind::Exception => (
+                f.exception_words(vector as u64, error, addr),
+                MsgTag::new(event::EXCEPTION, exc_regs::WORDS as u64, 0, 0),
+            ),
         };
         if let Some(t) = self.threads.get_mut(me) {
             t.pending_fault = Some(alloc::boxed::Box::new((kind, w)));
@@ -428,11 +409,11 @@ impl Kernel {
     /// The thread and label an IPC to capability `idx` of `task` goes to (gate or thread).
     pub fn ipc_target(&self, task: Id, idx: abi::CapIdx) -> Result<(Id, u64), Error> {
         match self.cap(task, idx).ok_or(Error::NoEnt)?.obj {
-            crate::objects::Obj::Gate(g) => {
+            crate::kernel::Obj::Gate(g) => {
                 let g = self.gates.get(g).ok_or(Error::NoEnt)?;
                 Ok((g.thread.ok_or(Error::NoEnt)?, g.label))
             }
-            crate::objects::Obj::Thread(t) => Ok((t, 0)),
+            crate::kernel::Obj::Thread(t) => Ok((t, 0)),
             _ => Err(Error::Inval),
         }
     }

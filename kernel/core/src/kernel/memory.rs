@@ -1,15 +1,13 @@
 //! Mapping memory and capabilities between tasks: map/grant items, `Task::Map`, `Task::Unmap`,
 //! and keeping page tables and capability tables in step with the mapping databases.
 
-use crate::mem::with_frames;
-use crate::objects::{Kernel, Obj, Slot};
-use crate::A;
+use crate::hal::Arch;
+use crate::kernel::{Kernel, Obj, Slot};
+use crate::mapdb::{Entry, MapDbError};
+use crate::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::slab::Id;
 use abi::proto::fpage::{self, Fpage, Type};
 use abi::{CapIdx, Error, Rights};
-use kernel_core::hal::Arch;
-use kernel_core::mapdb::{Entry, MapDbError};
-use kernel_core::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
-use kernel_core::slab::Id;
 
 /// Memory rights in flexpages (Fiasco's): execute, write, read.
 pub const MEM_X: u8 = 1;
@@ -43,7 +41,7 @@ fn placement(fp: Fpage, snd_base: u64, window: Fpage) -> Option<(u64, u64, u64)>
     }
 }
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Applies removed memory mappings to the page tables.
     pub fn unmap_entries(&mut self, gone: &[Entry<Slot, PhysAddr>]) {
         for e in gone {
@@ -60,8 +58,9 @@ impl Kernel {
             if e.rights == 0 {
                 A::unmap(&mut t.space, VirtAddr(e.key.1));
             } else {
-                let _ =
-                    with_frames(|fa| A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa));
+                let _ = A::with_frames(|fa| {
+                    A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa)
+                });
             }
         }
     }
@@ -73,7 +72,7 @@ impl Kernel {
         self.unmap_entries(&gone);
         self.memdb.insert_root(key, pa, rights).map_err(db_error)?;
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
-        with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa))
+        A::with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa))
             .map_err(|_| Error::NoMem)?;
         Ok(())
     }
@@ -130,11 +129,14 @@ impl Kernel {
                 }
                 self.remap_entries(&[e]);
             } else {
-                if CapIdx(dk.1).0 == 0 || dk.1 as usize >= kernel_core::captable::MAX_SLOTS {
+                if CapIdx(dk.1).0 == 0 || dk.1 as usize >= crate::captable::MAX_SLOTS {
                     return Err(Error::Inval);
                 }
                 let r = if grant { self.capdb.grant(sk, dk, mask) } else { self.capdb.derive(sk, dk, mask) };
                 let (gone, e) = r.map_err(db_error)?;
+                if !grant {
+                    self.cap_added(e.value);
+                }
                 self.drop_caps(&gone);
                 if grant {
                     if let Some(t) = self.tasks.get_mut(src) {
@@ -215,7 +217,7 @@ impl Kernel {
 /// Number of x86 I/O ports.
 const PORTS: u64 = 65536;
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Maps (or grants) I/O ports: they keep their numbers, so only the flexpage matters. The
     /// root owner (sigma0) has every port without a database entry until it first maps it.
     fn map_ports(&mut self, src: Id, dst: Id, fp: Fpage, grant: bool) -> Result<(), Error> {
@@ -270,7 +272,7 @@ impl Kernel {
             if !allow {
                 return;
             }
-            t.io = Some(alloc::boxed::Box::new([0xff; arch_x86_64::cpu::IO_BITMAP_BYTES]));
+            t.io = Some(alloc::boxed::Box::new([0xff; crate::hal::IO_BITMAP_BYTES]));
             let threads = t.threads.clone();
             for th in threads {
                 if let Some(x) = self.threads.get_mut(th) {
@@ -286,7 +288,7 @@ impl Kernel {
             bits[byte] |= bit;
         }
         if self.io_loaded == key {
-            arch_x86_64::cpu::io_load(bits);
+            A::io_load(bits);
         }
     }
 
@@ -296,8 +298,8 @@ impl Kernel {
             return;
         }
         match self.tasks.get(Id::from_u64(key)).and_then(|t| t.io.as_ref()) {
-            Some(bits) if key != 0 => arch_x86_64::cpu::io_load(bits),
-            _ => arch_x86_64::cpu::io_disable(),
+            Some(bits) if key != 0 => A::io_load(bits),
+            _ => A::io_disable(),
         }
         self.io_loaded = key;
     }

@@ -1,27 +1,39 @@
-//! Kernel objects and the global kernel state.
+//! The kernel proper, generic over the architecture: objects and their lifetime, capability and
+//! mapping databases, IPC, kernel-object operations, and the choice of the next thread. The
+//! kernel binary owns the one instance and the entry/exit glue; host tests drive a fake
+//! architecture (`fake.rs`).
 //!
 //! Objects live in generational arenas (`Slab`); capabilities name them through [`Obj`]. Every
 //! capability and every user mapping is also a node of a mapping database, so that unmapping
 //! revokes everything derived from it and deleting an object removes every capability to it.
 
-use crate::mem::with_frames;
-use crate::A;
+pub mod fastpath;
+pub mod icu;
+pub mod invoke;
+pub mod ipc;
+pub mod memory;
+pub mod switch;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use crate::captable::{Cap, CapTable};
+use crate::hal::{Arch, Resume, ThreadStack};
+use crate::mapdb::{Entry, MapDb};
+use crate::mem::PhysAddr;
+use crate::sched::ReadyQueues;
+use crate::slab::{Id, Slab};
 use abi::proto::Protocol;
 use abi::{CapIdx, Error, Rights};
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
-use kernel_core::captable::{Cap, CapTable};
-use kernel_core::hal::Arch;
-use kernel_core::mapdb::{Entry, MapDb};
-use kernel_core::mem::PhysAddr;
-use kernel_core::sched::ReadyQueues;
-use kernel_core::slab::{Id, Slab};
-use spin::Mutex;
 
 /// What a capability refers to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Obj {
     Task(Id),
     Thread(Id),
@@ -55,9 +67,9 @@ impl Obj {
 /// A key of the mapping databases: (task, page address or slot index).
 pub type Slot = (u64, u64);
 
-pub struct Task {
+pub struct Task<A: Arch> {
     pub name: String,
-    pub space: <A as Arch>::Space,
+    pub space: A::Space,
     pub caps: CapTable<Obj>,
     /// Kernel-allocated frames (boot image, stack, UTCB area); freed with the task.
     pub frames: Vec<PhysAddr>,
@@ -68,12 +80,12 @@ pub struct Task {
     pub log_at_line_start: bool,
     pub factory: Option<Id>,
     /// I/O permission bitmap (a set bit denies the port); `None`: no ports at all.
-    pub io: Option<Box<[u8; arch_x86_64::cpu::IO_BITMAP_BYTES]>>,
+    pub io: Option<Box<[u8; crate::hal::IO_BITMAP_BYTES]>>,
     /// Owns every I/O port from boot on (sigma0), the root of all port mappings.
     pub io_root: bool,
 }
 
-impl Task {
+impl<A: Arch> Task<A> {
     /// The frame backing user address `va` of the UTCB area.
     pub fn utcb_frame(&self, va: u64) -> Option<PhysAddr> {
         let (base, size) = self.utcb_area;
@@ -125,38 +137,13 @@ pub struct PendingSend {
     pub recv_timeout: u32,
 }
 
-/// Bytes of a thread's kernel stack.
-pub const KSTACK_SIZE: usize = 16 * 1024;
-
-/// A thread's kernel stack; `saved_rsp` holds its stack pointer while switched out. Boxed so
-/// that its address is stable while the thread arena grows.
-#[repr(C, align(16))]
-pub struct KernelStack {
-    pub saved_rsp: u64,
-    _pad: u64,
-    pub stack: [u64; KSTACK_SIZE / 8 - 2],
-}
-
-impl KernelStack {
-    /// A zeroed stack, built in place on the heap: as a temporary it would not even fit on
-    /// the kernel stack that creates it.
-    pub fn new() -> Box<Self> {
-        // SAFETY: all-zero bytes are a valid KernelStack (integers only).
-        unsafe { Box::<Self>::new_zeroed().assume_init() }
-    }
-
-    pub fn top(&self) -> u64 {
-        self.stack.as_ptr_range().end as u64
-    }
-}
-
 /// A thread. The fields the IPC fast path reads come first.
-pub struct Thread {
+pub struct Thread<A: Arch> {
     pub state: ThreadState,
     pub prio: u8,
     /// How the thread returns to user mode while its kernel context is abandoned (it blocked):
     /// wakers then write its result registers into its user frame.
-    pub resume: Option<arch_x86_64::trap::Resume>,
+    pub resume: Option<Resume>,
     pub utcb_frame: Option<PhysAddr>,
     pub utcb_user: u64,
     /// Page-table root of the bound task (0: unbound), so a switch needs no task lookup.
@@ -165,7 +152,7 @@ pub struct Thread {
     pub io_task: u64,
     /// The caller waiting for this thread's reply (the implicit reply capability).
     pub reply_to: Option<Id>,
-    pub kstack: Box<KernelStack>,
+    pub kstack: Box<A::Stack>,
     pub task: Option<Id>,
     pub quantum: u32,
     pub quantum_len: u32,
@@ -181,7 +168,7 @@ pub struct Thread {
     /// New ip/sp from an `ex_regs` on itself, applied on its way out of the kernel.
     pub pending_regs: Option<(u64, u64)>,
     /// The fault message this thread sends while blocked on its pager / exception handler.
-    pub pending_fault: Option<Box<(crate::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>>,
+    pub pending_fault: Option<Box<(crate::kernel::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>>,
     /// Interrupts attached to this thread.
     pub irqs: Vec<Id>,
     pub factory: Option<Id>,
@@ -216,15 +203,15 @@ pub struct Factory {
 /// Kernel memory charged per object kind (approximate footprint in bytes).
 pub mod cost {
     pub const TASK: u64 = 3 * 4096;
-    pub const THREAD: u64 = super::KSTACK_SIZE as u64 + 512;
+    pub const THREAD: u64 = 16 * 1024 + 512;
     pub const SMALL: u64 = 128;
 }
 
 /// Everything the kernel knows, behind one lock. Interrupts are masked in the kernel, so the
 /// lock only orders code paths; it is never held across a context switch.
-pub struct Kernel {
-    pub tasks: Slab<Task>,
-    pub threads: Slab<Thread>,
+pub struct Kernel<A: Arch> {
+    pub tasks: Slab<Task<A>>,
+    pub threads: Slab<Thread<A>>,
     pub gates: Slab<Gate>,
     pub irqs: Slab<Irq>,
     pub sems: Slab<Semaphore>,
@@ -238,26 +225,21 @@ pub struct Kernel {
     pub ready: ReadyQueues<Id>,
     pub current: Option<Id>,
     /// Dead threads whose kernel stacks are freed once nobody runs on them.
-    pub zombies: Vec<(Id, Thread)>,
+    pub zombies: Vec<(Id, Thread<A>)>,
     /// Threads blocked with a deadline.
     pub timed: Vec<Id>,
     pub kip: PhysAddr,
     /// Hardware interrupt lines → bound Irq.
-    pub lines: [Option<Id>; crate::icu::LINES],
+    pub lines: [Option<Id>; crate::kernel::icu::LINES],
+    /// Capabilities per object: an object goes away with its last capability, as in Fiasco.
+    pub cap_refs: BTreeMap<Obj, u32>,
+    /// Objects whose last capability went, waiting to be destroyed.
+    dying: Vec<Obj>,
+    /// True while `dying` is being worked off (destroying can make more objects die).
+    reaping_objects: bool,
 }
 
-static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
-
-/// Runs `f` with the kernel state.
-pub fn with_kernel<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
-    f(KERNEL.lock().as_mut().expect("kernel state not initialised"))
-}
-
-pub fn init(kernel: Kernel) {
-    *KERNEL.lock() = Some(kernel);
-}
-
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     pub fn new(kip: PhysAddr) -> Self {
         Kernel {
             tasks: Slab::new(),
@@ -275,7 +257,10 @@ impl Kernel {
             zombies: Vec::new(),
             timed: Vec::new(),
             kip,
-            lines: [None; crate::icu::LINES],
+            lines: [None; crate::kernel::icu::LINES],
+            cap_refs: BTreeMap::new(),
+            dying: Vec::new(),
+            reaping_objects: false,
         }
     }
 
@@ -299,25 +284,53 @@ impl Kernel {
     /// Installs a root capability (a new object's first capability, or a boot capability).
     /// Whatever the slot held is revoked first.
     pub fn install_cap(&mut self, task: Id, idx: CapIdx, obj: Obj, rights: Rights) -> Result<(), Error> {
-        if idx.0 == 0 || idx.0 as usize >= kernel_core::captable::MAX_SLOTS {
+        if idx.0 == 0 || idx.0 as usize >= crate::captable::MAX_SLOTS {
             return Err(Error::Inval);
         }
         let key = (task.as_u64(), idx.0);
         let gone = self.capdb.revoke(key, true);
         self.drop_caps(&gone);
-        self.capdb.insert_root(key, obj, rights.bits()).map_err(|_| Error::Exists)?;
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
         t.caps.set(idx, Cap { obj, rights })?;
+        self.capdb.insert_root(key, obj, rights.bits()).map_err(|_| Error::Exists)?;
+        self.cap_added(obj);
         Ok(())
     }
 
-    /// Mirrors removed capability slots into the tables.
+    /// Counts a new capability to `obj`.
+    pub fn cap_added(&mut self, obj: Obj) {
+        *self.cap_refs.entry(obj).or_insert(0) += 1;
+    }
+
+    /// Mirrors removed capability slots into the tables; objects left without any capability
+    /// are destroyed.
     pub fn drop_caps(&mut self, gone: &[Entry<Slot, Obj>]) {
         for e in gone {
-            if let Some((_, t)) = self.tasks.iter_mut().find(|(id, _)| id.as_u64() == e.key.0) {
+            if let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) {
                 t.caps.take(CapIdx(e.key.1));
             }
+            let left = match self.cap_refs.get_mut(&e.value) {
+                Some(n) => {
+                    *n -= 1;
+                    *n
+                }
+                None => 0,
+            };
+            if left == 0 {
+                self.cap_refs.remove(&e.value);
+                if !matches!(e.value, Obj::Scheduler | Obj::Log | Obj::Icu | Obj::PlatformCtl) {
+                    self.dying.push(e.value);
+                }
+            }
         }
+        if self.reaping_objects {
+            return;
+        }
+        self.reaping_objects = true;
+        while let Some(o) = self.dying.pop() {
+            self.destroy(o);
+        }
+        self.reaping_objects = false;
     }
 
     /// Mirrors changed capability rights into the tables.
@@ -368,7 +381,7 @@ impl Kernel {
                     }
                     if let Some(l) = irq.line {
                         self.lines[l as usize] = None;
-                        crate::icu::mask(l);
+                        A::line_mask(l);
                     }
                     self.refund(irq.factory, cost::SMALL);
                 }
@@ -409,13 +422,13 @@ impl Kernel {
         self.deny_ports(&gone);
         if self.io_loaded == k {
             self.io_loaded = 0;
-            arch_x86_64::cpu::io_disable();
+            A::io_disable();
         }
         self.purge_caps(Obj::Task(id));
         let Some(task) = self.tasks.remove(id) else { return };
         self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
         let Task { space, frames, utcb_frames, .. } = task;
-        with_frames(|fa| {
+        A::with_frames(|fa| {
             A::destroy_space(space, fa);
             for f in frames.into_iter().chain(utcb_frames) {
                 fa.free(f);
@@ -486,7 +499,7 @@ impl Kernel {
     }
 }
 
-impl Kernel {
+impl<A: Arch> Kernel<A> {
     /// Verifies the invariants that tie the kernel's structures together.
     pub fn self_check(&self) -> Result<(), &'static str> {
         self.capdb.check()?;
@@ -509,6 +522,11 @@ impl Kernel {
         }
         if caps != self.capdb.len() {
             return Err("capability database holds slots no table has");
+        }
+        if self.cap_refs.values().map(|n| *n as usize).sum::<usize>() != caps
+            || self.cap_refs.values().any(|n| *n == 0)
+        {
+            return Err("capability reference counts are off");
         }
         for (_, f) in self.factories.iter() {
             if f.used > f.limit {

@@ -1,0 +1,261 @@
+//! A fake architecture for host tests: physical memory is a byte vector, address spaces are
+//! maps, kernel stacks are plain structs, the clock advances only when a test says so. Every
+//! test thread has its own machine.
+
+use crate::frames::FrameAllocator;
+use crate::hal::{Arch, MapError, Resume, ThreadStack, UserRegs, IO_BITMAP_BYTES};
+use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use abi::proto::exc_regs;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use std::cell::{Cell, RefCell};
+
+/// Bytes of fake RAM.
+pub const RAM: usize = 16 << 20;
+
+thread_local! {
+    static PHYS: RefCell<Vec<u8>> = RefCell::new(alloc::vec![0; RAM]);
+    static FRAMES: RefCell<FrameAllocator<'static>> = RefCell::new(fresh_frames());
+    static CLOCK: Cell<u64> = const { Cell::new(1) };
+    static ACTIVE: Cell<u64> = const { Cell::new(0) };
+    static NEXT_ROOT: Cell<u64> = const { Cell::new(1) };
+    static NEXT_STACK: Cell<u64> = const { Cell::new(1) };
+    /// Everything written to the console.
+    pub static CONSOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn fresh_frames() -> FrameAllocator<'static> {
+    let bits: &'static mut [u64] = Box::leak(alloc::vec![0u64; RAM / 4096 / 64].into_boxed_slice());
+    let mut fa = FrameAllocator::new(bits);
+    fa.add_range(PhysRange::new(PAGE_SIZE, RAM as u64));
+    fa
+}
+
+/// A fresh machine for this test thread: all RAM free and zeroed.
+pub fn reset() {
+    FRAMES.with(|f| *f.borrow_mut() = fresh_frames());
+    PHYS.with(|m| m.borrow_mut().fill(0));
+}
+
+/// Advances the fake cycle counter.
+pub fn advance(cycles: u64) {
+    CLOCK.with(|c| c.set(c.get() + cycles));
+}
+
+pub fn free_frames() -> usize {
+    FRAMES.with(|f| f.borrow().free_frames())
+}
+
+pub struct Fake;
+
+pub struct FakeSpace {
+    pub root: u64,
+    pub pages: BTreeMap<u64, (PhysAddr, Perms)>,
+    /// A page-table frame, so that spaces cost memory like real ones.
+    table: PhysAddr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FakeRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub flags: u64,
+    /// rax, rbx, rcx, rdx, rsi, rdi, rbp, r8
+    pub gpr: [u64; 8],
+}
+
+impl UserRegs for FakeRegs {
+    fn syscall_args(&self) -> [u64; 4] {
+        [self.gpr[3], self.gpr[0], self.gpr[4], self.gpr[7]]
+    }
+
+    fn set_syscall_result(&mut self, tag: u64, label: u64) {
+        self.gpr[0] = tag;
+        self.gpr[4] = label;
+    }
+
+    fn ip(&self) -> u64 {
+        self.ip
+    }
+
+    fn sp(&self) -> u64 {
+        self.sp
+    }
+
+    fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    fn set_ip(&mut self, ip: u64) {
+        self.ip = ip;
+    }
+
+    fn set_sp(&mut self, sp: u64) {
+        self.sp = sp;
+    }
+
+    fn exception_words(&self, trapno: u64, error: u64, addr: u64) -> [u64; exc_regs::WORDS] {
+        let mut w = [0; exc_regs::WORDS];
+        (w[exc_regs::TRAPNO], w[exc_regs::ERROR], w[exc_regs::IP], w[exc_regs::SP]) =
+            (trapno, error, self.ip, self.sp);
+        (w[exc_regs::FLAGS], w[exc_regs::FAULT_ADDR]) = (self.flags, addr);
+        w[exc_regs::RAX..=exc_regs::R8].copy_from_slice(&self.gpr);
+        w
+    }
+
+    fn apply_exception_words(&mut self, w: &[u64; exc_regs::WORDS]) {
+        (self.ip, self.sp) = (w[exc_regs::IP], w[exc_regs::SP]);
+        self.gpr.copy_from_slice(&w[exc_regs::RAX..=exc_regs::R8]);
+    }
+
+    fn set_start_args(&mut self, a: [u64; 3]) {
+        (self.gpr[5], self.gpr[4], self.gpr[3]) = (a[0], a[1], a[2]);
+    }
+}
+
+pub struct FakeStack {
+    pub regs: FakeRegs,
+    pub saved: u64,
+    id: u64,
+    pub resumed_by: Option<Resume>,
+}
+
+impl ThreadStack for FakeStack {
+    type Regs = FakeRegs;
+
+    fn new_user() -> Box<Self> {
+        let id = NEXT_STACK.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        Box::new(FakeStack { regs: FakeRegs::default(), saved: id << 16, id, resumed_by: None })
+    }
+
+    fn top(&self) -> u64 {
+        self.id << 16 | 0xfff0
+    }
+
+    fn regs(&mut self) -> &mut FakeRegs {
+        &mut self.regs
+    }
+
+    fn saved(&self) -> u64 {
+        self.saved
+    }
+
+    fn prepare_resume(&mut self, how: Resume) {
+        self.resumed_by = Some(how);
+    }
+}
+
+fn check_range(pa: PhysAddr, len: usize) -> usize {
+    let start = pa.0 as usize;
+    assert!(start + len <= RAM, "fake physical access out of range");
+    start
+}
+
+impl Arch for Fake {
+    type Space = FakeSpace;
+    type Stack = FakeStack;
+    const TICK_HZ: u64 = 1000;
+
+    fn cycles() -> u64 {
+        CLOCK.with(|c| c.get())
+    }
+
+    fn cycles_hz() -> u64 {
+        1_000_000_000
+    }
+
+    fn shutdown(status: u32) -> ! {
+        panic!("shutdown({status})")
+    }
+
+    fn with_frames<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> R {
+        FRAMES.with(|fa| f(&mut fa.borrow_mut()))
+    }
+
+    fn new_space(fa: &mut FrameAllocator) -> Option<FakeSpace> {
+        let table = fa.alloc()?;
+        let root = NEXT_ROOT.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        Some(FakeSpace { root: root << 12, pages: BTreeMap::new(), table })
+    }
+
+    fn map(
+        s: &mut FakeSpace,
+        va: VirtAddr,
+        pa: PhysAddr,
+        p: Perms,
+        _: &mut FrameAllocator,
+    ) -> Result<Option<PhysAddr>, MapError> {
+        if !va.is_page_aligned() || va.0 >= abi::kip::USER_END {
+            return Err(MapError::BadAddress);
+        }
+        Ok(s.pages.insert(va.0, (pa, p)).map(|(old, _)| old))
+    }
+
+    fn unmap(s: &mut FakeSpace, va: VirtAddr) -> Option<PhysAddr> {
+        s.pages.remove(&va.0).map(|(pa, _)| pa)
+    }
+
+    fn destroy_space(s: FakeSpace, fa: &mut FrameAllocator) {
+        fa.free(s.table);
+    }
+
+    fn space_root(s: &FakeSpace) -> u64 {
+        s.root
+    }
+
+    fn active_root() -> u64 {
+        ACTIVE.with(|a| a.get())
+    }
+
+    fn write_phys(pa: PhysAddr, bytes: &[u8]) {
+        let s = check_range(pa, bytes.len());
+        PHYS.with(|m| m.borrow_mut()[s..s + bytes.len()].copy_from_slice(bytes));
+    }
+
+    fn read_phys(pa: PhysAddr, buf: &mut [u8]) {
+        let s = check_range(pa, buf.len());
+        PHYS.with(|m| buf.copy_from_slice(&m.borrow()[s..s + buf.len()]));
+    }
+
+    fn read_words(pa: PhysAddr, out: &mut [u64]) {
+        let mut b = alloc::vec![0u8; out.len() * 8];
+        Self::read_phys(pa, &mut b);
+        for (w, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+            *w = u64::from_le_bytes(c.try_into().unwrap());
+        }
+    }
+
+    fn write_words(pa: PhysAddr, words: &[u64]) {
+        let b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        Self::write_phys(pa, &b);
+    }
+
+    fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
+        let mut w = alloc::vec![0u64; n];
+        Self::read_words(src, &mut w);
+        Self::write_words(dst, &w);
+    }
+
+    fn console_write(bytes: &[u8]) {
+        CONSOLE.with(|c| c.borrow_mut().extend_from_slice(bytes));
+    }
+
+    fn set_kernel_stack(_: u64) {}
+
+    fn set_user_gs(_: u64) {}
+
+    fn io_load(_: &[u8; IO_BITMAP_BYTES]) {}
+
+    fn io_disable() {}
+
+    fn line_mask(_: u8) {}
+
+    fn line_unmask(_: u8) {}
+}

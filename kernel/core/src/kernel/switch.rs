@@ -1,0 +1,80 @@
+//! Choosing the thread to run next. The kernel binary performs the actual switch (stacks and
+//! address space) with what [`Next`] says.
+
+use crate::hal::{Arch, ThreadStack};
+use crate::kernel::{Kernel, Thread, ThreadState};
+
+/// Where the CPU goes next: an address space to load (0: keep the current one) and the saved
+/// kernel stack pointer of the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub root: u64,
+    pub rsp: u64,
+}
+
+impl Next {
+    /// Prepares the CPU for the first user entry of `t` (kernel stack, user thread pointer) and
+    /// says where to resume it. The caller makes it current.
+    #[inline(always)]
+    pub fn enter<A: Arch>(t: &Thread<A>) -> Next {
+        A::set_kernel_stack(t.kstack.top());
+        A::set_user_gs(t.utcb_user);
+        debug_assert!(t.root != 0, "runnable threads are bound");
+        let root = if A::active_root() == t.root { 0 } else { t.root };
+        Next { root, rsp: t.kstack.saved() }
+    }
+}
+
+impl<A: Arch> Kernel<A> {
+    /// Takes the best ready thread and makes it current. `None`: nothing is ready (the caller
+    /// decides between idling and staying).
+    pub fn pick(&mut self) -> Option<Next> {
+        let next = self.ready.dequeue()?;
+        let t = self.threads.get_mut(next).expect("ready queue names a live thread");
+        t.state = ThreadState::Running;
+        t.fresh = false;
+        t.resume = None;
+        let io = t.io_task;
+        let n = Next::enter(t);
+        self.current = Some(next);
+        self.load_io(io);
+        Some(n)
+    }
+
+    /// The kernel stack the CPU runs on: the current thread's, also when it just died.
+    pub fn current_stack(&mut self) -> Option<&mut A::Stack> {
+        let c = self.current?;
+        if self.threads.get(c).is_some() {
+            return self.threads.get_mut(c).map(|t| &mut *t.kstack);
+        }
+        self.zombies.iter_mut().find(|(id, _)| *id == c).map(|(_, z)| &mut *z.kstack)
+    }
+
+    /// The scheduling tick: expires timeouts; true if the current thread's time slice is used
+    /// up or a more important thread is ready.
+    pub fn tick(&mut self) -> bool {
+        self.expire_timeouts();
+        let Some(t) = self.current.and_then(|c| self.threads.get_mut(c)) else { return false };
+        t.quantum = t.quantum.saturating_sub(1);
+        if t.quantum == 0 {
+            t.quantum = t.quantum_len;
+            return true;
+        }
+        self.ready.any_above(t.prio)
+    }
+
+    /// True if a ready thread should preempt the current one.
+    pub fn preempt(&self) -> bool {
+        self.current.and_then(|c| self.threads.get(c)).is_some_and(|t| self.ready.any_above(t.prio))
+    }
+
+    /// The current thread, running, goes to the tail of its priority level (preemption).
+    pub fn requeue_current(&mut self) {
+        let Some(c) = self.current else { return };
+        if let Some(t) = self.threads.get_mut(c).filter(|t| t.state == ThreadState::Running) {
+            t.state = ThreadState::Ready;
+            let p = t.prio;
+            self.ready.enqueue(c, p);
+        }
+    }
+}

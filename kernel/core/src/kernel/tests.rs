@@ -1,0 +1,291 @@
+//! Host tests of the kernel proper on the fake architecture: IPC, deletion, timeouts, mapping,
+//! and a property test that quotas hold and deleting everything leaves nothing behind.
+
+use super::fake::{self, Fake};
+use super::ipc::Outcome;
+use super::{Factory, Kernel, Obj, ThreadState, Wait};
+use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
+use crate::slab::Id;
+use abi::cap::well_known as wk;
+use abi::proto::{self, fpage::unmap_mask, fpage::Fpage, thread_control as tc, Protocol};
+use abi::syscall::{timeout, Flags};
+use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
+use proptest::prelude::*;
+
+const UTCB: u64 = 0x7fff_ffe0_0000;
+
+struct M {
+    k: Kernel<Fake>,
+    root: Id,
+    factory: Id,
+}
+
+fn machine(quota: u64) -> M {
+    fake::reset();
+    let kip = Fake::with_frames(|f| f.alloc()).unwrap();
+    let mut k = Kernel::<Fake>::new(kip);
+    let factory = k.factories.insert(Factory { limit: quota, used: 0, parent: None });
+    let task = k.new_task(UTCB, 4, None).unwrap();
+    let root = k.new_thread(None);
+    let frame = k.tasks.get(task).unwrap().utcb_frame(UTCB).unwrap();
+    let r = Fake::space_root(&k.tasks.get(task).unwrap().space);
+    let t = k.threads.get_mut(root).unwrap();
+    (t.task, t.utcb_frame, t.utcb_user, t.root, t.state) =
+        (Some(task), Some(frame), UTCB, r, ThreadState::Running);
+    k.tasks.get_mut(task).unwrap().threads.push(root);
+    for (idx, obj, rights) in [
+        (wk::TASK, Obj::Task(task), Rights::ALL),
+        (wk::FACTORY, Obj::Factory(factory), Rights::RW),
+        (wk::THREAD, Obj::Thread(root), Rights::ALL),
+        (wk::SCHEDULER, Obj::Scheduler, Rights::RW),
+        (wk::LOG, Obj::Log, Rights::RW),
+    ] {
+        k.install_cap(task, idx, obj, rights).unwrap();
+    }
+    k.current = Some(root);
+    M { k, root, factory }
+}
+
+impl M {
+    /// One system call of `me`, as the kernel binary runs it: fast path first, then the general
+    /// path. `None`: the thread blocked.
+    fn sys(&mut self, me: Id, rdx: u64, tag: MsgTag, r8: u64) -> Option<(MsgTag, u64)> {
+        let prio = self.k.threads.get(me).unwrap().prio;
+        self.k.ready.remove(me, prio);
+        self.k.threads.get_mut(me).unwrap().state = ThreadState::Running;
+        self.k.current = Some(me);
+        if self.k.fastpath(rdx, tag, r8).is_some() {
+            return None;
+        }
+        match self.k.invoke(rdx, tag, r8) {
+            Outcome::Done(t, l) => Some((t, l)),
+            Outcome::Blocked => {
+                let t = self.k.threads.get_mut(me).unwrap();
+                t.kstack.prepare_resume(Resume::Syscall);
+                t.resume = Some(Resume::Syscall);
+                None
+            }
+        }
+    }
+
+    fn set_mrs(&self, t: Id, words: &[u64]) {
+        Fake::write_words(self.k.threads.get(t).unwrap().utcb_frame.unwrap(), words);
+    }
+
+    fn mrs(&self, t: Id, n: usize) -> Vec<u64> {
+        let mut w = vec![0; n];
+        Fake::read_words(self.k.threads.get(t).unwrap().utcb_frame.unwrap(), &mut w);
+        w
+    }
+
+    /// A kernel-object operation by the root thread.
+    fn op(&mut self, cap: CapIdx, label: i64, words: &[u64]) -> Result<Vec<u64>, Error> {
+        self.set_mrs(self.root, words);
+        let (t, _) = self
+            .sys(
+                self.root,
+                CapSel::from_idx(cap).raw() | Flags::CALL.bits(),
+                MsgTag::new(label, words.len() as u64, 0, 0),
+                0,
+            )
+            .expect("kernel ops do not block");
+        t.result().map(|t| self.mrs(self.root, t.words()))
+    }
+
+    /// The result registers a blocked thread was woken with.
+    fn woke_with(&mut self, t: Id) -> (MsgTag, u64) {
+        let r = self.k.threads.get_mut(t).unwrap().kstack.regs().syscall_args();
+        (MsgTag(r[1]), r[2])
+    }
+
+    /// A thread in the root's task at UTCB slot `n`, made runnable.
+    fn thread(&mut self, slot: CapIdx, n: u64) -> Id {
+        self.op(wk::FACTORY, proto::factory::LABEL, &[0, Protocol::Thread.label() as u64, slot.0]).unwrap();
+        self.op(slot, proto::thread::LABEL, &[0, tc::BIND_TASK, 0, 0, wk::TASK.0, UTCB + n * 1024]).unwrap();
+        self.op(wk::SCHEDULER, proto::scheduler::LABEL, &[1, slot.0, 10, 1, 0]).unwrap();
+        match self.k.cap(self.k.current_task().unwrap(), slot).unwrap().obj {
+            Obj::Thread(t) => t,
+            _ => unreachable!(),
+        }
+    }
+
+    fn gate(&mut self, slot: CapIdx, thread: CapIdx, label: u64) {
+        self.op(
+            wk::FACTORY,
+            proto::factory::LABEL,
+            &[0, Protocol::IpcGate.label() as u64, slot.0, thread.0, label],
+        )
+        .unwrap();
+    }
+
+    fn wait(&mut self, t: Id, r8: u64) -> Option<(MsgTag, u64)> {
+        self.sys(t, (Flags::RECV | Flags::OPEN_WAIT).bits(), MsgTag::new(0, 0, 0, 0), r8)
+    }
+
+    fn call(&mut self, t: Id, gate: CapIdx, words: &[u64]) -> Option<(MsgTag, u64)> {
+        self.set_mrs(t, words);
+        self.sys(
+            t,
+            CapSel::from_idx(gate).raw() | Flags::CALL.bits(),
+            MsgTag::new(7, words.len() as u64, 0, 0),
+            0,
+        )
+    }
+
+    fn reply_and_wait(&mut self, t: Id, words: &[u64]) -> Option<(MsgTag, u64)> {
+        self.set_mrs(t, words);
+        self.sys(t, 0xf, MsgTag::new(0, words.len() as u64, 0, 0), 0)
+    }
+}
+
+#[test]
+fn call_and_reply_both_paths() {
+    for words in [2usize, 40] {
+        let mut m = machine(4 << 20);
+        let s = m.thread(CapIdx(20), 1);
+        m.gate(CapIdx(21), CapIdx(20), 0x42);
+        assert_eq!(m.wait(s, 0), None, "server blocks in open wait");
+        let msg: Vec<u64> = (0..words as u64).collect();
+        assert_eq!(m.call(m.root, CapIdx(21), &msg), None, "caller blocks for the reply");
+        let (tag, label) = m.woke_with(s);
+        assert_eq!((tag.words(), tag.label(), label), (words, 7, 0x42));
+        assert_eq!(m.mrs(s, words), msg);
+        assert_eq!(m.k.threads.get(m.root).unwrap().state, ThreadState::Receiving(Wait::Reply(s)));
+        assert_eq!(m.reply_and_wait(s, &[99; 3]), None, "server waits again");
+        let (tag, _) = m.woke_with(m.root);
+        assert_eq!((tag.words(), tag.result().is_ok()), (3, true));
+        assert_eq!(m.mrs(m.root, 3), vec![99; 3]);
+        assert_eq!(m.k.threads.get(s).unwrap().state, ThreadState::Receiving(Wait::Open));
+        assert_eq!(m.k.self_check(), Ok(()));
+    }
+}
+
+#[test]
+fn deleting_the_server_wakes_its_caller_with_an_error() {
+    let mut m = machine(4 << 20);
+    let s = m.thread(CapIdx(20), 1);
+    m.gate(CapIdx(21), CapIdx(20), 1);
+    let c = m.thread(CapIdx(22), 2);
+    assert_eq!(m.wait(s, 0), None);
+    assert_eq!(m.call(c, CapIdx(21), &[1]), None);
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(20), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    let (tag, _) = m.woke_with(c);
+    assert_eq!(tag.ipc_result(), Err(Error::Canceled));
+    assert_eq!(m.k.threads.get(c).unwrap().state, ThreadState::Ready);
+    assert!(m.k.cap(m.k.current_task().unwrap(), CapIdx(20)).is_none(), "capability gone");
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[test]
+fn receive_timeout_expires() {
+    let mut m = machine(4 << 20);
+    let s = m.thread(CapIdx(20), 1);
+    assert_eq!(m.wait(s, timeout::pack(0, 10)), None);
+    m.k.expire_timeouts();
+    assert!(matches!(m.k.threads.get(s).unwrap().state, ThreadState::Receiving(_)), "not yet");
+    fake::advance(20_000);
+    m.k.expire_timeouts();
+    assert_eq!(m.woke_with(s).0.ipc_result(), Err(Error::Timeout));
+    assert_eq!(
+        m.wait(s, timeout::pack(0, timeout::ZERO)).map(|r| r.0.ipc_result()),
+        Some(Err(Error::Timeout))
+    );
+}
+
+#[test]
+fn memory_map_and_revoke_between_tasks() {
+    let mut m = machine(4 << 20);
+    let me = m.k.current_task().unwrap();
+    let page = Fake::with_frames(|f| f.alloc()).unwrap();
+    m.k.map_root(me, 0x10_0000, page, super::memory::MEM_ALL).unwrap();
+    m.op(
+        wk::FACTORY,
+        proto::factory::LABEL,
+        &[0, Protocol::Task.label() as u64, 30, Fpage::memory(UTCB, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    let b = match m.k.cap(me, CapIdx(30)).unwrap().obj {
+        Obj::Task(b) => b,
+        _ => unreachable!(),
+    };
+    let ro = Fpage::memory(0x10_0000, 12, Rights::R);
+    m.op(CapIdx(30), proto::task::LABEL, &[0, wk::TASK.0, ro.0, 0x20_0000]).unwrap();
+    let (pa, perms) = m.k.tasks.get(b).unwrap().space.pages[&0x20_0000];
+    assert_eq!((pa, perms.write), (page, false), "mapped read-only");
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::OTHER_SPACES, Fpage::memory(0x10_0000, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    assert!(!m.k.tasks.get(b).unwrap().space.pages.contains_key(&0x20_0000), "revoked");
+    assert!(m.k.tasks.get(me).unwrap().space.pages.contains_key(&0x10_0000), "own mapping stays");
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create(u8, u64),
+    Delete(u64),
+    MapCap(u64, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6, 32u64..48).prop_map(|(k, s)| Op::Create(k, s)),
+        (32u64..48).prop_map(Op::Delete),
+        (32u64..48, 32u64..48).prop_map(|(a, b)| Op::MapCap(a, b)),
+    ]
+}
+
+const KINDS: [Protocol; 6] = [
+    Protocol::Task,
+    Protocol::Thread,
+    Protocol::IpcGate,
+    Protocol::Irq,
+    Protocol::Semaphore,
+    Protocol::Factory,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Quotas are never exceeded, the kernel's invariants hold after every step, and deleting
+    /// every object gives back every byte of quota and every frame.
+    #[test]
+    fn quotas_and_deletion(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut m = machine(200_000);
+        let frames_machine = fake::free_frames();
+        for o in ops {
+            let _ = match o {
+                Op::Create(kind, slot) => {
+                    let mut w = vec![0, KINDS[kind as usize].label() as u64, slot];
+                    match KINDS[kind as usize] {
+                        Protocol::Task => w.push(Fpage::memory(UTCB, 12, Rights::ALL).0),
+                        Protocol::IpcGate => w.extend([0, 5]),
+                        Protocol::Semaphore => w.push(1),
+                        Protocol::Factory => w.push(30_000),
+                        _ => {}
+                    }
+                    m.op(wk::FACTORY, proto::factory::LABEL, &w)
+                }
+                Op::Delete(slot) => m.op(wk::TASK, proto::task::LABEL, &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(slot), 0, Rights::ALL).0]),
+                Op::MapCap(a, b) => m.op(wk::TASK, proto::task::LABEL, &[0, wk::TASK.0, Fpage::object(CapIdx(a), 0, Rights::RW).0, b << 12]),
+            };
+            let f = m.k.factories.get(m.factory).unwrap();
+            prop_assert!(f.used <= f.limit, "quota exceeded");
+            prop_assert_eq!(m.k.self_check(), Ok(()));
+        }
+        for slot in 32..48 {
+            let _ = m.op(wk::TASK, proto::task::LABEL, &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(slot), 0, Rights::ALL).0]);
+        }
+        m.k.reap(None);
+        prop_assert_eq!(m.k.factories.get(m.factory).unwrap().used, 0, "quota not refunded");
+        prop_assert_eq!(fake::free_frames(), frames_machine, "frames leaked");
+        prop_assert_eq!(m.k.self_check(), Ok(()));
+    }
+}
