@@ -23,6 +23,16 @@ macro_rules! protocols {
         impl Protocol {
             pub const ALL: &'static [Protocol] = &[$(Protocol::$name),*];
 
+            /// The protocol's name as written in the table.
+            pub const fn name(self) -> &'static str {
+                match self { $( Protocol::$name => stringify!($name) ),* }
+            }
+
+            /// Names and codes of the protocol's opcodes, in table order.
+            pub fn ops(self) -> &'static [(&'static str, u64)] {
+                match self { $( Protocol::$name => &[$( (stringify!($op), $code) ),*] ),* }
+            }
+
             pub const fn label(self) -> i64 {
                 match self { $( Protocol::$name => $label ),* }
             }
@@ -320,6 +330,18 @@ mod tests {
             assert_eq!(log::Op::from_code(op.code()), Some(*op));
         }
         assert_eq!(Protocol::from_label(0), None);
+    }
+
+    /// docs/abi.md documents every opcode of the table, with its protocol label and number.
+    #[test]
+    fn abi_doc_covers_the_table() {
+        let doc = include_str!("../../docs/abi.md");
+        for p in Protocol::ALL {
+            for (op, code) in p.ops() {
+                let row = alloc::format!("| {} | {} | {op} = {code} |", p.name(), p.label());
+                assert!(doc.lines().any(|l| l.starts_with(&row)), "docs/abi.md lacks the row `{row}`");
+            }
+        }
     }
 
     #[test]

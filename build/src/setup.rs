@@ -11,16 +11,19 @@ struct AptPkg {
     name: &'static str,
     /// Installed from bookworm-backports (QEMU 10 instead of bookworm's 7.2).
     backports: bool,
+    /// The exact version to install, where the build is pinned to one.
+    version: Option<&'static str>,
 }
 
 const fn pkg(name: &'static str) -> AptPkg {
-    AptPkg { name, backports: false }
+    AptPkg { name, backports: false, version: None }
 }
 
 const APT: &[AptPkg] = &[
-    AptPkg { name: "qemu-system-x86", backports: true },
-    // The reference guest, UML and L4Linux are all built from this one source package.
-    pkg("linux-source-6.12"),
+    AptPkg { name: "qemu-system-x86", backports: true, version: None },
+    // The reference guest, UML and L4Linux are all built from this one source package, pinned
+    // (`cargo xtask linux` checks version and tarball digest again).
+    AptPkg { name: crate::linux::DEB_PACKAGE, backports: false, version: Some(crate::linux::DEB_VERSION) },
     pkg("flex"),
     pkg("bison"),
     pkg("bc"),
@@ -41,11 +44,11 @@ const RUST_TARGETS: &[&str] = &["x86_64-unknown-none", "aarch64-unknown-none"];
 const RUST_COMPONENTS: &[&str] = &["rust-src", "llvm-tools", "clippy", "rustfmt"];
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/bookworm-backports.list";
 
-fn apt_installed(name: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", name])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+fn apt_installed(p: &AptPkg) -> bool {
+    Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", p.name]).output().is_ok_and(|o| {
+        let out = String::from_utf8_lossy(&o.stdout);
+        out.contains("install ok installed") && p.version.is_none_or(|v| out.ends_with(&format!(" {v}")))
+    })
 }
 
 fn has_backports() -> bool {
@@ -55,7 +58,7 @@ fn has_backports() -> bool {
 }
 
 fn missing_apt() -> Vec<&'static AptPkg> {
-    APT.iter().filter(|p| !apt_installed(p.name)).collect()
+    APT.iter().filter(|p| !apt_installed(p)).collect()
 }
 
 fn missing_rust() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
@@ -94,7 +97,11 @@ pub fn ensure() -> Result {
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
     for (bpo, group) in [(true, "backports"), (false, "main")] {
-        let pkgs: Vec<_> = missing.iter().filter(|p| p.backports == bpo).map(|p| p.name).collect();
+        let pkgs: Vec<_> = missing
+            .iter()
+            .filter(|p| p.backports == bpo)
+            .map(|p| p.version.map_or(p.name.to_string(), |v| format!("{}={v}", p.name)))
+            .collect();
         if pkgs.is_empty() {
             continue;
         }
