@@ -17,6 +17,7 @@ pub mod msgtag;
 pub mod proto;
 pub mod syscall;
 pub mod utcb;
+pub mod vcpu;
 
 pub use cap::{CapIdx, CapSel, Rights};
 pub use error::Error;

@@ -96,6 +96,13 @@ protocols! {
         /// `MR[1]` = ip, `MR[2]` = sp (`u64::MAX`: unchanged), `MR[3]` = `ex_regs` flags.
         /// Reply: `MR[0]` = old ip, `MR[1]` = old sp, `MR[2]` = old flags register.
         ExRegs = 1,
+        /// On the caller's own thread capability: leave the vCPU's upcall handler and continue
+        /// the context in its state area — in the user task if `USER_MODE` is set, carrying the
+        /// message's map items into that task. An IRQ pending with IRQs enabled upcalls at once.
+        VcpuResume = 4,
+        /// `MR[1]` = user address of the vCPU state area (1 KiB aligned, in the UTCB area):
+        /// makes the thread a vCPU.
+        VcpuControl = 7,
     }
     /// The kernel console (Fiasco's Vlog / vcon).
     log: Log = -13 {
@@ -126,6 +133,9 @@ protocols! {
         Trigger = 2,
         /// Re-enables delivery after an interrupt message.
         Unmask = 4,
+        /// `MR[1]` = period in microseconds (0: stop), `MR[2]` = 1 for one shot: the kernel
+        /// timer raises this Irq (the clock of a guest OS).
+        SetTimer = 5,
     }
     /// A counting semaphore.
     semaphore: Semaphore = -20 {

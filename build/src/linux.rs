@@ -1,11 +1,15 @@
-//! `cargo xtask linux`: builds the reference guest's Linux kernel from Debian's pinned
-//! `linux-source-6.12`, with the quilt-style series in `linux-patches/` applied and a small
-//! configuration (`make tinyconfig` + `build/linux-configs/reference.config`).
+//! `cargo xtask linux [--uml]`: builds a Linux kernel from Debian's pinned `linux-source-6.12`,
+//! with the quilt-style series in `linux-patches/` applied and a small configuration
+//! (`make tinyconfig` + a fragment in `build/linux-configs/`). Two flavours share everything
+//! but the architecture, the fragment and the artefact ([`Flavor`]): the reference guest's x86
+//! kernel ([`REFERENCE`], `bzImage`) and upstream User-Mode Linux ([`UML`], `ARCH=um`, the
+//! `linux` program, stock os-Linux host layer).
 //!
-//! The result is cached under `~/.cache/l4rs/linux/<key>/bzImage`, where the key hashes every
-//! input (tarball, fragment, patches, compiler, [`FORMAT`]); an unchanged kernel is never rebuilt.
-//! The unpacked tree and objects live in `~/.cache/l4rs/linux/work/`, reused while the source
-//! (tarball + patches) stays the same, so a fragment change only rebuilds what make decides to.
+//! The result is cached under `~/.cache/l4rs/linux/<key>/<artefact>`, where the key hashes every
+//! input (tarball, architecture, fragment, patches, compiler, [`FORMAT`]); an unchanged kernel is
+//! never rebuilt. The unpacked tree lives in `~/.cache/l4rs/linux/work/`, reused while the source
+//! (tarball + patches) stays the same, with one object directory per flavour, so a fragment change
+//! only rebuilds what make decides to.
 
 use crate::util::{cache_dir, err, output, root, run, step, succeeds, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -22,12 +26,45 @@ const TARBALL_SHA256: &str = "585a4a074597aefa2b1a68ada83a3184ba351c127544dea806
 const TARBALL_DIR: &str = "linux-source-6.12";
 /// Bump when the way the kernel is built changes in a way the inputs do not show.
 const FORMAT: u32 = 1;
-/// The config fragment, relative to the workspace root.
-pub const FRAGMENT: &str = "build/linux-configs/reference.config";
 
-/// A built kernel.
+/// What differs between the kernels built from the one source tree.
+pub struct Flavor {
+    /// For messages and the object directory (`work/obj` for the reference, `work/obj-<name>`).
+    name: &'static str,
+    /// Kbuild `ARCH=`.
+    arch: &'static str,
+    /// The config fragment, relative to the workspace root.
+    fragment: &'static str,
+    /// The make target, and where it leaves the artefact inside the object directory.
+    target: &'static str,
+    built: &'static str,
+    /// The artefact's file name in the cache.
+    artefact: &'static str,
+}
+
+/// The reference guest's kernel.
+pub const REFERENCE: Flavor = Flavor {
+    name: "reference",
+    arch: "x86",
+    fragment: "build/linux-configs/reference.config",
+    target: "bzImage",
+    built: "arch/x86/boot/bzImage",
+    artefact: "bzImage",
+};
+
+/// Upstream User-Mode Linux: a dynamically linked Linux program run inside the reference guest.
+pub const UML: Flavor = Flavor {
+    name: "uml",
+    arch: "um",
+    fragment: "build/linux-configs/uml.config",
+    target: "linux",
+    built: "linux",
+    artefact: "linux",
+};
+
+/// A built kernel: `bzImage` for [`REFERENCE`], the `linux` program for [`UML`].
 pub struct Kernel {
-    pub bzimage: PathBuf,
+    pub image: PathBuf,
 }
 
 /// SHA-256 of a file, via `sha256sum` (no hashing crate needed for a few files).
@@ -172,8 +209,10 @@ fn check_tarball(path: &Path, want: &str) -> Result {
 }
 
 /// The text every cache key is computed from; one `name value` line per input.
-fn key_material(fragment_sha: &str, patches: &[(String, String)], gcc: &str) -> String {
-    let mut s = format!("format {FORMAT}\ntarball {TARBALL_SHA256}\nfragment {fragment_sha}\ngcc {gcc}\n");
+fn key_material(arch: &str, fragment_sha: &str, patches: &[(String, String)], gcc: &str) -> String {
+    let mut s = format!(
+        "format {FORMAT}\ntarball {TARBALL_SHA256}\narch {arch}\nfragment {fragment_sha}\ngcc {gcc}\n"
+    );
     for (name, sha) in patches {
         s.push_str(&format!("patch {name} {sha}\n"));
     }
@@ -190,35 +229,37 @@ fn source_material(patches: &[(String, String)]) -> String {
     s
 }
 
-/// Builds (or finds in the cache) the reference kernel.
-pub fn build() -> Result<Kernel> {
+/// Builds (or finds in the cache) the kernel of flavour `f`.
+pub fn build(f: &Flavor) -> Result<Kernel> {
     check_source()?;
     let patch_list = patches()?;
     let mut patch_shas = Vec::new();
     for (name, p) in &patch_list {
         patch_shas.push((name.clone(), sha256_file(p)?));
     }
-    let fragment_path = root().join(FRAGMENT);
-    let fragment = std::fs::read_to_string(&fragment_path).map_err(|e| format!("{FRAGMENT}: {e}"))?;
+    let fragment_path = root().join(f.fragment);
+    let fragment = std::fs::read_to_string(&fragment_path).map_err(|e| format!("{}: {e}", f.fragment))?;
     let gcc = output(Command::new("gcc").arg("--version"))?.lines().next().unwrap_or("").to_string();
-    let key = sha256_str(&key_material(&sha256_str(&fragment)?, &patch_shas, &gcc))?[..16].to_string();
+    let material = key_material(f.arch, &sha256_str(&fragment)?, &patch_shas, &gcc);
+    let key = sha256_str(&material)?[..16].to_string();
     let out_dir = cache_dir().join("linux").join(&key);
-    let bzimage = out_dir.join("bzImage");
-    if bzimage.is_file() {
-        step(format!("linux: cached kernel {}", bzimage.display()));
-        return Ok(Kernel { bzimage });
+    let image = out_dir.join(f.artefact);
+    let name = f.name;
+    if image.is_file() {
+        step(format!("linux ({name}): cached {}", image.display()));
+        return Ok(Kernel { image });
     }
-    step(format!("linux: building kernel {key} (inputs changed or first build)"));
+    step(format!("linux ({name}): building {key} (inputs changed or first build)"));
     let start = Instant::now();
     let work = cache_dir().join("linux/work");
     let src = work.join(TARBALL_DIR);
-    let obj = work.join("obj");
+    let obj = if f.name == REFERENCE.name { work.join("obj") } else { work.join(format!("obj-{name}")) };
     prepare_source(&work, &src, &patch_list, &sha256_str(&source_material(&patch_shas))?)?;
 
-    step("linux: configuring (tinyconfig + fragment)");
+    step(format!("linux ({name}): configuring ARCH={} (tinyconfig + {})", f.arch, f.fragment));
     let make = || {
         let mut c = Command::new("make");
-        c.arg("-C").arg(&src).arg(format!("O={}", obj.display()));
+        c.arg("-C").arg(&src).arg(format!("O={}", obj.display())).arg(format!("ARCH={}", f.arch));
         c
     };
     std::fs::create_dir_all(&obj)?;
@@ -228,30 +269,28 @@ pub fn build() -> Result<Kernel> {
         .arg(&obj)
         .arg(obj.join(".config"))
         .arg(&fragment_path)
+        .env("ARCH", f.arch)
         .stdout(Stdio::null()))?;
     run(make().args(["-s", "olddefconfig"]))?;
     let config = std::fs::read_to_string(obj.join(".config"))?;
     let bad = config_mismatches(&fragment, &config);
     if !bad.is_empty() {
-        return err(format!("{FRAGMENT}: Kconfig did not honour:\n  {}", bad.join("\n  ")));
+        return err(format!("{}: Kconfig did not honour:\n  {}", f.fragment, bad.join("\n  ")));
     }
 
-    step("linux: make -j2 bzImage");
-    make_with_progress(make().args(["-j2", "bzImage"]))?;
+    step(format!("linux ({name}): make ARCH={} -j2 {}", f.arch, f.target));
+    make_with_progress(make().args(["-j2", f.target]))?;
     let secs = start.elapsed().as_secs();
     std::fs::create_dir_all(&out_dir)?;
-    let tmp = out_dir.join("bzImage.tmp");
-    std::fs::copy(obj.join("arch/x86/boot/bzImage"), &tmp)?;
+    let tmp = out_dir.join(format!("{}.tmp", f.artefact));
+    std::fs::copy(obj.join(f.built), &tmp)?;
     std::fs::copy(obj.join(".config"), out_dir.join("config"))?;
-    let info = format!(
-        "{}build_seconds {secs}\ndebian {DEB_PACKAGE} {DEB_VERSION}\n",
-        key_material(&sha256_str(&fragment)?, &patch_shas, &gcc)
-    );
+    let info = format!("{material}build_seconds {secs}\ndebian {DEB_PACKAGE} {DEB_VERSION}\n");
     std::fs::write(out_dir.join("build-info.txt"), info)?;
-    // Renamed last: a bzImage in the cache is always complete.
-    std::fs::rename(&tmp, &bzimage)?;
-    step(format!("linux: built {} in {}m{:02}s", bzimage.display(), secs / 60, secs % 60));
-    Ok(Kernel { bzimage })
+    // Renamed last: an artefact in the cache is always complete.
+    std::fs::rename(&tmp, &image)?;
+    step(format!("linux ({name}): built {} in {}m{:02}s", image.display(), secs / 60, secs % 60));
+    Ok(Kernel { image })
 }
 
 /// Unpacks the tarball and applies the series into `work`, unless `work` already holds that source.
@@ -318,10 +357,13 @@ fn make_with_progress(cmd: &mut Command) -> Result {
     Ok(())
 }
 
-/// `cargo xtask linux`.
-pub fn cmd_linux() -> Result<i32> {
-    let k = build()?;
-    println!("{}", k.bzimage.display());
+/// `cargo xtask linux [--uml]`: prints the path of the (cached or freshly built) kernel.
+pub fn cmd_linux(mut a: crate::util::Args) -> Result<i32> {
+    let f = if a.flag("--uml") { &UML } else { &REFERENCE };
+    a.finish()?;
+    crate::setup::ensure()?;
+    let k = build(f)?;
+    println!("{}", k.image.display());
     Ok(0)
 }
 
@@ -386,11 +428,12 @@ mod tests {
     #[test]
     fn key_changes_with_every_input() {
         let p = vec![("a.patch".to_string(), "11".to_string())];
-        let base = key_material("f", &p, "gcc 12");
-        assert_ne!(base, key_material("g", &p, "gcc 12"));
-        assert_ne!(base, key_material("f", &[], "gcc 12"));
-        assert_ne!(base, key_material("f", &p, "gcc 13"));
-        assert_eq!(base, key_material("f", &p, "gcc 12"));
+        let base = key_material("x86", "f", &p, "gcc 12");
+        assert_ne!(base, key_material("x86", "g", &p, "gcc 12"));
+        assert_ne!(base, key_material("x86", "f", &[], "gcc 12"));
+        assert_ne!(base, key_material("x86", "f", &p, "gcc 13"));
+        assert_ne!(base, key_material("um", "f", &p, "gcc 12"));
+        assert_eq!(base, key_material("x86", "f", &p, "gcc 12"));
         assert!(base.contains(TARBALL_SHA256));
     }
 }

@@ -31,6 +31,7 @@ cargo xtask <command> [options]
         --deb NAME        add a Debian package and its library dependencies (repeatable)
         --rootfs CPIO     use your own (Buildroot) rootfs.cpio[.gz] instead of busybox + debs
   linux            build (or find cached) the reference Linux kernel; prints the bzImage path
+      --uml             build upstream User-Mode Linux (ARCH=um) instead; prints the `linux` path
   rootfs           assemble the guest initramfs; takes --overlay/--deb/--rootfs like run
   test             lint, host tests and QEMU tests; ends with `N passed, N failed`
       --filter TEXT     only tests whose name contains TEXT
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(Args::new(argv)),
         "test" => cmd_test(Args::new(argv)),
         "bench" => cmd_bench(Args::new(argv)),
-        "linux" => Args::new(argv).finish().and_then(|_| setup::ensure()).and_then(|_| linux::cmd_linux()),
+        "linux" => linux::cmd_linux(Args::new(argv)),
         "rootfs" => rootfs::cmd_rootfs(Args::new(argv)),
         "fuzz" => cmd_fuzz(Args::new(argv)),
         "help" | "--help" | "-h" => {

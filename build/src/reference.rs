@@ -20,7 +20,7 @@ const BENCH_BOOTS: usize = 3;
 
 /// The machine for `mode` (`shell`, `test`, `bench` or `exec`).
 fn machine(kernel: &crate::linux::Kernel, image: &rootfs::Image, mode: &str) -> Machine {
-    let mut m = Machine::new(kernel.bzimage.clone());
+    let mut m = Machine::new(kernel.image.clone());
     m.initrd = Some(image.initrd.clone());
     m.memory_mib = MEMORY_MIB;
     // quiet: the kernel's boot log over the emulated UART costs boot time. (No `mitigations=off`:
@@ -38,7 +38,7 @@ pub fn cmd_run(mut a: Args) -> Result<i32> {
     extra.extend(a.rest());
     a.finish()?;
     crate::setup::ensure()?;
-    let kernel = crate::linux::build()?;
+    let kernel = crate::linux::build(&crate::linux::REFERENCE)?;
     let image = rootfs::assemble(&spec, "run")?;
     let Some(cmd) = exec else {
         let mut m = machine(&kernel, &image, "shell");
@@ -144,7 +144,7 @@ pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
         return;
     }
     step("reference guest: Linux kernel, rootfs, ABI suite");
-    let kernel = match crate::linux::build() {
+    let kernel = match crate::linux::build(&crate::linux::REFERENCE) {
         Ok(k) => k,
         Err(e) => {
             report.fail("linux-ref/build-kernel", &e.to_string());
@@ -229,7 +229,7 @@ fn parse_bench(log: &str) -> Vec<(String, f64)> {
 /// `cargo xtask bench`'s part: [`BENCH_BOOTS`] boots in bench mode; medians across boots, and
 /// boot_to_shell from QEMU's start to /init's first line.
 pub fn metrics() -> Result<Vec<Metric>> {
-    let kernel = crate::linux::build()?;
+    let kernel = crate::linux::build(&crate::linux::REFERENCE)?;
     let image = rootfs::assemble(&Spec::default(), "bench")?;
     let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
     let mut add = |name: &str, v: f64| match samples.iter_mut().find(|(n, _)| n == name) {

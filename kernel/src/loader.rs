@@ -251,6 +251,7 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id) -> Result<Id, String> 
     t.root = root;
     t.utcb_frame = Some(utcb);
     t.utcb_user = BOOT_UTCB_ADDR;
+    t.gs_base = BOOT_UTCB_ADDR;
     let f = t.kstack.regs();
     f.set_ip(elf.entry);
     f.set_sp(sp);

@@ -37,8 +37,10 @@ pub fn idle_loop() -> ! {
 
 /// The scheduling tick.
 pub fn tick() {
+    let switch = with_kernel(|k| k.tick());
+    resume_if_replaced();
     // While idle, the idle loop reschedules once the interrupt returns.
-    if with_kernel(|k| k.tick()) {
+    if switch {
         reschedule();
     }
 }
@@ -49,9 +51,33 @@ pub fn line(line: u8) {
         k.line_fired(line);
         k.preempt()
     });
+    resume_if_replaced();
     if preempt {
         reschedule();
     }
+}
+
+/// If an interrupt replaced the current thread's context (a vCPU upcall), continue it from its
+/// new frame instead of returning into the old one.
+fn resume_if_replaced() {
+    if with_kernel(|k| core::mem::take(&mut k.resume_current)) {
+        resume_current();
+    }
+}
+
+/// Resumes the current thread from its frame, in the address space it now belongs to.
+fn resume_current() -> ! {
+    let next = with_kernel(|k| {
+        k.resume_current = false;
+        let c = k.current.expect("a current thread");
+        let t = k.threads.get_mut(c).expect("the current thread is alive");
+        t.kstack.prepare_resume(hal::Resume::Exception);
+        let io = t.io_task;
+        let n = Next::enter(t);
+        k.load_io(io);
+        n
+    });
+    resume(next)
 }
 
 /// Preemption and the idle loop: switches to the best ready thread, keeping the current kernel
@@ -129,6 +155,8 @@ pub fn syscall(f: &mut TrapFrame) {
         Err(next) => resume(next),
         Ok(Outcome::Done(tag, label)) => (tag, label),
         Ok(Outcome::Blocked) => block_and_leave(hal::Resume::Syscall),
+        // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
+        Ok(Outcome::Resume) => resume_current(),
     };
     let regs = with_kernel(|k| match k.current.and_then(|c| k.threads.get_mut(c)) {
         Some(t) => Ok(t.pending_regs.take()),
@@ -157,6 +185,9 @@ pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
         let me = k.current?;
         k.raise_fault(me, vector, error, addr, f)
     });
+    if matches!(sent, Some(Outcome::Resume)) {
+        resume_current();
+    }
     if sent.is_none() {
         with_kernel(|k| {
             let Some(task) = k.current_task() else { return };

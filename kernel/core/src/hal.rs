@@ -46,6 +46,11 @@ pub trait UserRegs {
     fn apply_exception_words(&mut self, w: &[u64; exc_regs::WORDS]);
     /// The three argument registers a boot task starts with.
     fn set_start_args(&mut self, args: [u64; 3]);
+    /// The whole context in `abi::vcpu::VcpuRegs` order, rax .. rflags.
+    fn context(&self) -> [u64; 18];
+    /// Loads a whole context; `false` (nothing changed) if ip or sp is not a user address.
+    /// Only the arithmetic and direction flags are taken; interrupts stay enabled.
+    fn set_context(&mut self, c: &[u64; 18]) -> bool;
 }
 
 /// A thread's kernel stack, with its saved user registers on top.
@@ -118,6 +123,8 @@ pub trait Arch: Sized + 'static {
     fn set_kernel_stack(top: u64);
     /// The thread-pointer base user mode sees (the UTCB on x86_64).
     fn set_user_gs(base: u64);
+    /// The TLS base user mode sees (FS on x86_64).
+    fn set_user_fs(base: u64);
     /// Loads an I/O permission bitmap for the next user entries.
     fn io_load(bits: &[u8; IO_BITMAP_BYTES]);
     /// Denies all I/O ports to user mode.

@@ -22,6 +22,8 @@ pub struct PerCpu {
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
 use kernel_core::hal::IO_BITMAP_BYTES;
+/// The vector user mode may raise with `int`.
+pub const INT80: usize = 0x80;
 const TSS_SIZE: usize = core::mem::size_of::<TaskStateSegment>();
 /// `iomap_base` that lies beyond the TSS limit: no bitmap, every port denied.
 const NO_IO_BITMAP: u16 = 0xdfff;
@@ -114,6 +116,9 @@ pub fn init() {
             // The double fault runs on its own stack (IST 1): the kernel stack may be the cause.
             *gate = Gate::new(stubs + 16 * v as u64, kcode.0, if v == 8 { 1 } else { 0 });
         }
+        // `int 0x80` is allowed from user mode (Linux's old system-call gate): it arrives as an
+        // exception with that vector.
+        t.idt.0[INT80].attrs |= 0x60;
         x86_64::instructions::tables::lidt(&DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: VirtAddr::from_ptr(&raw const t.idt),
@@ -190,6 +195,29 @@ pub fn set_user_gs(base: u64) {
         core::arch::asm!(
             "wrmsr",
             in("ecx") 0xc000_0102u32,
+            in("eax") base as u32,
+            in("edx") (base >> 32) as u32,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// The FS base last written, to skip rewriting an unchanged one (wrmsr is slow under TCG).
+static USER_FS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Sets the FS base (user TLS) for the next user entries.
+pub fn set_user_fs(base: u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if USER_FS.load(Relaxed) == base {
+        return;
+    }
+    USER_FS.store(base, Relaxed);
+    // SAFETY: IA32_FS_BASE only matters to user mode (the kernel does not use FS); any
+    // canonical value is acceptable, and callers only pass user addresses or 0.
+    unsafe {
+        core::arch::asm!(
+            "wrmsr",
+            in("ecx") 0xc000_0100u32,
             in("eax") base as u32,
             in("edx") (base >> 32) as u32,
             options(nostack, preserves_flags)

@@ -102,6 +102,10 @@ impl Arch for X86_64 {
         cpu::set_user_gs(base)
     }
 
+    fn set_user_fs(base: u64) {
+        cpu::set_user_fs(base)
+    }
+
     fn io_load(bits: &[u8; kernel_core::hal::IO_BITMAP_BYTES]) {
         cpu::io_load(bits)
     }
@@ -270,7 +274,7 @@ extern "C" fn arch_trap(f: &mut TrapFrame) {
             // SAFETY: the kernel's handler, with the frame of the interrupted context.
             unsafe { kernel_event(f, Event::Line(line)) }
         }
-        0..=31 if f.from_user() => {
+        v if (v <= 31 || v as usize == cpu::INT80) && f.from_user() => {
             let addr = if vector == 14 { trap::cr2() } else { 0 };
             let ev = Event::Exception { vector, error: f.error, addr };
             // SAFETY: as above; user faults never return to the faulting instruction unless

@@ -118,6 +118,44 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     fn set_start_args(&mut self, a: [u64; 3]) {
         (self.rdi, self.rsi, self.rdx) = (a[0], a[1], a[2]);
     }
+
+    fn context(&self) -> [u64; 18] {
+        [
+            self.rax,
+            self.rbx,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.rbp,
+            self.r8,
+            self.r9,
+            self.r10,
+            self.r11,
+            self.r12,
+            self.r13,
+            self.r14,
+            self.r15,
+            self.rip,
+            self.rsp,
+            self.rflags,
+        ]
+    }
+
+    fn set_context(&mut self, c: &[u64; 18]) -> bool {
+        if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
+            return false;
+        }
+        [self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.r8] =
+            [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
+        [self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15] =
+            [c[8], c[9], c[10], c[11], c[12], c[13], c[14]];
+        (self.rip, self.rsp) = (c[15], c[16]);
+        // Arithmetic flags and DF are the context's; IF stays on, IOPL/TF/NT/AC stay off.
+        self.rflags = (c[17] & 0xcd5) | 0x202;
+        (self.cs, self.ss) = (USER_CS, USER_SS);
+        true
+    }
 }
 
 /// Bytes of a thread's kernel stack (including its saved stack pointer).

@@ -112,6 +112,22 @@ impl UserRegs for FakeRegs {
     fn set_start_args(&mut self, a: [u64; 3]) {
         (self.gpr[5], self.gpr[4], self.gpr[3]) = (a[0], a[1], a[2]);
     }
+
+    fn context(&self) -> [u64; 18] {
+        let mut c = [0; 18];
+        c[..8].copy_from_slice(&self.gpr);
+        (c[15], c[16], c[17]) = (self.ip, self.sp, self.flags);
+        c
+    }
+
+    fn set_context(&mut self, c: &[u64; 18]) -> bool {
+        if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
+            return false;
+        }
+        self.gpr.copy_from_slice(&c[..8]);
+        (self.ip, self.sp, self.flags) = (c[15], c[16], (c[17] & 0xcd5) | 0x202);
+        true
+    }
 }
 
 pub struct FakeStack {
@@ -250,6 +266,8 @@ impl Arch for Fake {
     fn set_kernel_stack(_: u64) {}
 
     fn set_user_gs(_: u64) {}
+
+    fn set_user_fs(_: u64) {}
 
     fn io_load(_: &[u8; IO_BITMAP_BYTES]) {}
 

@@ -39,6 +39,9 @@ impl<A: Arch> Kernel<A> {
             return None;
         }
         let me = self.current?;
+        if self.threads.get(me)?.vcpu_user.is_some() {
+            return None;
+        }
         let call = flags == CALL;
         let (dst, label) = if call {
             let task = self.threads.get(me)?.task?;

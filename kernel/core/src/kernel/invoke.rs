@@ -60,6 +60,11 @@ impl<A: Arch> Kernel<A> {
     /// Handles one `invoke` of the current thread.
     pub fn invoke(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Outcome {
         let Some(me) = self.current else { return Outcome::err(Error::Inval) };
+        if self.threads.get(me).is_some_and(|t| t.vcpu_user.is_some()) {
+            // A system call of a vCPU's user task belongs to the guest kernel.
+            self.vcpu_upcall(me, abi::vcpu::trap::SYSCALL, 0, 0, None, true);
+            return Outcome::Resume;
+        }
         let Some(task) = self.current_task() else { return Outcome::err(Error::Inval) };
         let flags = Flags::from_bits_truncate(rdx & abi::syscall::FLAGS_MASK);
         if flags.contains(Flags::REPLY) {
@@ -99,7 +104,7 @@ impl<A: Arch> Kernel<A> {
             return Outcome::err(Error::Inval);
         };
         let n = tag.words();
-        if n > MR_COUNT {
+        if n + 2 * tag.items() > MR_COUNT {
             return Outcome::err(Error::Inval);
         }
         let mut mrs = Mrs { w: [0; MR_COUNT], n };
@@ -108,6 +113,9 @@ impl<A: Arch> Kernel<A> {
             Ok(op) => op,
             Err(e) => return Outcome::err(e),
         };
+        if cap.obj == Obj::Thread(me) && op == proto::thread::Op::VcpuResume.code() {
+            return self.vcpu_resume(me, tag);
+        }
         let r = match cap.obj {
             Obj::Log => match proto::log::Op::from_code(op) {
                 Some(proto::log::Op::Write) => self.log_write(task, &mrs).map(|_| Vec::new()),
@@ -245,6 +253,7 @@ impl<A: Arch> Kernel<A> {
                     th.utcb_frame = Some(frame);
                     th.utcb_user = addr;
                     th.root = root;
+                    th.gs_base = addr;
                     th.io_task = if has_io { task.as_u64() } else { 0 };
                 }
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
@@ -284,6 +293,12 @@ impl<A: Arch> Kernel<A> {
                 }
                 Ok(old.to_vec())
             }
+            proto::thread::Op::VcpuControl => {
+                self.vcpu_control(t, m.get(1)?)?;
+                Ok(Vec::new())
+            }
+            // Only on the caller's own thread, handled before the dispatch.
+            proto::thread::Op::VcpuResume => Err(Error::Inval),
         }
     }
 
@@ -388,6 +403,10 @@ impl<A: Arch> Kernel<A> {
             task: None,
             root: 0,
             io_task: 0,
+            gs_base: 0,
+            fs_base: 0,
+            vcpu: None,
+            vcpu_user: None,
             state: ThreadState::Inactive,
             prio: 0,
             quantum: QUANTUM,
@@ -450,6 +469,16 @@ impl<A: Arch> Kernel<A> {
             }
             proto::irq::Op::Trigger => {
                 self.trigger_irq(i)?;
+                Ok(Vec::new())
+            }
+            proto::irq::Op::SetTimer => {
+                need(rights, Rights::W)?;
+                let (us, oneshot) = (m.get(1)?, m.get(2)? != 0);
+                self.timers.retain(|(x, _, _)| *x != i);
+                if us > 0 {
+                    let period = A::cycles_hz().saturating_mul(us) / 1_000_000;
+                    self.timers.push((i, A::cycles() + period, if oneshot { 0 } else { period.max(1) }));
+                }
                 Ok(Vec::new())
             }
             proto::irq::Op::Unmask => {

@@ -20,6 +20,8 @@ pub enum Outcome {
     Done(MsgTag, u64),
     /// The caller blocked; the waker writes its result into its user frame.
     Blocked,
+    /// The caller's context was replaced (vCPU upcall or resume): resume it from its frame.
+    Resume,
 }
 
 impl Outcome {
@@ -162,33 +164,61 @@ impl<A: Arch> Kernel<A> {
             }
         };
         if items > 0 {
-            let mut buf = [0u64; MR_COUNT];
-            let st = match src {
-                Source::Utcb(s) => self.threads.get(s).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?,
-                Source::Kernel(_) => return Err(Error::Inval),
-            };
-            read_words::<A>(st, words, 2 * items, &mut buf[words..]);
-            let src_task = src_task.ok_or(Error::Inval)?;
             let window = if fault_reply {
-                Fpage::memory(0, 47, Rights::ALL)
+                None
             } else {
                 let mut br = [0u64; 1];
                 read_words::<A>(dst_utcb, BR_OFFSET, 1, &mut br);
-                Fpage(br[0])
+                Some(Fpage(br[0]))
             };
-            if window.0 == 0 {
-                return Err(Error::MsgTooLong);
-            }
-            for i in 0..items {
-                let (w0, fp) = (buf[words + 2 * i], buf[words + 2 * i + 1]);
-                if w0 & map::ITEM == 0 {
-                    return Err(Error::Inval);
-                }
-                let grant = w0 & map::GRANT != 0;
-                self.map_fpage(src_task, dst_task, Fpage(fp), w0 & !0xfff, window, grant)?;
-            }
+            let s = match src {
+                Source::Utcb(s) => s,
+                Source::Kernel(_) => return Err(Error::Inval),
+            };
+            self.map_items_into(s, src_task.ok_or(Error::Inval)?, dst_task, tag, window)?;
         }
         Ok(MsgTag::new(tag.label(), words as u64, items as u64, 0))
+    }
+
+    /// Carries out the typed items of `s`'s message (after its untyped words) from task `from`
+    /// into task `to`, through `window` (`None`: the whole space, as for page-fault replies).
+    fn map_items_into(
+        &mut self,
+        s: Id,
+        from: Id,
+        to: Id,
+        tag: MsgTag,
+        window: Option<Fpage>,
+    ) -> Result<(), Error> {
+        let (words, items) = (tag.words(), tag.items());
+        let mut buf = [0u64; MR_COUNT];
+        let utcb = self.threads.get(s).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
+        read_words::<A>(utcb, words, 2 * items, &mut buf);
+        if window.is_some_and(|w| w.0 == 0) {
+            return Err(Error::MsgTooLong);
+        }
+        for i in 0..items {
+            let (w0, fp) = (buf[2 * i], buf[2 * i + 1]);
+            if w0 & map::ITEM == 0 {
+                return Err(Error::Inval);
+            }
+            let fp = Fpage(fp);
+            let win = window.unwrap_or(match fp.typ() {
+                Some(abi::proto::fpage::Type::Object) => Fpage::object(abi::CapIdx(0), 16, Rights::ALL),
+                Some(abi::proto::fpage::Type::IoPort) => Fpage::io(0, 16, Rights::ALL),
+                _ => Fpage::memory(0, 47, Rights::ALL),
+            });
+            self.map_fpage(from, to, fp, w0 & !0xfff, win, w0 & map::GRANT != 0)?;
+        }
+        Ok(())
+    }
+
+    /// Map items of a `VcpuResume` message of `me` (task `own`) into the user task.
+    pub fn map_items(&mut self, me: Id, own: Id, user: Id, tag: MsgTag) -> Result<(), Error> {
+        if tag.words() + 2 * tag.items() > MR_COUNT {
+            return Err(Error::MsgTooLong);
+        }
+        self.map_items_into(me, own, user, tag, None)
     }
 
     /// Sends from the current thread `me` to thread `dst` with `label` as the receiver's label.
@@ -353,6 +383,11 @@ impl<A: Arch> Kernel<A> {
         addr: u64,
         f: &R,
     ) -> Option<Outcome> {
+        if self.threads.get(me)?.vcpu_user.is_some() {
+            // A user task of a vCPU: the guest kernel handles it.
+            self.vcpu_upcall(me, vector as u64, error, addr, None, true);
+            return Some(Outcome::Resume);
+        }
         let (kind, handler_idx) = {
             let t = self.threads.get(me)?;
             if vector == 14 {
@@ -439,6 +474,10 @@ impl<A: Arch> Kernel<A> {
             irq.pending = true;
             return Ok(());
         };
+        if !self.vcpu_waits(t) {
+            self.vcpu_irq(t, label);
+            return Ok(());
+        }
         let waiting = self.threads.get(t).is_some_and(|th| th.state == ThreadState::Receiving(Wait::Open));
         if waiting {
             self.wake(t, Ok((MsgTag::new(abi::proto::irq::LABEL, 0, 0, 0), label)));

@@ -13,6 +13,7 @@ pub mod invoke;
 pub mod ipc;
 pub mod memory;
 pub mod switch;
+pub mod vcpu;
 
 #[cfg(test)]
 mod fake;
@@ -146,8 +147,12 @@ pub struct Thread<A: Arch> {
     pub resume: Option<Resume>,
     pub utcb_frame: Option<PhysAddr>,
     pub utcb_user: u64,
-    /// Page-table root of the bound task (0: unbound), so a switch needs no task lookup.
+    /// Page-table root of the address space the thread runs in (its task's, or for a vCPU in
+    /// user mode the user task's; 0: unbound), so a switch needs no task lookup.
     pub root: u64,
+    /// User-mode thread-pointer bases (GS: the UTCB for native threads; FS: TLS).
+    pub gs_base: u64,
+    pub fs_base: u64,
     /// Key of the bound task if it has an I/O bitmap, else 0 (see `Kernel::io_loaded`).
     pub io_task: u64,
     /// The caller waiting for this thread's reply (the implicit reply capability).
@@ -171,6 +176,10 @@ pub struct Thread<A: Arch> {
     pub pending_fault: Option<Box<(crate::kernel::ipc::FaultKind, [u64; abi::proto::exc_regs::WORDS])>>,
     /// Interrupts attached to this thread.
     pub irqs: Vec<Id>,
+    /// The vCPU state area, if the thread is a vCPU.
+    pub vcpu: Option<vcpu::VcpuArea>,
+    /// The user task a vCPU runs in now (its `USER_MODE`).
+    pub vcpu_user: Option<Id>,
     pub factory: Option<Id>,
 }
 
@@ -237,6 +246,11 @@ pub struct Kernel<A: Arch> {
     dying: Vec<Obj>,
     /// True while `dying` is being worked off (destroying can make more objects die).
     reaping_objects: bool,
+    /// The current thread's context was replaced (a vCPU upcall or resume): it must be
+    /// resumed afresh from its frame, in its (possibly new) address space.
+    pub resume_current: bool,
+    /// Irqs the kernel timer raises: (irq, next deadline in cycles, period in cycles or 0).
+    pub timers: Vec<(Id, u64, u64)>,
 }
 
 impl<A: Arch> Kernel<A> {
@@ -261,6 +275,8 @@ impl<A: Arch> Kernel<A> {
             cap_refs: BTreeMap::new(),
             dying: Vec::new(),
             reaping_objects: false,
+            resume_current: false,
+            timers: Vec::new(),
         }
     }
 
@@ -379,6 +395,7 @@ impl<A: Arch> Kernel<A> {
                             th.irqs.retain(|i| *i != id);
                         }
                     }
+                    self.timers.retain(|(t, _, _)| *t != id);
                     if let Some(l) = irq.line {
                         self.lines[l as usize] = None;
                         A::line_mask(l);
@@ -408,6 +425,7 @@ impl<A: Arch> Kernel<A> {
     /// capabilities go, its memory is freed. The current thread may be among the dead; the
     /// caller must then reschedule instead of returning to user mode.
     pub fn destroy_task(&mut self, id: Id) {
+        self.vcpu_task_gone(id);
         let Some(task) = self.tasks.get(id) else { return };
         let threads = task.threads.clone();
         for t in threads {

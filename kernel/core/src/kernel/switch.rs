@@ -18,7 +18,8 @@ impl Next {
     #[inline(always)]
     pub fn enter<A: Arch>(t: &Thread<A>) -> Next {
         A::set_kernel_stack(t.kstack.top());
-        A::set_user_gs(t.utcb_user);
+        A::set_user_gs(t.gs_base);
+        A::set_user_fs(t.fs_base);
         debug_assert!(t.root != 0, "runnable threads are bound");
         let root = if A::active_root() == t.root { 0 } else { t.root };
         Next { root, rsp: t.kstack.saved() }
@@ -54,6 +55,7 @@ impl<A: Arch> Kernel<A> {
     /// up or a more important thread is ready.
     pub fn tick(&mut self) -> bool {
         self.expire_timeouts();
+        self.fire_timers();
         let Some(t) = self.current.and_then(|c| self.threads.get_mut(c)) else { return false };
         t.quantum = t.quantum.saturating_sub(1);
         if t.quantum == 0 {
@@ -75,6 +77,27 @@ impl<A: Arch> Kernel<A> {
             t.state = ThreadState::Ready;
             let p = t.prio;
             self.ready.enqueue(c, p);
+        }
+    }
+}
+
+impl<A: Arch> Kernel<A> {
+    /// Raises the Irqs whose timer is due; periodic ones are re-armed, one-shots dropped.
+    pub fn fire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = A::cycles();
+        let due: alloc::vec::Vec<crate::slab::Id> =
+            self.timers.iter().filter(|(_, next, _)| *next <= now).map(|(i, _, _)| *i).collect();
+        self.timers.retain(|(_, next, period)| *next > now || *period != 0);
+        for (_, next, period) in self.timers.iter_mut() {
+            while *next <= now {
+                *next += *period;
+            }
+        }
+        for i in due {
+            let _ = self.trigger_irq(i);
         }
     }
 }

@@ -65,6 +65,10 @@ impl M {
                 t.resume = Some(Resume::Syscall);
                 None
             }
+            Outcome::Resume => {
+                self.k.resume_current = false;
+                None
+            }
         }
     }
 

@@ -1,0 +1,174 @@
+//! vCPUs: upcalls on the events of a user task (and on interrupts), and `VcpuResume` back into
+//! the saved context — the execution model L4Linux runs on. Layout and flags: `abi::vcpu`.
+
+use super::ipc::Outcome;
+use super::{Kernel, Obj, ThreadState, Wait};
+use crate::hal::{Arch, ThreadStack, UserRegs};
+use crate::mem::PhysAddr;
+use crate::slab::Id;
+use abi::vcpu::{off, state, sticky, trap, VERSION};
+use abi::{CapIdx, Error, MsgTag};
+
+/// Where a vCPU's state area is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuArea {
+    /// Kernel view (a frame of the task's UTCB area, so it cannot go away under us).
+    pub frame: PhysAddr,
+    /// User address (passed to the upcall handler).
+    pub user: u64,
+    /// The FS base of the vCPU's own context, kept while it runs a user task.
+    pub kernel_fs: u64,
+}
+
+fn word<A: Arch>(a: &VcpuArea, i: usize) -> u64 {
+    let mut w = [0u64; 1];
+    A::read_words(PhysAddr(a.frame.0 + i as u64 * 8), &mut w);
+    w[0]
+}
+
+fn set_word<A: Arch>(a: &VcpuArea, i: usize, v: u64) {
+    A::write_words(PhysAddr(a.frame.0 + i as u64 * 8), &[v]);
+}
+
+impl<A: Arch> Kernel<A> {
+    /// `Thread::VcpuControl`: the state area at `addr` (1 KiB aligned, in the thread's task's
+    /// UTCB area, not a UTCB in use) makes `t` a vCPU.
+    pub fn vcpu_control(&mut self, t: Id, addr: u64) -> Result<(), Error> {
+        let task = self.threads.get(t).ok_or(Error::NoEnt)?.task.ok_or(Error::Inval)?;
+        let frame = self.tasks.get(task).ok_or(Error::NoEnt)?.utcb_frame(addr).ok_or(Error::Inval)?;
+        if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
+            return Err(Error::Exists);
+        }
+        A::write_words(frame, &[0; off::WORDS]);
+        let area = VcpuArea { frame, user: addr, kernel_fs: 0 };
+        set_word::<A>(&area, off::VERSION, VERSION);
+        self.threads.get_mut(t).ok_or(Error::NoEnt)?.vcpu = Some(area);
+        Ok(())
+    }
+
+    /// Sends vCPU thread `t` to its upcall handler in its own task. With `save`, its current
+    /// context is saved in the state area first; otherwise the area keeps the context it
+    /// already holds (an interrupt found pending at resume). Sets `resume_current` if `t` runs.
+    pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
+        let Some(th) = self.threads.get_mut(t) else { return };
+        let Some(area) = th.vcpu else { return };
+        if save {
+            let mut ctx = [0u64; 20];
+            ctx[..18].copy_from_slice(&th.kstack.regs().context());
+            (ctx[18], ctx[19]) = (th.fs_base, th.gs_base);
+            A::write_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &ctx);
+        }
+        A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &[trapno, err, pfa]);
+        if let Some(l) = label {
+            set_word::<A>(&area, off::IRQ_LABEL, l);
+        }
+        let st = word::<A>(&area, off::STATE);
+        set_word::<A>(&area, off::SAVED_STATE, st);
+        set_word::<A>(&area, off::STATE, 0);
+        let (ip, sp) = (word::<A>(&area, off::ENTRY_IP), word::<A>(&area, off::ENTRY_SP));
+        let mut ctx = [0u64; 18];
+        (ctx[5], ctx[15], ctx[16], ctx[17]) = (area.user, ip, sp, 0x202);
+        let own = th.task;
+        if !th.kstack.regs().set_context(&ctx) {
+            // No usable entry point: the guest kernel cannot take the event.
+            let name = own.and_then(|o| self.tasks.get(o)).map(|x| x.name.clone()).unwrap_or_default();
+            log::warn!("vcpu of task {name}: entry ip/sp {ip:#x}/{sp:#x} unusable; task destroyed");
+            if let Some(o) = own {
+                self.destroy_task(o);
+            }
+            return;
+        }
+        th.vcpu_user = None;
+        th.fs_base = area.kernel_fs;
+        th.gs_base = th.utcb_user;
+        let root = own.and_then(|o| self.tasks.get(o)).map(|x| A::space_root(&x.space)).unwrap_or(0);
+        let io = own.filter(|o| self.tasks.get(*o).is_some_and(|x| x.io.is_some())).map_or(0, |o| o.as_u64());
+        let th = self.threads.get_mut(t).expect("checked");
+        (th.root, th.io_task) = (root, io);
+        if self.current == Some(t) {
+            self.resume_current = true;
+        }
+    }
+
+    /// `Thread::VcpuResume` by `me`: continue the context in the state area.
+    pub fn vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Outcome {
+        match self.try_vcpu_resume(me, tag) {
+            Ok(()) => Outcome::Resume,
+            Err(e) => Outcome::err(e),
+        }
+    }
+
+    fn try_vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Result<(), Error> {
+        let th = self.threads.get(me).ok_or(Error::NoEnt)?;
+        let area = th.vcpu.ok_or(Error::Inval)?;
+        let own = th.task.ok_or(Error::Inval)?;
+        let mut w = [0u64; off::WORDS];
+        A::read_words(area.frame, &mut w);
+        if w[off::STICKY] & sticky::IRQ_PENDING != 0 && w[off::STATE] & state::IRQ != 0 {
+            // Deliver the pending interrupt first; the area keeps the context to resume.
+            set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
+            self.vcpu_upcall(me, trap::IRQ, 0, 0, None, false);
+            return Ok(());
+        }
+        let mut ctx = [0u64; 18];
+        ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
+        let (fs, gs) = (w[off::REGS + 18], w[off::REGS + 19]);
+        if w[off::STATE] & state::USER_MODE == 0 {
+            let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
+            if !th.kstack.regs().set_context(&ctx) {
+                return Err(Error::Inval);
+            }
+            (th.fs_base, th.gs_base) = (fs, gs);
+            return Ok(());
+        }
+        let user = match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or(Error::NoEnt)?.obj {
+            Obj::Task(u) if u != own => u,
+            _ => return Err(Error::Inval),
+        };
+        if tag.items() > 0 {
+            self.map_items(me, own, user, tag)?;
+        }
+        let root = A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space);
+        let io = if self.tasks.get(user).is_some_and(|x| x.io.is_some()) { user.as_u64() } else { 0 };
+        let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
+        let kernel_fs = th.fs_base;
+        if !th.kstack.regs().set_context(&ctx) {
+            return Err(Error::Inval);
+        }
+        th.vcpu_user = Some(user);
+        (th.root, th.io_task, th.fs_base, th.gs_base) = (root, io, fs, gs);
+        if let Some(a) = th.vcpu.as_mut() {
+            a.kernel_fs = kernel_fs;
+        }
+        Ok(())
+    }
+
+    /// An interrupt for vCPU thread `t`: an upcall now if its IRQs are on, else it stays
+    /// pending in the state area. A vCPU in an open wait takes it as a message instead.
+    pub fn vcpu_irq(&mut self, t: Id, label: u64) {
+        let Some(th) = self.threads.get(t) else { return };
+        let Some(area) = th.vcpu else { return };
+        let runs = matches!(th.state, ThreadState::Running | ThreadState::Ready);
+        if word::<A>(&area, off::STATE) & state::IRQ != 0 && runs {
+            self.vcpu_upcall(t, trap::IRQ, 0, 0, Some(label), true);
+        } else {
+            let s = word::<A>(&area, off::STICKY);
+            set_word::<A>(&area, off::STICKY, s | sticky::IRQ_PENDING);
+            set_word::<A>(&area, off::IRQ_LABEL, label);
+        }
+    }
+
+    /// True if `t` is a vCPU that takes interrupts as messages now (waiting in an open wait).
+    pub fn vcpu_waits(&self, t: Id) -> bool {
+        self.threads.get(t).is_some_and(|x| x.vcpu.is_none() || x.state == ThreadState::Receiving(Wait::Open))
+    }
+
+    /// vCPUs running in a task that goes away are sent back to their handler.
+    pub fn vcpu_task_gone(&mut self, task: Id) {
+        let users: alloc::vec::Vec<Id> =
+            self.threads.iter().filter(|(_, t)| t.vcpu_user == Some(task)).map(|(id, _)| id).collect();
+        for t in users {
+            self.vcpu_upcall(t, trap::TASK_GONE, 0, 0, None, false);
+        }
+    }
+}
