@@ -112,6 +112,14 @@ fn defs() -> Vec<Def> {
             status: 0,
         },
         Def {
+            name: "vcpu",
+            what: "a mini-OS on a vCPU runs three user tasks: system calls, page faults, exceptions, timer",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu")],
+            append: "",
+            checks: vec![("mini-os", "ktest: vcpu mini-OS ok".into())],
+            status: 0,
+        },
+        Def {
             name: "fuzz",
             what: "a hostile task makes 10^5 random invocations; the kernel survives its self-check",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {} 100000", fuzz_seed()))],

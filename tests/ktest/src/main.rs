@@ -7,6 +7,7 @@ mod bench;
 mod fuzz;
 mod intertask;
 mod objects;
+mod vcpu;
 
 use abi::cap::well_known;
 use abi::syscall::Flags;
@@ -23,6 +24,7 @@ fn main(args: &str) -> i32 {
         (Some("bench"), _) => finish(bench::run()),
         (Some("trace"), _) => finish(bench::trace()),
         (Some("objects"), _) => finish(objects::run()),
+        (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
             match seed.parse() {

@@ -104,8 +104,20 @@ impl<A: Arch> Kernel<A> {
         let own = th.task.ok_or(Error::Inval)?;
         let mut w = [0u64; off::WORDS];
         A::read_words(area.frame, &mut w);
+        let user_mode = w[off::STATE] & state::USER_MODE != 0;
+        let user = match user_mode {
+            false => None,
+            true => match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or(Error::NoEnt)?.obj {
+                Obj::Task(u) if u != own => Some(u),
+                _ => return Err(Error::Inval),
+            },
+        };
+        // Map items first: they belong to the context even if an interrupt comes in between.
+        if let (Some(u), true) = (user, tag.items() > 0) {
+            self.map_items(me, own, u, tag)?;
+        }
         if w[off::STICKY] & sticky::IRQ_PENDING != 0 && w[off::STATE] & state::IRQ != 0 {
-            // Deliver the pending interrupt first; the area keeps the context to resume.
+            // Deliver the pending interrupt now; the area keeps the context to resume.
             set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
             self.vcpu_upcall(me, trap::IRQ, 0, 0, None, false);
             return Ok(());
@@ -113,21 +125,14 @@ impl<A: Arch> Kernel<A> {
         let mut ctx = [0u64; 18];
         ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
         let (fs, gs) = (w[off::REGS + 18], w[off::REGS + 19]);
-        if w[off::STATE] & state::USER_MODE == 0 {
+        let Some(user) = user else {
             let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
             if !th.kstack.regs().set_context(&ctx) {
                 return Err(Error::Inval);
             }
             (th.fs_base, th.gs_base) = (fs, gs);
             return Ok(());
-        }
-        let user = match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or(Error::NoEnt)?.obj {
-            Obj::Task(u) if u != own => u,
-            _ => return Err(Error::Inval),
         };
-        if tag.items() > 0 {
-            self.map_items(me, own, user, tag)?;
-        }
         let root = A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space);
         let io = if self.tasks.get(user).is_some_and(|x| x.io.is_some()) { user.as_u64() } else { 0 };
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
