@@ -8,6 +8,7 @@ mod fuzz;
 mod intertask;
 mod objects;
 mod vcpu;
+mod vcpubench;
 
 use abi::cap::well_known;
 use abi::syscall::Flags;

@@ -1,0 +1,201 @@
+//! vCPU benchmarks (part of `ktest bench`): system-call reflection (user task `syscall` →
+//! upcall → `VcpuResume`), page-fault reflection with map-on-resume, and timer IRQ latency.
+
+use crate::objects::{ok, stack_top, R};
+use abi::cap::well_known as wk;
+use abi::kip::BOOT_UTCB_ADDR;
+use abi::proto::{self, fpage::Fpage, thread_control as tc};
+use abi::syscall::timeout;
+use abi::vcpu::{state, trap, VcpuRegs, VcpuState};
+use abi::{CapIdx, MsgTag, Rights};
+use core::sync::atomic::{AtomicU64, Ordering};
+use l4::ipc::{factory, irq, put_map_item, scheduler, semaphore, set_mr, task, thread};
+use l4::println;
+
+const VCPU: CapIdx = CapIdx(120);
+const USER: CapIdx = CapIdx(121);
+const DONE: CapIdx = CapIdx(122);
+const TIMER: CapIdx = CapIdx(123);
+const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 11 * 1024;
+const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 12 * 1024;
+const SYSCALLS: u64 = 2000;
+const FAULT_PAGES: u64 = 256;
+const FAULT_BASE: u64 = 0x4000_0000;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.ubench, "ax"
+    .p2align 12
+    .global ubench_entry
+ubench_entry:
+    mov r12, rdi
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+1:  mov eax, 9
+    syscall
+    dec r12
+    jnz 1b
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r13
+    mov rdi, rax
+    mov eax, 3
+    syscall
+    mov r12, rsi
+    mov r15, 0x40000000
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+2:  mov byte ptr [r15], 1
+    add r15, 4096
+    dec r12
+    jnz 2b
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r13
+    mov rdi, rax
+    mov eax, 3
+    syscall
+3:  pause
+    jmp 3b
+    .p2align 12
+    .global ubench_end
+ubench_end:
+
+    .section .text
+    .global vbench_entry
+vbench_entry:
+    and rsp, -16
+    call vbench_upcall
+    ud2
+"#
+);
+
+extern "C" {
+    fn ubench_entry();
+    fn ubench_end();
+    fn vbench_entry();
+}
+
+static RESULTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static PHASE: AtomicU64 = AtomicU64::new(0);
+static TIMER_DUE: AtomicU64 = AtomicU64::new(0);
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+/// Writable (in .bss), so that it can be mapped writable into the user task.
+static mut PAGE: Page = Page([0; 4096]);
+
+fn vstate() -> &'static mut VcpuState {
+    // SAFETY: the state area lies in our UTCB area, mapped for the task's lifetime; only the
+    // benchmark's vCPU thread uses it.
+    unsafe { &mut *(VCPU_STATE as *mut VcpuState) }
+}
+
+/// Continues the saved context with `items` map items and `state` flags.
+fn resume(items: u64, flags: u64) -> ! {
+    let st = vstate();
+    st.user_task = USER.0;
+    st.state = flags;
+    set_mr(0, proto::thread::Op::VcpuResume.code());
+    l4::sys::invoke(
+        abi::CapSel::from_idx(VCPU),
+        abi::syscall::Flags::CALL,
+        MsgTag::new(proto::thread::LABEL, 1, items, 0),
+    );
+    println!("vbench: resume failed");
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[no_mangle]
+extern "C" fn vbench_upcall(st: *mut VcpuState) -> ! {
+    // SAFETY: the kernel passes the state area's address.
+    let st = unsafe { &mut *st };
+    let regs = st.regs;
+    match (regs.trapno, regs.rax) {
+        (trap::SYSCALL, 9) => resume(0, state::USER_MODE),
+        (trap::SYSCALL, 3) => {
+            let phase = PHASE.fetch_add(1, Ordering::SeqCst) as usize;
+            RESULTS[phase].store(regs.rdi, Ordering::SeqCst);
+            if phase == 0 {
+                resume(0, state::USER_MODE)
+            }
+            // Timer latency: a one-shot timer while the task spins with IRQs enabled.
+            let _ = semaphore::up(DONE);
+            let due = l4::sys::cycles() + l4::kip().tsc_hz / 1000 * 3;
+            TIMER_DUE.store(due, Ordering::SeqCst);
+            let _ =
+                l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 3000, 1]);
+            resume(0, state::USER_MODE | state::IRQ)
+        }
+        (14, _) => {
+            // SAFETY: only the address of the page is taken.
+            let page = &raw const PAGE as u64;
+            put_map_item(1, regs.pfa & !0xfff, Fpage::memory(page, 12, Rights::ALL), false);
+            resume(1, state::USER_MODE)
+        }
+        (trap::IRQ, _) => {
+            let late = l4::sys::cycles().saturating_sub(TIMER_DUE.load(Ordering::SeqCst));
+            RESULTS[2].store(late, Ordering::SeqCst);
+            let _ = semaphore::up(DONE);
+            loop {
+                let _ = l4::ipc::wait(0);
+            }
+        }
+        _ => {
+            println!("vbench: unexpected trap {:#x} at {:#x}", regs.trapno, regs.rip);
+            loop {
+                let _ = l4::ipc::wait(0);
+            }
+        }
+    }
+}
+
+extern "C" fn vbench_start() -> ! {
+    resume(0, state::USER_MODE)
+}
+
+pub fn run() -> R {
+    ok(factory::task(wk::FACTORY, USER, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
+    let (code, end) = (ubench_entry as *const () as u64, ubench_end as *const () as u64);
+    let mut a = code & !0xfff;
+    while a < end {
+        ok(task::map(USER, wk::TASK, Fpage::memory(a, 12, Rights::from_bits_truncate(5)), a), "map code")?;
+        a += 4096;
+    }
+    ok(factory::semaphore(wk::FACTORY, DONE, 0), "done")?;
+    ok(factory::irq(wk::FACTORY, TIMER), "timer")?;
+    ok(factory::thread(wk::FACTORY, VCPU), "vcpu")?;
+    ok(thread::control(VCPU, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB), "bind")?;
+    ok(
+        l4::sys::call_words(VCPU, proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), VCPU_STATE]),
+        "vcpu",
+    )?;
+    ok(irq::attach(TIMER, VCPU, 1), "attach")?;
+    let st = vstate();
+    st.entry_ip = vbench_entry as *const () as u64;
+    st.entry_sp = stack_top(4);
+    st.regs = VcpuRegs {
+        rip: code,
+        rsp: 0x6000_0000,
+        rflags: 0x202,
+        rdi: SYSCALLS,
+        rsi: FAULT_PAGES,
+        ..Default::default()
+    };
+    ok(thread::ex_regs(VCPU, vbench_start as *const () as u64, stack_top(4), 0), "ex_regs")?;
+    ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run")?;
+    ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection runs")?;
+    ok(semaphore::down(DONE, timeout::pack(0, 1_000_000)), "timer upcall")?;
+    println!("BENCH vcpu_syscall_reflect {} cycles", RESULTS[0].load(Ordering::SeqCst) / SYSCALLS);
+    println!("BENCH vcpu_pagefault_reflect {} cycles", RESULTS[1].load(Ordering::SeqCst) / FAULT_PAGES);
+    println!("BENCH timer_irq_latency {} cycles", RESULTS[2].load(Ordering::SeqCst));
+    Ok(())
+}
