@@ -20,7 +20,6 @@ const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 11 * 1024;
 const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 12 * 1024;
 const SYSCALLS: u64 = 2000;
 const FAULT_PAGES: u64 = 256;
-const FAULT_BASE: u64 = 0x4000_0000;
 
 core::arch::global_asm!(
     r#"
