@@ -105,6 +105,7 @@ fn defs() -> Vec<Def> {
                 ("irq-icu", "ktest: irq and icu ok".into()),
                 ("exceptions", "ktest: exception IPC ok".into()),
                 ("deletion", "ktest: deletion wakes partners ok".into()),
+                ("fpu", "ktest: FPU/SSE state per thread ok".into()),
                 ("ipc-inter", "ktest: inter-task IPC, pager of a created task, task deletion ok".into()),
                 ("io-ports", "ktest: I/O ports from sigma0, enforcement and revocation ok".into()),
                 ("all", "ktest: all kernel object checks passed".into()),

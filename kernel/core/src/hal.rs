@@ -66,6 +66,10 @@ pub trait ThreadStack {
     /// Abandons the thread's kernel context: it will resume from its user registers the way
     /// `how` says.
     fn prepare_resume(&mut self, how: Resume);
+    /// Saves the FPU/SSE registers into this thread's area (the FPU must be enabled).
+    fn fpu_save(&mut self);
+    /// Loads the FPU/SSE registers from this thread's area (the FPU must be enabled).
+    fn fpu_restore(&self);
 }
 
 /// What an architecture provides to the kernel.
@@ -125,6 +129,8 @@ pub trait Arch: Sized + 'static {
     fn set_user_gs(base: u64);
     /// The TLS base user mode sees (FS on x86_64).
     fn set_user_fs(base: u64);
+    /// Makes user FPU use trap (`true`) so its state can be switched lazily, or lets it run.
+    fn fpu_trap(on: bool);
     /// Loads an I/O permission bitmap for the next user entries.
     fn io_load(bits: &[u8; IO_BITMAP_BYTES]);
     /// Denies all I/O ports to user mode.

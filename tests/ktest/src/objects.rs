@@ -68,7 +68,7 @@ pub mod slot {
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; 16384]);
 
-pub static mut STACKS: [Stack; 6] = [const { Stack([0; 16384]) }; 6];
+pub static mut STACKS: [Stack; 8] = [const { Stack([0; 16384]) }; 8];
 
 /// The top of helper stack `i` (only the address is taken; each helper owns its stack).
 pub fn stack_top(i: usize) -> u64 {
@@ -392,6 +392,58 @@ fn deletion() -> R {
     Ok(())
 }
 
+static FPU_GOOD: AtomicU64 = AtomicU64::new(0);
+static FPU_NEXT: AtomicU64 = AtomicU64::new(1);
+const FPU_SLEEP: CapIdx = CapIdx(32);
+const FPU_DONE: CapIdx = CapIdx(33);
+
+fn xmm0_set(v: u64) {
+    // SAFETY: writes only xmm0, which the compiler does not use (soft-float target).
+    unsafe { core::arch::asm!("movq xmm0, {}", in(reg) v, out("xmm0") _) };
+}
+
+fn xmm0_get() -> u64 {
+    let v: u64;
+    // SAFETY: reads xmm0 only.
+    unsafe { core::arch::asm!("movq {}, xmm0", out(reg) v) };
+    v
+}
+
+/// Keeps a value of its own in xmm0 across 10 sleeps, while other threads do the same.
+extern "C" fn fpu_worker() -> ! {
+    let v = 0x5151_0000_0000_0000 | FPU_NEXT.fetch_add(1, Ordering::SeqCst);
+    let mut good = true;
+    for _ in 0..10 {
+        xmm0_set(v);
+        let _ = semaphore::down(FPU_SLEEP, timeout::pack(0, 1000));
+        good &= xmm0_get() == v;
+    }
+    if good {
+        FPU_GOOD.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = semaphore::up(FPU_DONE);
+    loop {
+        let _ = ipc::wait(0);
+    }
+}
+
+/// Each thread's SSE registers survive switches to other threads that use them too.
+fn fpu() -> R {
+    ok(factory::semaphore(wk::FACTORY, FPU_SLEEP, 0), "sleep")?;
+    ok(factory::semaphore(wk::FACTORY, FPU_DONE, 0), "done")?;
+    spawn(CapIdx(34), wk::TASK, utcb(6), fpu_worker, 6, 100)?;
+    spawn(CapIdx(35), wk::TASK, utcb(7), fpu_worker, 7, 100)?;
+    let mine = 0x7777_0000_0000_0001;
+    xmm0_set(mine);
+    for _ in 0..2 {
+        ok(semaphore::down(FPU_DONE, timeout::pack(0, 2_000_000)), "worker finished")?;
+    }
+    check(xmm0_get() == mine, "our xmm0 survived")?;
+    check(FPU_GOOD.load(Ordering::SeqCst) == 2, "each worker's xmm0 survived")?;
+    println!("FPU/SSE state per thread ok");
+    Ok(())
+}
+
 /// Runs every check; prints the summary marker on success.
 pub fn run() -> R {
     sigma0()?;
@@ -401,6 +453,7 @@ pub fn run() -> R {
     irqs()?;
     exceptions()?;
     deletion()?;
+    fpu()?;
     crate::intertask::run()?;
     crate::intertask::io_ports()?;
     println!("all kernel object checks passed");

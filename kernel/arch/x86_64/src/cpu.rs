@@ -137,8 +137,18 @@ pub fn init() {
                 | RFlags::IOPL_LOW,
         );
         Efer::update(|f| *f |= EferFlags::SYSTEM_CALL_EXTENSIONS | EferFlags::NO_EXECUTE_ENABLE);
-        Cr0::update(|f| *f |= Cr0Flags::WRITE_PROTECT);
-        Cr4::update(|f| *f |= Cr4Flags::PAGE_GLOBAL);
+        // User mode gets x87 and SSE (the kernel itself is built soft-float and never touches
+        // them); their state is switched lazily through #NM (CR0.TS).
+        Cr0::update(|f| {
+            f.remove(Cr0Flags::EMULATE_COPROCESSOR);
+            f.insert(
+                Cr0Flags::WRITE_PROTECT
+                    | Cr0Flags::MONITOR_COPROCESSOR
+                    | Cr0Flags::NUMERIC_ERROR
+                    | Cr0Flags::TASK_SWITCHED,
+            );
+        });
+        Cr4::update(|f| *f |= Cr4Flags::PAGE_GLOBAL | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
 
         t.percpu.self_ptr = (&raw const t.percpu) as u64;
         GsBase::write(VirtAddr::new(t.percpu.self_ptr));
@@ -200,6 +210,25 @@ pub fn set_user_gs(base: u64) {
             options(nostack, preserves_flags)
         )
     };
+}
+
+/// Whether CR0.TS is set (the FPU traps), so that CR0 is only written when it changes.
+static FPU_TRAPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// Makes the next FPU/SSE instruction in user mode trap with #NM (`on`), or lets it run.
+pub fn fpu_trap(on: bool) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if FPU_TRAPS.swap(on, Relaxed) == on {
+        return;
+    }
+    if on {
+        // SAFETY: setting CR0.TS only makes the next FPU instruction trap (#NM), which the
+        // kernel handles; no other CR0 bit changes.
+        unsafe { Cr0::update(|f| f.insert(Cr0Flags::TASK_SWITCHED)) };
+    } else {
+        // SAFETY: clts only clears CR0.TS.
+        unsafe { core::arch::asm!("clts", options(nostack, nomem, preserves_flags)) };
+    }
 }
 
 /// The FS base last written, to skip rewriting an unchanged one (wrmsr is slow under TCG).

@@ -106,6 +106,10 @@ impl Arch for X86_64 {
         cpu::set_user_fs(base)
     }
 
+    fn fpu_trap(on: bool) {
+        cpu::fpu_trap(on)
+    }
+
     fn io_load(bits: &[u8; kernel_core::hal::IO_BITMAP_BYTES]) {
         cpu::io_load(bits)
     }

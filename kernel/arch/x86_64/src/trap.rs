@@ -167,8 +167,17 @@ pub const KSTACK_SIZE: usize = 16 * 1024;
 pub struct KernelStack {
     saved_rsp: u64,
     _pad: u64,
-    stack: [u64; KSTACK_SIZE / 8 - 2],
+    /// The thread's x87/SSE state while another thread owns the FPU (FXSAVE layout).
+    fpu: FxArea,
+    stack: [u64; (KSTACK_SIZE - 16 - FX_SIZE) / 8],
 }
+
+const FX_SIZE: usize = 512;
+
+#[repr(C, align(16))]
+struct FxArea([u8; FX_SIZE]);
+
+const _: () = assert!(core::mem::size_of::<KernelStack>() == KSTACK_SIZE);
 
 impl KernelStack {
     /// Where `switch` saves the stack pointer of the context running on this stack.
@@ -190,7 +199,26 @@ impl kernel_core::hal::ThreadStack for KernelStack {
         let mut s = unsafe { alloc::boxed::Box::<Self>::new_zeroed().assume_init() };
         let off = init_kernel_stack(&mut s.stack, &TrapFrame::new_user(0, 0));
         s.saved_rsp = s.base() + off as u64;
+        // The state after FNINIT: x87 control word 0x37f, all SSE exceptions masked.
+        s.fpu.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        s.fpu.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
         s
+    }
+
+    fn fpu_save(&mut self) {
+        // SAFETY: the area is 512 bytes, 16-byte aligned, owned by this stack; the FPU is
+        // enabled (CR0.TS clear) whenever the kernel calls this.
+        unsafe {
+            core::arch::asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack, preserves_flags))
+        };
+    }
+
+    fn fpu_restore(&self) {
+        // SAFETY: as in `fpu_save`; the area holds a valid FXSAVE image (initialised above or
+        // saved by `fpu_save`), so FXRSTOR cannot fault on reserved MXCSR bits.
+        unsafe {
+            core::arch::asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack, preserves_flags))
+        };
     }
 
     fn top(&self) -> u64 {

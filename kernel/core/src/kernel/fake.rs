@@ -21,6 +21,9 @@ thread_local! {
     static ACTIVE: Cell<u64> = const { Cell::new(0) };
     static NEXT_ROOT: Cell<u64> = const { Cell::new(1) };
     static NEXT_STACK: Cell<u64> = const { Cell::new(1) };
+    /// FPU saves and restores, in order, by stack id.
+    pub static FPU_OPS: RefCell<Vec<(&'static str, u64)>> = const { RefCell::new(Vec::new()) };
+    pub static FPU_TRAPS: Cell<bool> = const { Cell::new(true) };
     /// Everything written to the console.
     pub static CONSOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -163,6 +166,14 @@ impl ThreadStack for FakeStack {
     fn prepare_resume(&mut self, how: Resume) {
         self.resumed_by = Some(how);
     }
+
+    fn fpu_save(&mut self) {
+        FPU_OPS.with(|f| f.borrow_mut().push(("save", self.id)));
+    }
+
+    fn fpu_restore(&self) {
+        FPU_OPS.with(|f| f.borrow_mut().push(("restore", self.id)));
+    }
 }
 
 fn check_range(pa: PhysAddr, len: usize) -> usize {
@@ -268,6 +279,10 @@ impl Arch for Fake {
     fn set_user_gs(_: u64) {}
 
     fn set_user_fs(_: u64) {}
+
+    fn fpu_trap(on: bool) {
+        FPU_TRAPS.with(|f| f.set(on));
+    }
 
     fn io_load(_: &[u8; IO_BITMAP_BYTES]) {}
 

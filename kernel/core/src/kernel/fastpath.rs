@@ -82,6 +82,7 @@ impl<A: Arch> Kernel<A> {
         t.resume = Some(Resume::Syscall);
         let next = Next::enter(d);
         self.current = Some(dst);
+        self.fpu_for(dst);
         Some(next)
     }
 }

@@ -251,6 +251,8 @@ pub struct Kernel<A: Arch> {
     pub resume_current: bool,
     /// Irqs the kernel timer raises: (irq, next deadline in cycles, period in cycles or 0).
     pub timers: Vec<(Id, u64, u64)>,
+    /// The thread whose FPU/SSE state is in the registers (switched lazily on #NM).
+    pub fpu_owner: Option<Id>,
 }
 
 impl<A: Arch> Kernel<A> {
@@ -277,6 +279,7 @@ impl<A: Arch> Kernel<A> {
             reaping_objects: false,
             resume_current: false,
             timers: Vec::new(),
+            fpu_owner: None,
         }
     }
 
@@ -504,6 +507,9 @@ impl<A: Arch> Kernel<A> {
         }
         if let Some(task) = task.and_then(|t| self.tasks.get_mut(t)) {
             task.threads.retain(|t| *t != id);
+        }
+        if self.fpu_owner == Some(id) {
+            self.fpu_owner = None;
         }
         if let Some(t) = self.threads.remove(id) {
             self.refund(t.factory, cost::THREAD);

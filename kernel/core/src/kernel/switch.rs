@@ -27,6 +27,27 @@ impl Next {
 }
 
 impl<A: Arch> Kernel<A> {
+    /// The FPU trap setting for running `t`: its registers are loaded only if it owns them.
+    pub fn fpu_for(&self, t: crate::slab::Id) {
+        A::fpu_trap(self.fpu_owner != Some(t));
+    }
+
+    /// #NM: the current thread touched the FPU; give it its own state.
+    pub fn fpu_fault(&mut self) {
+        let Some(cur) = self.current else { return };
+        A::fpu_trap(false);
+        if self.fpu_owner == Some(cur) {
+            return;
+        }
+        if let Some(o) = self.fpu_owner.and_then(|o| self.threads.get_mut(o)) {
+            o.kstack.fpu_save();
+        }
+        if let Some(t) = self.threads.get(cur) {
+            t.kstack.fpu_restore();
+        }
+        self.fpu_owner = Some(cur);
+    }
+
     /// Takes the best ready thread and makes it current. `None`: nothing is ready (the caller
     /// decides between idling and staying).
     pub fn pick(&mut self) -> Option<Next> {
@@ -39,6 +60,7 @@ impl<A: Arch> Kernel<A> {
         let n = Next::enter(t);
         self.current = Some(next);
         self.load_io(io);
+        self.fpu_for(next);
         Some(n)
     }
 

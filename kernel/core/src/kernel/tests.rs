@@ -293,3 +293,99 @@ proptest! {
         prop_assert_eq!(m.k.self_check(), Ok(()));
     }
 }
+
+#[test]
+fn fpu_state_switches_lazily() {
+    let mut m = machine(4 << 20);
+    let a = m.root;
+    let b = m.thread(CapIdx(20), 1);
+    fake::FPU_OPS.with(|f| f.borrow_mut().clear());
+    m.k.current = Some(a);
+    m.k.fpu_fault();
+    assert_eq!(m.k.fpu_owner, Some(a));
+    m.k.fpu_for(b);
+    assert!(fake::FPU_TRAPS.with(|f| f.get()), "b does not own the FPU: it traps");
+    m.k.current = Some(b);
+    m.k.fpu_fault();
+    let ops = fake::FPU_OPS.with(|f| f.borrow().iter().map(|(op, _)| *op).collect::<Vec<_>>());
+    assert_eq!(ops, vec!["restore", "save", "restore"], "a's state saved before b's is loaded");
+    m.k.fpu_for(b);
+    assert!(!fake::FPU_TRAPS.with(|f| f.get()));
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(20), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    assert_eq!(m.k.fpu_owner, None, "a dead owner leaves nothing to save");
+}
+
+#[test]
+fn vcpu_resume_and_upcall() {
+    use abi::vcpu::{off, state, trap};
+    let mut m = machine(4 << 20);
+    let v = m.thread(CapIdx(20), 1);
+    m.op(
+        wk::FACTORY,
+        proto::factory::LABEL,
+        &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    let area_addr = UTCB + 3 * 1024;
+    m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), area_addr]).unwrap();
+    let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
+    let mut w = [0u64; off::WORDS];
+    Fake::read_words(area, &mut w);
+    assert_eq!(w[off::VERSION], abi::vcpu::VERSION);
+    // Into the user task at ip 0x1000 with rax 5.
+    w[off::STATE] = state::USER_MODE;
+    w[off::USER_TASK] = 21;
+    (w[off::ENTRY_IP], w[off::ENTRY_SP]) = (0x40_0000, 0x7000);
+    (w[off::REGS], w[off::REGS + 15], w[off::REGS + 16]) = (5, 0x1000, 0x2000);
+    Fake::write_words(area, &w);
+    m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
+    m.sys(
+        v,
+        CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits(),
+        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+        0,
+    );
+    let user = match m.k.cap(m.k.current_task().unwrap(), CapIdx(21)).unwrap().obj {
+        Obj::Task(u) => u,
+        _ => unreachable!(),
+    };
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!(t.vcpu_user, Some(user));
+    assert_eq!((t.kstack.regs().ip(), t.kstack.regs().sp(), t.kstack.regs().gpr[0]), (0x1000, 0x2000, 5));
+    // A system call in the user task is an upcall, not an invocation.
+    t.kstack.regs().ip = 0x1002;
+    assert_eq!(m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0), None);
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!(t.vcpu_user, None, "back in the vCPU's own task");
+    assert_eq!(
+        (t.kstack.regs().ip(), t.kstack.regs().sp(), t.kstack.regs().gpr[5]),
+        (0x40_0000, 0x7000, area_addr)
+    );
+    Fake::read_words(area, &mut w);
+    assert_eq!((w[off::TRAPNO], w[off::REGS + 15], w[off::STATE]), (trap::SYSCALL, 0x1002, 0));
+    assert_eq!(w[off::SAVED_STATE], state::USER_MODE);
+    // An interrupt while its IRQs are off stays pending, and comes at the next resume.
+    m.op(wk::FACTORY, proto::factory::LABEL, &[0, Protocol::Irq.label() as u64, 22]).unwrap();
+    m.op(CapIdx(22), proto::irq::LABEL, &[0, 20, 0x99]).unwrap();
+    m.op(CapIdx(22), proto::irq::LABEL, &[2]).unwrap();
+    Fake::read_words(area, &mut w);
+    assert_eq!((w[off::STICKY], w[off::IRQ_LABEL]), (abi::vcpu::sticky::IRQ_PENDING, 0x99));
+    w[off::STATE] = state::USER_MODE | state::IRQ;
+    Fake::write_words(area, &w);
+    m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
+    m.sys(
+        v,
+        CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits(),
+        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+        0,
+    );
+    Fake::read_words(area, &mut w);
+    assert_eq!((w[off::TRAPNO], w[off::STICKY]), (trap::IRQ, 0), "the pending IRQ upcalls at resume");
+    assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
+    assert_eq!(m.k.self_check(), Ok(()));
+}
