@@ -453,8 +453,15 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
+    /// True if an interrupt attached to `me` is pending.
+    pub fn has_pending_irq(&self, me: Id) -> bool {
+        self.threads
+            .get(me)
+            .is_some_and(|t| t.irqs.iter().any(|i| self.irqs.get(*i).is_some_and(|x| x.pending)))
+    }
+
     /// An interrupt attached to `me` that fired while it was not waiting.
-    fn take_pending_irq(&mut self, me: Id) -> Option<(MsgTag, u64)> {
+    pub fn take_pending_irq(&mut self, me: Id) -> Option<(MsgTag, u64)> {
         let irqs = self.threads.get(me)?.irqs.clone();
         for i in irqs {
             let irq = self.irqs.get_mut(i)?;
@@ -475,7 +482,7 @@ impl<A: Arch> Kernel<A> {
             return Ok(());
         };
         if !self.vcpu_waits(t) {
-            self.vcpu_irq(t, label);
+            self.vcpu_irq(t, i, label);
             return Ok(());
         }
         let waiting = self.threads.get(t).is_some_and(|th| th.state == ThreadState::Receiving(Wait::Open));

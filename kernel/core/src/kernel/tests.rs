@@ -374,7 +374,7 @@ fn vcpu_resume_and_upcall() {
     m.op(CapIdx(22), proto::irq::LABEL, &[0, 20, 0x99]).unwrap();
     m.op(CapIdx(22), proto::irq::LABEL, &[2]).unwrap();
     Fake::read_words(area, &mut w);
-    assert_eq!((w[off::STICKY], w[off::IRQ_LABEL]), (abi::vcpu::sticky::IRQ_PENDING, 0x99));
+    assert_eq!(w[off::STICKY], abi::vcpu::sticky::IRQ_PENDING);
     w[off::STATE] = state::USER_MODE | state::IRQ;
     Fake::write_words(area, &w);
     m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
@@ -385,7 +385,11 @@ fn vcpu_resume_and_upcall() {
         0,
     );
     Fake::read_words(area, &mut w);
-    assert_eq!((w[off::TRAPNO], w[off::STICKY]), (trap::IRQ, 0), "the pending IRQ upcalls at resume");
+    assert_eq!(
+        (w[off::TRAPNO], w[off::STICKY], w[off::IRQ_LABEL]),
+        (trap::IRQ, 0, 0x99),
+        "the pending IRQ upcalls at resume"
+    );
     assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
     assert_eq!(m.k.self_check(), Ok(()));
 }

@@ -117,10 +117,16 @@ impl<A: Arch> Kernel<A> {
             self.map_items(me, own, u, tag)?;
         }
         if w[off::STICKY] & sticky::IRQ_PENDING != 0 && w[off::STATE] & state::IRQ != 0 {
-            // Deliver the pending interrupt now; the area keeps the context to resume.
+            // Deliver one pending interrupt now; the area keeps the context to resume. The flag
+            // stays while more are pending.
+            if let Some((_, label)) = self.take_pending_irq(me) {
+                if !self.has_pending_irq(me) {
+                    set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
+                }
+                self.vcpu_upcall(me, trap::IRQ, 0, 0, Some(label), false);
+                return Ok(());
+            }
             set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
-            self.vcpu_upcall(me, trap::IRQ, 0, 0, None, false);
-            return Ok(());
         }
         let mut ctx = [0u64; 18];
         ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
@@ -148,18 +154,21 @@ impl<A: Arch> Kernel<A> {
         Ok(())
     }
 
-    /// An interrupt for vCPU thread `t`: an upcall now if its IRQs are on, else it stays
-    /// pending in the state area. A vCPU in an open wait takes it as a message instead.
-    pub fn vcpu_irq(&mut self, t: Id, label: u64) {
+    /// Irq `irq` (label `label`) fired for vCPU thread `t`: an upcall now if its IRQs are on;
+    /// else the Irq stays pending and the state area's sticky flag says so (each pending Irq
+    /// is delivered at a later resume, or taken by an open wait).
+    pub fn vcpu_irq(&mut self, t: Id, irq: Id, label: u64) {
         let Some(th) = self.threads.get(t) else { return };
         let Some(area) = th.vcpu else { return };
         let runs = matches!(th.state, ThreadState::Running | ThreadState::Ready);
         if word::<A>(&area, off::STATE) & state::IRQ != 0 && runs {
             self.vcpu_upcall(t, trap::IRQ, 0, 0, Some(label), true);
         } else {
+            if let Some(i) = self.irqs.get_mut(irq) {
+                i.pending = true;
+            }
             let s = word::<A>(&area, off::STICKY);
             set_word::<A>(&area, off::STICKY, s | sticky::IRQ_PENDING);
-            set_word::<A>(&area, off::IRQ_LABEL, label);
         }
     }
 
