@@ -3,6 +3,7 @@
 
 use crate::paging::phys_to_virt;
 use crate::trap::{PIC_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_core::mem::PhysAddr;
 use x86_64::instructions::port::Port;
 
@@ -14,7 +15,6 @@ const REG_LVT_TIMER: usize = 0x320;
 const REG_TIMER_INIT: usize = 0x380;
 const REG_TIMER_CURRENT: usize = 0x390;
 const REG_TIMER_DIVIDE: usize = 0x3e0;
-const TIMER_PERIODIC: u32 = 1 << 17;
 const MASKED: u32 = 1 << 16;
 
 fn reg(off: usize) -> *mut u32 {
@@ -84,15 +84,28 @@ pub struct Clocks {
     pub apic_hz: u64,
 }
 
-/// Enables the local APIC and starts a periodic timer at `tick_hz`.
+static TSC_HZ: AtomicU64 = AtomicU64::new(1);
+static APIC_HZ: AtomicU64 = AtomicU64::new(1);
+
+/// Enables the local APIC with its timer in one-shot mode; the first interrupt comes after
+/// one tick (`tick_hz`), later ones when the kernel asks ([`set_deadline`]).
 pub fn init(tick_hz: u64) -> Clocks {
     disable_pic();
     write(REG_SPURIOUS, 0x100 | SPURIOUS_VECTOR as u32);
     let (tsc_hz, apic_hz) = calibrate();
+    TSC_HZ.store(tsc_hz.max(1), Ordering::Relaxed);
+    APIC_HZ.store(apic_hz.max(1), Ordering::Relaxed);
     write(REG_TIMER_DIVIDE, 0b1011);
-    write(REG_LVT_TIMER, TIMER_PERIODIC | TIMER_VECTOR as u32);
+    write(REG_LVT_TIMER, TIMER_VECTOR as u32);
     write(REG_TIMER_INIT, (apic_hz / tick_hz).max(1) as u32);
     Clocks { tsc_hz, apic_hz }
+}
+
+/// Programs the next timer interrupt for TSC time `deadline` (at once if it has passed).
+pub fn set_deadline(deadline: u64) {
+    let delta = deadline.saturating_sub(crate::cpu::rdtsc()) as u128;
+    let ticks = delta * APIC_HZ.load(Ordering::Relaxed) as u128 / TSC_HZ.load(Ordering::Relaxed) as u128;
+    write(REG_TIMER_INIT, ticks.clamp(1, u32::MAX as u128) as u32);
 }
 
 /// Signals end of interrupt to the local APIC.

@@ -110,6 +110,10 @@ impl Arch for X86_64 {
         cpu::fpu_trap(on)
     }
 
+    fn set_timer(deadline: u64) {
+        apic::set_deadline(deadline)
+    }
+
     fn io_load(bits: &[u8; kernel_core::hal::IO_BITMAP_BYTES]) {
         cpu::io_load(bits)
     }

@@ -24,6 +24,8 @@ thread_local! {
     /// FPU saves and restores, in order, by stack id.
     pub static FPU_OPS: RefCell<Vec<(&'static str, u64)>> = const { RefCell::new(Vec::new()) };
     pub static FPU_TRAPS: Cell<bool> = const { Cell::new(true) };
+    /// The timer deadline last asked for.
+    pub static TIMER: Cell<u64> = const { Cell::new(0) };
     /// Everything written to the console.
     pub static CONSOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -279,6 +281,10 @@ impl Arch for Fake {
     fn set_user_gs(_: u64) {}
 
     fn set_user_fs(_: u64) {}
+
+    fn set_timer(deadline: u64) {
+        TIMER.with(|t| t.set(deadline));
+    }
 
     fn fpu_trap(on: bool) {
         FPU_TRAPS.with(|f| f.set(on));

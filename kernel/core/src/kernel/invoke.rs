@@ -478,6 +478,7 @@ impl<A: Arch> Kernel<A> {
                 if us > 0 {
                     let period = A::cycles_hz().saturating_mul(us) / 1_000_000;
                     self.timers.push((i, A::cycles() + period, if oneshot { 0 } else { period.max(1) }));
+                    self.arm_timer();
                 }
                 Ok(Vec::new())
             }

@@ -119,6 +119,7 @@ impl<A: Arch> Kernel<A> {
         }
         if d.is_some() {
             self.timed.push(t);
+            self.arm_timer();
         }
     }
 

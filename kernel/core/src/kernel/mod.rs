@@ -253,6 +253,8 @@ pub struct Kernel<A: Arch> {
     pub timers: Vec<(Id, u64, u64)>,
     /// The thread whose FPU/SSE state is in the registers (switched lazily on #NM).
     pub fpu_owner: Option<Id>,
+    /// When the next scheduling tick is due (time-slice accounting).
+    pub next_tick: u64,
 }
 
 impl<A: Arch> Kernel<A> {
@@ -280,6 +282,7 @@ impl<A: Arch> Kernel<A> {
             resume_current: false,
             timers: Vec::new(),
             fpu_owner: None,
+            next_tick: 0,
         }
     }
 

@@ -73,18 +73,34 @@ impl<A: Arch> Kernel<A> {
         self.zombies.iter_mut().find(|(id, _)| *id == c).map(|(_, z)| &mut *z.kstack)
     }
 
-    /// The scheduling tick: expires timeouts; true if the current thread's time slice is used
-    /// up or a more important thread is ready.
+    /// The timer interrupt: time-slice accounting when a tick is due, expired timeouts and
+    /// timers, and the next interrupt programmed for whatever comes first. True if the current
+    /// thread's time slice is used up or a more important thread is ready.
     pub fn tick(&mut self) -> bool {
+        let now = A::cycles();
+        let mut slice_over = false;
+        if now >= self.next_tick {
+            self.next_tick = now + A::cycles_hz() / A::TICK_HZ;
+            if let Some(t) = self.current.and_then(|c| self.threads.get_mut(c)) {
+                t.quantum = t.quantum.saturating_sub(1);
+                if t.quantum == 0 {
+                    t.quantum = t.quantum_len;
+                    slice_over = true;
+                }
+            }
+        }
         self.expire_timeouts();
         self.fire_timers();
-        let Some(t) = self.current.and_then(|c| self.threads.get_mut(c)) else { return false };
-        t.quantum = t.quantum.saturating_sub(1);
-        if t.quantum == 0 {
-            t.quantum = t.quantum_len;
-            return true;
-        }
-        self.ready.any_above(t.prio)
+        self.arm_timer();
+        slice_over || self.preempt()
+    }
+
+    /// Programs the timer for the earliest of: the next tick, a timer Irq, an IPC timeout.
+    pub fn arm_timer(&self) {
+        let timers = self.timers.iter().map(|(_, next, _)| *next);
+        let timeouts = self.timed.iter().filter_map(|t| self.threads.get(*t).and_then(|x| x.deadline));
+        let first = timers.chain(timeouts).fold(self.next_tick, u64::min);
+        A::set_timer(first);
     }
 
     /// True if a ready thread should preempt the current one.
