@@ -261,6 +261,10 @@ fn ipc_intra() -> R {
         "send with 5 ms timeout",
     )?;
     expect_err(ipc::call(slot::GATE, MsgTag::new(1, 62, 1, 0), 0), Error::MsgTooLong, "message too long")?;
+    // A map item to a receiver that opened no receive window.
+    set_mr(0, 1);
+    l4::ipc::put_map_item(1, 0, Fpage::object(wk::LOG, 0, Rights::R), false);
+    expect_err(ipc::call(slot::GATE, MsgTag::new(1, 1, 1, 0), 0), Error::MsgTooLong, "no receive window")?;
     let (mask, prio) = ok(scheduler::info(wk::SCHEDULER), "scheduler info")?;
     check(mask == 1 && prio == 255, "scheduler info")?;
     println!("intra-task IPC, gates, errors ok");

@@ -31,6 +31,8 @@ const DATA: u64 = 0x5000_0000;
 const SYS_WRITE: u64 = 1;
 const SYS_YIELD: u64 = 2;
 const SYS_EXIT: u64 = 3;
+/// Sleep for `rdi` timer periods; made with `int 0x80`, the other system-call gate.
+const SYS_SLEEP: u64 = 4;
 
 core::arch::global_asm!(
     r#"
@@ -61,6 +63,9 @@ utask_entry:
     or rax, rdx
     cmp rax, r13
     jb 1b
+    mov eax, 4
+    mov edi, 2
+    int 0x80
     mov eax, 3
     lea rdi, [r12 + 40]
     syscall
@@ -93,6 +98,8 @@ extern "C" {
 struct Proc {
     regs: VcpuRegs,
     exited: Option<u64>,
+    /// Timer period at which a sleeping task may run again.
+    wake_at: u64,
 }
 
 /// The mini-OS's state: touched only by the vCPU thread (and read by the main thread after
@@ -105,6 +112,7 @@ struct Os {
     faults: u64,
     timer_upcalls: u64,
     storm_upcalls: u64,
+    sleeps: u64,
     killed: u64,
     bad_resume: Option<Error>,
 }
@@ -145,6 +153,7 @@ static OS: OsCell = OsCell(core::cell::UnsafeCell::new(Os {
                 pfa: 0,
             },
             exited: None,
+            wake_at: 0,
         }
     }; 3],
     cur: 0,
@@ -153,6 +162,7 @@ static OS: OsCell = OsCell(core::cell::UnsafeCell::new(Os {
     faults: 0,
     timer_upcalls: 0,
     storm_upcalls: 0,
+    sleeps: 0,
     killed: 0,
     bad_resume: None,
 }));
@@ -176,9 +186,11 @@ fn vstate() -> &'static mut VcpuState {
 
 static OUT_DONE: AtomicU64 = AtomicU64::new(0);
 
-/// Picks the next task that has not exited after `cur`, round robin.
+/// Picks the next task after `cur` that has not exited and is not asleep, round robin.
 fn next_runnable(os: &Os, from: usize) -> Option<usize> {
-    (1..=3).map(|d| (from + d) % 3).find(|i| os.procs[*i].exited.is_none())
+    (1..=3)
+        .map(|d| (from + d) % 3)
+        .find(|i| os.procs[*i].exited.is_none() && os.procs[*i].wake_at <= os.timer_upcalls)
 }
 
 /// Continues task `i` (its context goes into the state area), with `items` map items in MRs.
@@ -210,13 +222,23 @@ fn finish() -> ! {
     }
 }
 
-/// Saves the interrupted task's context and switches to the next runnable one.
+/// Saves the interrupted task's context and switches to the next runnable one; with only
+/// sleepers left, waits for timer interrupts (as messages: an open wait) until one wakes.
 fn switch_from(cur: usize, saved: VcpuRegs) -> ! {
     let os = os();
     os.procs[cur].regs = saved;
-    match next_runnable(os, cur) {
-        Some(n) => resume(n, 0),
-        None => finish(),
+    loop {
+        if let Some(n) = next_runnable(os, cur) {
+            resume(n, 0)
+        }
+        if os.procs.iter().all(|p| p.exited.is_some()) {
+            finish()
+        }
+        if let Ok((_, label)) = l4::ipc::wait(0) {
+            if label == 0x71 {
+                os.timer_upcalls += 1;
+            }
+        }
     }
 }
 
@@ -244,6 +266,11 @@ extern "C" fn vcpu_upcall(st: *mut VcpuState) -> ! {
             }
             _ => resume(cur, 0),
         },
+        0x80 if regs.rax == SYS_SLEEP => {
+            os.sleeps += 1;
+            os.procs[cur].wake_at = os.timer_upcalls + regs.rdi;
+            switch_from(cur, regs)
+        }
         14 if regs.pfa & !0xfff == DATA => {
             os.faults += 1;
             os.procs[cur].regs = regs;
@@ -355,8 +382,8 @@ pub fn run() -> R {
     let os = os();
     let out = core::str::from_utf8(&os.out[..os.out_len]).unwrap_or("?");
     println!(
-        "mini-OS: output {out:?}, exits {:?} {:?} {:?}, {} page faults, {} timer upcalls, {} storm upcalls, {} killed",
-        os.procs[0].exited, os.procs[1].exited, os.procs[2].exited, os.faults, os.timer_upcalls, os.storm_upcalls, os.killed
+        "mini-OS: output {out:?}, exits {:?} {:?} {:?}, {} page faults, {} timer upcalls, {} storm upcalls, {} sleeps, {} killed",
+        os.procs[0].exited, os.procs[1].exited, os.procs[2].exited, os.faults, os.timer_upcalls, os.storm_upcalls, os.sleeps, os.killed
     );
     check(os.bad_resume.is_some(), "resume with a bad user task capability fails")?;
     // Each task's own calls in order; how the two interleave depends on the storm and timer.
@@ -369,6 +396,7 @@ pub fn run() -> R {
     check(os.procs[2].exited == Some(255) && os.killed == 1, "the faulting task was killed")?;
     check(os.faults == 2, "one page fault per task, resolved by map-on-resume")?;
     check(os.timer_upcalls >= 2, "the timer preempted the spinning tasks")?;
+    check(os.sleeps == 2, "both tasks slept through int 0x80")?;
     check(
         (1..STORM_TRIGGERS).contains(&os.storm_upcalls),
         "a storm is coalesced while masked, and delivered",
