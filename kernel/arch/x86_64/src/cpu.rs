@@ -201,12 +201,22 @@ pub fn set_kernel_stack(top: u64) {
 pub fn set_user_gs(base: u64) {
     // SAFETY: IA32_KERNEL_GS_BASE only takes effect after the next swapgs, on the way to user
     // mode; any user address (or 0) is acceptable there.
+    unsafe { wrmsr(0xc000_0102, base) };
+}
+
+/// Writes a model-specific register.
+///
+/// # Safety
+/// The caller vouches that writing `value` to `msr` cannot break the kernel.
+#[inline(always)]
+unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: guaranteed by the caller.
     unsafe {
         core::arch::asm!(
             "wrmsr",
-            in("ecx") 0xc000_0102u32,
-            in("eax") base as u32,
-            in("edx") (base >> 32) as u32,
+            in("ecx") msr,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
             options(nostack, preserves_flags)
         )
     };
@@ -243,15 +253,7 @@ pub fn set_user_fs(base: u64) {
     USER_FS.store(base, Relaxed);
     // SAFETY: IA32_FS_BASE only matters to user mode (the kernel does not use FS); any
     // canonical value is acceptable, and callers only pass user addresses or 0.
-    unsafe {
-        core::arch::asm!(
-            "wrmsr",
-            in("ecx") 0xc000_0100u32,
-            in("eax") base as u32,
-            in("edx") (base >> 32) as u32,
-            options(nostack, preserves_flags)
-        )
-    };
+    unsafe { wrmsr(0xc000_0100, base) };
 }
 
 /// The time-stamp counter.

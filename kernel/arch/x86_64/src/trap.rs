@@ -244,6 +244,42 @@ impl kernel_core::hal::ThreadStack for KernelStack {
 
 global_asm!(
     r#"
+    /* The general registers in TrapFrame order (r15 ends up lowest). */
+    .macro push_gprs
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    .endm
+    .macro pop_gprs
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    .endm
+
     .section .text
     .p2align 4
     .global isr_stubs
@@ -264,41 +300,13 @@ isr_common:
     test qword ptr [rsp + 24], 3
     jz 1f
     swapgs
-1:  push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+1:  push_gprs
     mov rdi, rsp
     cld
     call arch_trap
     .global trap_return
 trap_return:
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+    pop_gprs
     add rsp, 16
     test qword ptr [rsp + 8], 3
     jz 2f
@@ -321,41 +329,13 @@ syscall_entry:
     push rcx
     push 0
     push {syscall_vector}
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+    push_gprs
     mov rdi, rsp
     cld
     call arch_syscall
     .global syscall_return
 syscall_return:
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+    pop_gprs
     mov rcx, [rsp + 16]
     mov r11, [rsp + 32]
     mov rsp, [rsp + 40]
