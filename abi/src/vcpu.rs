@@ -9,7 +9,8 @@
 //! word  3  sticky           IRQ_PENDING: an interrupt arrived while IRQs were disabled
 //! word  4  user_task        capability slot of the task to run when USER_MODE is set
 //! word  5  entry_sp         stack pointer of the upcall handler
-//! word  6  entry_ip         the upcall handler (rdi = this area's address)
+//! word  6  entry_ip         the upcall handler (rdi = this area's address, rcx = entry_ip,
+//!                           r11 = flags, other registers 0)
 //! word  7  irq_label        label of the interrupt an IRQ upcall reports
 //! word  8  regs             the interrupted context (VcpuRegs), then trap number, error, address
 //! ```

@@ -69,9 +69,10 @@ fn resume_if_replaced() {
 fn resume_current() -> ! {
     let next = with_kernel(|k| {
         k.resume_current = false;
+        let how = core::mem::replace(&mut k.resume_by, hal::Resume::Exception);
         let c = k.current.expect("a current thread");
         let t = k.threads.get_mut(c).expect("the current thread is alive");
-        t.kstack.prepare_resume(hal::Resume::Exception);
+        t.kstack.prepare_resume(how);
         let io = t.io_task;
         let n = Next::enter(t);
         k.load_io(io);

@@ -249,6 +249,9 @@ pub struct Kernel<A: Arch> {
     /// The current thread's context was replaced (a vCPU upcall or resume): it must be
     /// resumed afresh from its frame, in its (possibly new) address space.
     pub resume_current: bool,
+    /// How that resumption may leave: by sysret (rcx and r11 of the new context are its ip and
+    /// flags, as at every upcall entry and after a user `syscall`) or only by iret.
+    pub resume_by: Resume,
     /// Irqs the kernel timer raises: (irq, next deadline in cycles, period in cycles or 0).
     pub timers: Vec<(Id, u64, u64)>,
     /// The thread whose FPU/SSE state is in the registers (switched lazily on #NM).
@@ -280,6 +283,7 @@ impl<A: Arch> Kernel<A> {
             dying: Vec::new(),
             reaping_objects: false,
             resume_current: false,
+            resume_by: Resume::Exception,
             timers: Vec::new(),
             fpu_owner: None,
             next_tick: 0,

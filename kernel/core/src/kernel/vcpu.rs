@@ -66,8 +66,10 @@ impl<A: Arch> Kernel<A> {
         set_word::<A>(&area, off::SAVED_STATE, st);
         set_word::<A>(&area, off::STATE, 0);
         let (ip, sp) = (word::<A>(&area, off::ENTRY_IP), word::<A>(&area, off::ENTRY_SP));
+        // rcx and r11 hold ip and flags at entry (so the kernel may leave by sysret).
         let mut ctx = [0u64; 18];
         (ctx[5], ctx[15], ctx[16], ctx[17]) = (area.user, ip, sp, 0x202);
+        (ctx[2], ctx[10]) = (ip, 0x202);
         let own = th.task;
         if !th.kstack.regs().set_context(&ctx) {
             // No usable entry point: the guest kernel cannot take the event.
@@ -87,13 +89,22 @@ impl<A: Arch> Kernel<A> {
         (th.root, th.io_task) = (root, io);
         if self.current == Some(t) {
             self.resume_current = true;
+            self.resume_by = crate::hal::Resume::Syscall;
         }
     }
 
     /// `Thread::VcpuResume` by `me`: continue the context in the state area.
     pub fn vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Outcome {
         match self.try_vcpu_resume(me, tag) {
-            Ok(()) => Outcome::Resume,
+            Ok(()) => {
+                // A context whose rcx/r11 are its ip/flags (after a user `syscall`, or an
+                // upcall entry) survives sysret exactly; anything else needs iret.
+                let r = self.threads.get_mut(me).map(|t| t.kstack.regs().context());
+                let sysret = r.is_some_and(|c| c[2] == c[15] && c[10] == c[17]);
+                self.resume_by =
+                    if sysret { crate::hal::Resume::Syscall } else { crate::hal::Resume::Exception };
+                Outcome::Resume
+            }
             Err(e) => Outcome::err(e),
         }
     }
