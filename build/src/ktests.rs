@@ -137,6 +137,14 @@ fn defs() -> Vec<Def> {
             status: 0,
         },
         Def {
+            name: "vcpu-bench",
+            what: "the vCPU benchmarks alone (profile with `-- -d exec,nochain -D FILE`)",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu-bench")],
+            append: "",
+            checks: vec![("reflect", "BENCH vcpu_syscall_reflect".into())],
+            status: 0,
+        },
+        Def {
             name: "kernel-fault",
             what: "a kernel fault prints a register dump and fails the boot",
             programs: vec![BootProgram::start("hello", "")],

@@ -67,17 +67,7 @@ fn resume_if_replaced() {
 
 /// Resumes the current thread from its frame, in the address space it now belongs to.
 fn resume_current() -> ! {
-    let next = with_kernel(|k| {
-        k.resume_current = false;
-        let how = core::mem::replace(&mut k.resume_by, hal::Resume::Exception);
-        let c = k.current.expect("a current thread");
-        let t = k.threads.get_mut(c).expect("the current thread is alive");
-        t.kstack.prepare_resume(how);
-        let io = t.io_task;
-        let n = Next::enter(t);
-        k.load_io(io);
-        n
-    });
+    let next = with_kernel(|k| k.resume_self()).expect("the current thread is alive");
     resume(next)
 }
 

@@ -24,6 +24,7 @@ fn main(args: &str) -> i32 {
         (Some("syscall"), _) => finish(syscall_checks()),
         (Some("bench"), _) => finish(bench::run()),
         (Some("trace"), _) => finish(bench::trace()),
+        (Some("vcpu-bench"), _) => finish(vcpubench::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("fuzz"), Some(seed)) => {

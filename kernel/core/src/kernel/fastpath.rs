@@ -12,6 +12,7 @@
 use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
 use crate::kernel::switch::Next;
 use crate::kernel::{Kernel, Obj, ThreadState, Wait};
+use crate::slab::Id;
 use abi::syscall::FLAGS_MASK;
 use abi::{CapSel, MsgTag};
 
@@ -28,6 +29,14 @@ impl<A: Arch> Kernel<A> {
     /// address-space switch costs a hash lookup, so conditions are combined before testing.
     #[link_section = ".text.fast"]
     pub fn fastpath(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Option<Next> {
+        let me = self.current?;
+        let t = self.threads.get(me)?;
+        if t.vcpu_user.is_some() {
+            // A system call of a vCPU's user task (a Linux process): straight up to the guest
+            // kernel, whatever its registers say.
+            self.vcpu_upcall(me, abi::vcpu::trap::SYSCALL, 0, 0, None, true);
+            return self.resume_self();
+        }
         let flags = rdx & FLAGS_MASK;
         let words = tag.words();
         // No timeouts, no typed items, no tag flags, a short message, a call or reply-and-wait.
@@ -38,9 +47,9 @@ impl<A: Arch> Kernel<A> {
         if !shape {
             return None;
         }
-        let me = self.current?;
-        if self.threads.get(me)?.vcpu_user.is_some() {
-            return None;
+        let t = self.threads.get(me)?;
+        if t.vcpu.is_some() && flags == CALL && tag.0 == MsgTag::new(abi::proto::thread::LABEL, 1, 0, 0).0 {
+            return self.vcpu_resume_fast(me, rdx, tag);
         }
         let call = flags == CALL;
         let (dst, label) = if call {
@@ -84,5 +93,22 @@ impl<A: Arch> Kernel<A> {
         self.current = Some(dst);
         self.fpu_for(dst);
         Some(next)
+    }
+
+    /// `VcpuResume` without the general invocation path; `None` leaves anything unusual
+    /// (including every error) to it.
+    fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, tag: MsgTag) -> Option<Next> {
+        let task = self.threads.get(me)?.task?;
+        let cap = self.tasks.get(task)?.caps.get(CapSel::from_raw(rdx).idx())?;
+        let utcb = self.threads.get(me)?.utcb_frame?;
+        let mut op = [0u64; 1];
+        A::read_words(utcb, &mut op);
+        if cap.obj != Obj::Thread(me) || op[0] != abi::proto::thread::Op::VcpuResume.code() {
+            return None;
+        }
+        match self.vcpu_resume(me, tag) {
+            super::ipc::Outcome::Resume => self.resume_self(),
+            _ => None,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! the saved context — the execution model L4Linux runs on. Layout and flags: `abi::vcpu`.
 
 use super::ipc::Outcome;
+use super::switch::Next;
 use super::{Kernel, Obj, ThreadState, Wait};
 use crate::hal::{Arch, ThreadStack, UserRegs};
 use crate::mem::PhysAddr;
@@ -52,24 +53,26 @@ impl<A: Arch> Kernel<A> {
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
+        // One read of the header, one write of context and trap words, one of the flags.
+        let mut head = [0u64; off::REGS];
+        A::read_words(area.frame, &mut head);
+        let mut regs = [0u64; 23];
         if save {
-            let mut ctx = [0u64; 20];
-            ctx[..18].copy_from_slice(&th.kstack.regs().context());
-            (ctx[18], ctx[19]) = (th.fs_base, th.gs_base);
-            A::write_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &ctx);
+            regs[..18].copy_from_slice(&th.kstack.regs().context());
+            (regs[18], regs[19]) = (th.fs_base, th.gs_base);
+        } else {
+            A::read_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &mut regs[..20]);
         }
-        A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &[trapno, err, pfa]);
+        (regs[20], regs[21], regs[22]) = (trapno, err, pfa);
+        A::write_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &regs);
+        A::write_words(PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[0, head[off::STATE]]);
         if let Some(l) = label {
             set_word::<A>(&area, off::IRQ_LABEL, l);
         }
-        let st = word::<A>(&area, off::STATE);
-        set_word::<A>(&area, off::SAVED_STATE, st);
-        set_word::<A>(&area, off::STATE, 0);
-        let (ip, sp) = (word::<A>(&area, off::ENTRY_IP), word::<A>(&area, off::ENTRY_SP));
+        let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
         // rcx and r11 hold ip and flags at entry (so the kernel may leave by sysret).
         let mut ctx = [0u64; 18];
-        (ctx[5], ctx[15], ctx[16], ctx[17]) = (area.user, ip, sp, 0x202);
-        (ctx[2], ctx[10]) = (ip, 0x202);
+        (ctx[2], ctx[5], ctx[10], ctx[15], ctx[16], ctx[17]) = (ip, area.user, 0x202, ip, sp, 0x202);
         let own = th.task;
         if !th.kstack.regs().set_context(&ctx) {
             // No usable entry point: the guest kernel cannot take the event.
@@ -83,14 +86,29 @@ impl<A: Arch> Kernel<A> {
         th.vcpu_user = None;
         th.fs_base = area.kernel_fs;
         th.gs_base = th.utcb_user;
-        let root = own.and_then(|o| self.tasks.get(o)).map(|x| A::space_root(&x.space)).unwrap_or(0);
-        let io = own.filter(|o| self.tasks.get(*o).is_some_and(|x| x.io.is_some())).map_or(0, |o| o.as_u64());
+        let (root, io) = own.and_then(|o| self.tasks.get(o)).map_or((0, 0), |x| {
+            (A::space_root(&x.space), if x.io.is_some() { own.map_or(0, |o| o.as_u64()) } else { 0 })
+        });
         let th = self.threads.get_mut(t).expect("checked");
         (th.root, th.io_task) = (root, io);
         if self.current == Some(t) {
             self.resume_current = true;
             self.resume_by = crate::hal::Resume::Syscall;
         }
+    }
+
+    /// Makes the current thread, whose context was replaced, resume from its frame (the way
+    /// `resume_by` allows) and says where; clears the request.
+    pub fn resume_self(&mut self) -> Option<Next> {
+        self.resume_current = false;
+        let how = core::mem::replace(&mut self.resume_by, crate::hal::Resume::Exception);
+        let c = self.current?;
+        let t = self.threads.get_mut(c)?;
+        t.kstack.prepare_resume(how);
+        let io = t.io_task;
+        let n = Next::enter(t);
+        self.load_io(io);
+        Some(n)
     }
 
     /// `Thread::VcpuResume` by `me`: continue the context in the state area.
@@ -109,7 +127,7 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
-    fn try_vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Result<(), Error> {
+    pub(crate) fn try_vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Result<(), Error> {
         let th = self.threads.get(me).ok_or(Error::NoEnt)?;
         let area = th.vcpu.ok_or(Error::Inval)?;
         let own = th.task.ok_or(Error::Inval)?;
