@@ -5,7 +5,8 @@
 //! ```text
 //! word  0  version          VERSION
 //! word  1  state            flags now in force (IRQ, USER_MODE, ...), cleared on upcall
-//! word  2  saved_state      `state` at the last upcall
+//! word  2  saved_state      `state` at the last upcall; `VcpuResume` continues the context
+//!                           with these flags (and makes them `state`)
 //! word  3  sticky           IRQ_PENDING: an interrupt arrived while IRQs were disabled
 //! word  4  user_task        capability slot of the task to run when USER_MODE is set
 //! word  5  entry_sp         stack pointer of the upcall handler

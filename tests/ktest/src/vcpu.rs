@@ -42,6 +42,8 @@ core::arch::global_asm!(
 utask_entry:
     mov r12, rdi
     mov r14, rsi
+    lea rax, [r12 + 0x1000]
+    movq xmm0, rax
     mov eax, 1
     lea rdi, [r12 + 0x61]
     syscall
@@ -66,6 +68,10 @@ utask_entry:
     mov eax, 4
     mov edi, 2
     int 0x80
+    movq rax, xmm0
+    lea rdx, [r12 + 0x1000]
+    cmp rax, rdx
+    jne 2f
     mov eax, 3
     lea rdi, [r12 + 40]
     syscall
@@ -95,8 +101,15 @@ extern "C" {
 }
 
 /// What the mini-OS knows about a user task.
+/// An FXSAVE image.
+#[repr(C, align(16))]
+struct Fx([u8; 512]);
+
 struct Proc {
     regs: VcpuRegs,
+    /// The task's FPU/SSE registers while others run: the vCPU thread's registers are the
+    /// running task's, so the guest switches them itself (FXSAVE/FXRSTOR are unprivileged).
+    fpu: Fx,
     exited: Option<u64>,
     /// Timer period at which a sleeping task may run again.
     wake_at: u64,
@@ -152,6 +165,7 @@ static OS: OsCell = OsCell(core::cell::UnsafeCell::new(Os {
                 err: 0,
                 pfa: 0,
             },
+            fpu: Fx([0; 512]),
             exited: None,
             wake_at: 0,
         }
@@ -197,10 +211,12 @@ fn next_runnable(os: &Os, from: usize) -> Option<usize> {
 fn resume(i: usize, items: u64) -> ! {
     let os = os();
     os.cur = i;
+    // SAFETY: a 16-byte aligned FXSAVE image taken by `fxsave` (see `vcpu_upcall`/`vcpu_start`).
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) os.procs[i].fpu.0.as_ptr(), options(nostack)) };
     let st = vstate();
     st.regs = os.procs[i].regs;
     st.user_task = TASKS[i].0;
-    st.state = state::USER_MODE | state::IRQ;
+    st.saved_state = state::USER_MODE | state::IRQ;
     set_mr(0, proto::thread::Op::VcpuResume.code());
     let r = l4::sys::invoke(
         abi::CapSel::from_idx(VCPU),
@@ -248,6 +264,8 @@ extern "C" fn vcpu_upcall(st: *mut VcpuState) -> ! {
     let st = unsafe { &mut *st };
     let os = os();
     let cur = os.cur;
+    // SAFETY: saves the interrupted task's FPU/SSE registers into its aligned image.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) os.procs[cur].fpu.0.as_mut_ptr(), options(nostack)) };
     let regs = st.regs;
     match regs.trapno {
         trap::SYSCALL => match regs.rax {
@@ -306,12 +324,16 @@ extern "C" fn vcpu_upcall(st: *mut VcpuState) -> ! {
 
 /// The vCPU thread starts here: one resume with a bad user task (must fail), then task 0.
 extern "C" fn vcpu_start() -> ! {
+    for p in os().procs.iter_mut() {
+        // SAFETY: takes the initial (reset) FPU state as every task's starting image.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p.fpu.0.as_mut_ptr(), options(nostack)) };
+    }
     let st = vstate();
     st.entry_ip = vcpu_entry as *const () as u64;
     st.entry_sp = stack_top(2);
     st.regs = os().procs[0].regs;
     st.user_task = 999;
-    st.state = state::USER_MODE | state::IRQ;
+    st.saved_state = state::USER_MODE | state::IRQ;
     set_mr(0, proto::thread::Op::VcpuResume.code());
     let r = l4::sys::invoke(
         abi::CapSel::from_idx(VCPU),

@@ -100,7 +100,7 @@ fn vstate() -> &'static mut VcpuState {
 fn resume(items: u64, flags: u64) -> ! {
     let st = vstate();
     st.user_task = USER.0;
-    st.state = flags;
+    st.saved_state = flags;
     set_mr(0, proto::thread::Op::VcpuResume.code());
     l4::sys::invoke(
         abi::CapSel::from_idx(VCPU),

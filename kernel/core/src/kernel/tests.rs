@@ -338,7 +338,7 @@ fn vcpu_resume_and_upcall() {
     Fake::read_words(area, &mut w);
     assert_eq!(w[off::VERSION], abi::vcpu::VERSION);
     // Into the user task at ip 0x1000 with rax 5.
-    w[off::STATE] = state::USER_MODE;
+    w[off::SAVED_STATE] = state::USER_MODE;
     w[off::USER_TASK] = 21;
     (w[off::ENTRY_IP], w[off::ENTRY_SP]) = (0x40_0000, 0x7000);
     (w[off::REGS], w[off::REGS + 15], w[off::REGS + 16]) = (5, 0x1000, 0x2000);
@@ -375,7 +375,7 @@ fn vcpu_resume_and_upcall() {
     m.op(CapIdx(22), proto::irq::LABEL, &[2]).unwrap();
     Fake::read_words(area, &mut w);
     assert_eq!(w[off::STICKY], abi::vcpu::sticky::IRQ_PENDING);
-    w[off::STATE] = state::USER_MODE | state::IRQ;
+    w[off::SAVED_STATE] = state::USER_MODE | state::IRQ;
     Fake::write_words(area, &w);
     m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
     m.sys(

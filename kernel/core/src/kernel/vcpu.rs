@@ -133,7 +133,10 @@ impl<A: Arch> Kernel<A> {
         let own = th.task.ok_or(Error::Inval)?;
         let mut w = [0u64; off::WORDS];
         A::read_words(area.frame, &mut w);
-        let user_mode = w[off::STATE] & state::USER_MODE != 0;
+        // The context to continue and its flags are in `saved_state` (as the upcall left
+        // them, or as the handler set them up); `state` is the handler's own, IRQs usually off.
+        let resumed = w[off::SAVED_STATE];
+        let user_mode = resumed & state::USER_MODE != 0;
         let user = match user_mode {
             false => None,
             true => match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or(Error::NoEnt)?.obj {
@@ -145,7 +148,7 @@ impl<A: Arch> Kernel<A> {
         if let (Some(u), true) = (user, tag.items() > 0) {
             self.map_items(me, own, u, tag)?;
         }
-        if w[off::STICKY] & sticky::IRQ_PENDING != 0 && w[off::STATE] & state::IRQ != 0 {
+        if w[off::STICKY] & sticky::IRQ_PENDING != 0 && resumed & state::IRQ != 0 {
             // Deliver one pending interrupt now; the area keeps the context to resume. The flag
             // stays while more are pending.
             if let Some((_, label)) = self.take_pending_irq(me) {
@@ -166,6 +169,7 @@ impl<A: Arch> Kernel<A> {
                 return Err(Error::Inval);
             }
             (th.fs_base, th.gs_base) = (fs, gs);
+            set_word::<A>(&area, off::STATE, resumed);
             return Ok(());
         };
         let root = A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space);
@@ -180,6 +184,7 @@ impl<A: Arch> Kernel<A> {
         if let Some(a) = th.vcpu.as_mut() {
             a.kernel_fs = kernel_fs;
         }
+        set_word::<A>(&area, off::STATE, resumed);
         Ok(())
     }
 
