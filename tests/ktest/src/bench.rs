@@ -20,8 +20,41 @@ const TASK_C: CapIdx = CapIdx(105);
 const THREAD_C: CapIdx = CapIdx(106);
 const PAGER: CapIdx = CapIdx(107);
 const PAGER_GATE: CapIdx = CapIdx(108);
+const FPU_SERVER: CapIdx = CapIdx(109);
+const FPU_GATE: CapIdx = CapIdx(110);
 /// First slot of the idle tasks created for the scaling measurement.
 const IDLE_TASKS: u64 = 1000;
+
+/// An echo server that also writes xmm0 for every request: with a client that does the same,
+/// every hand-off moves the FPU state (lazily, through #NM).
+extern "C" fn fpu_echo_server() -> ! {
+    let mut msg = ipc::wait(0);
+    loop {
+        // SAFETY: writes only xmm0, unused by the (soft-float) compiled code.
+        unsafe { core::arch::asm!("movq xmm0, {}", in(reg) 7u64, out("xmm0") _) };
+        msg = ipc::reply_and_wait(
+            if msg.is_ok() { MsgTag::new(0, 1, 0, 0) } else { MsgTag::new(0, 0, 0, 0) },
+            0,
+        );
+    }
+}
+
+/// Like `call_cost`, with the caller writing xmm0 before every call.
+fn fpu_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
+    let mut s = [0u64; 64];
+    let n = batches.min(s.len());
+    for v in s[..n].iter_mut() {
+        let t0 = cycles();
+        for i in 0..per {
+            // SAFETY: as in `fpu_echo_server`.
+            unsafe { core::arch::asm!("movq xmm0, {}", in(reg) i, out("xmm0") _) };
+            set_mr(0, 1);
+            let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
+        }
+        *v = (cycles() - t0) / per;
+    }
+    crate::median(&mut s[..n])
+}
 
 /// Median over `batches` batches of `per` calls through `gate`, in cycles per call.
 fn call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
@@ -119,6 +152,10 @@ pub fn run() -> R {
     spawn(SERVER, wk::TASK, BOOT_UTCB_ADDR + 1024, echo_server, 0, 100)?;
     ok(factory::gate(wk::FACTORY, GATE, SERVER, 1), "gate")?;
     println!("BENCH ipc_intra_task_roundtrip {} cycles", call_cost(GATE, 63, 500));
+    // The same with both sides using SSE: what lazy FPU switching costs per round trip.
+    spawn(FPU_SERVER, wk::TASK, BOOT_UTCB_ADDR + 3 * 1024, fpu_echo_server, 5, 100)?;
+    ok(factory::gate(wk::FACTORY, FPU_GATE, FPU_SERVER, 1), "fpu gate")?;
+    println!("BENCH ipc_intra_task_roundtrip_fpu {} cycles", fpu_call_cost(FPU_GATE, 63, 300));
     make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server)?;
     let inter = call_cost(GATE_B, 63, 500);
     println!("BENCH ipc_inter_task_roundtrip {inter} cycles");
