@@ -75,6 +75,7 @@ fn resume_current() -> ! {
 /// context to come back to. A running current thread goes to the tail of its level.
 pub fn reschedule() {
     let switch = with_kernel(|k| {
+        assert!(k.current_stack().is_none_or(|s| s.intact()), "kernel stack overflow");
         let cur = k.current_stack().map(|s| (s.saved_slot(), s.top()));
         k.reap(cur.map(|(_, top)| top));
         k.requeue_current();
@@ -106,6 +107,8 @@ pub fn reschedule() {
 /// resumes straight from its user frame, the way `how` says — and run the next thread.
 fn block_and_leave(how: hal::Resume) -> ! {
     let next = with_kernel(|k| {
+        // A kernel stack that overflowed has corrupted the heap next to it: stop here.
+        assert!(k.current_stack().is_none_or(|s| s.intact()), "kernel stack overflow");
         let top = k.current_stack().map(|s| s.top());
         k.reap(top);
         if let Some(t) = k.current.and_then(|c| k.threads.get_mut(c)) {

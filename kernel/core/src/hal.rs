@@ -60,6 +60,8 @@ pub trait ThreadStack {
     fn new_user() -> Box<Self>;
     /// The stack top: where the CPU saves user registers on the next entry.
     fn top(&self) -> u64;
+    /// False if the stack overflowed (its lowest word lost its canary).
+    fn intact(&self) -> bool;
     fn regs(&mut self) -> &mut Self::Regs;
     /// The kernel stack pointer to resume this thread at.
     fn saved(&self) -> u64;

@@ -173,6 +173,8 @@ pub struct KernelStack {
 }
 
 const FX_SIZE: usize = 512;
+/// Written at the lowest word of every kernel stack; a different value means it overflowed.
+const STACK_CANARY: u64 = 0x5afe_57ac_c0de_ca11;
 
 #[repr(C, align(16))]
 struct FxArea([u8; FX_SIZE]);
@@ -199,6 +201,7 @@ impl kernel_core::hal::ThreadStack for KernelStack {
         let mut s = unsafe { alloc::boxed::Box::<Self>::new_zeroed().assume_init() };
         let off = init_kernel_stack(&mut s.stack, &TrapFrame::new_user(0, 0));
         s.saved_rsp = s.base() + off as u64;
+        s.stack[0] = STACK_CANARY;
         // The state after FNINIT: x87 control word 0x37f, all SSE exceptions masked.
         s.fpu.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
         s.fpu.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
@@ -223,6 +226,10 @@ impl kernel_core::hal::ThreadStack for KernelStack {
 
     fn top(&self) -> u64 {
         self.stack.as_ptr_range().end as u64
+    }
+
+    fn intact(&self) -> bool {
+        self.stack[0] == STACK_CANARY
     }
 
     fn regs(&mut self) -> &mut TrapFrame {

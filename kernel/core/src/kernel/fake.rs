@@ -157,6 +157,10 @@ impl ThreadStack for FakeStack {
         self.id << 16 | 0xfff0
     }
 
+    fn intact(&self) -> bool {
+        true
+    }
+
     fn regs(&mut self) -> &mut FakeRegs {
         &mut self.regs
     }

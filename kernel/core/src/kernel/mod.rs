@@ -581,6 +581,9 @@ impl<A: Arch> Kernel<A> {
             if t.task.is_some_and(|tk| self.tasks.get(tk).is_none()) {
                 return Err("thread bound to a dead task");
             }
+            if !t.kstack.intact() {
+                return Err("a kernel stack overflowed");
+            }
         }
         for (_, g) in self.gates.iter() {
             if g.thread.is_some_and(|t| self.threads.get(t).is_none()) {
