@@ -51,6 +51,11 @@ pub fn wait(timeouts: u64) -> Result<(MsgTag, u64), Error> {
     recv(CapSel::INVALID, Flags::RECV | Flags::OPEN_WAIT, MsgTag::new(0, 0, 0, 0), timeouts)
 }
 
+/// Closed receive: the next message from the thread, or the interrupt, `from` names.
+pub fn receive(from: CapIdx, timeouts: u64) -> Result<(MsgTag, u64), Error> {
+    recv(CapSel::from_idx(from), Flags::RECV, MsgTag::new(0, 0, 0, 0), timeouts)
+}
+
 /// Reply to the last caller, then open wait.
 pub fn reply_and_wait(tag: MsgTag, timeouts: u64) -> Result<(MsgTag, u64), Error> {
     recv(CapSel::INVALID, Flags::SEND | Flags::RECV | Flags::OPEN_WAIT | Flags::REPLY, tag, timeouts)

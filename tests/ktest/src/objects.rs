@@ -284,6 +284,21 @@ fn irqs() -> R {
     ok(irq::attach(slot::IRQ, wk::THREAD, 0x78), "re-attach delivers the pending one")?;
     check(ok(ipc::wait(timeout::pack(0, timeout::ZERO)), "pending after attach")?.1 == 0x78, "label")?;
     ok(irq::unmask(slot::IRQ), "unmask")?;
+    // Closed receive: of two pending interrupts, only the one asked for.
+    ok(factory::irq(wk::FACTORY, CapIdx(36)), "second irq")?;
+    ok(irq::attach(CapIdx(36), wk::THREAD, 0x79), "attach second")?;
+    ok(irq::trigger(CapIdx(36)), "trigger second")?;
+    ok(irq::trigger(slot::IRQ), "trigger first")?;
+    check(
+        ok(ipc::receive(slot::IRQ, timeout::pack(0, timeout::ZERO)), "receive first")?.1 == 0x78,
+        "closed receive",
+    )?;
+    check(
+        ok(ipc::wait(timeout::pack(0, timeout::ZERO)), "then the other")?.1 == 0x79,
+        "open wait takes the rest",
+    )?;
+    expect_err(ipc::receive(slot::IRQ, timeout::pack(0, timeout::ZERO)), Error::Timeout, "nothing left")?;
+    expect_err(ipc::receive(wk::LOG, 0), Error::Inval, "receive from a non-partner")?;
     check(ok(icu::info(wk::ICU), "icu info")? == 16, "16 lines")?;
     ok(icu::bind(wk::ICU, 4, slot::IRQ), "bind line 4")?;
     expect_err(icu::bind(wk::ICU, 4, slot::IRQ), Error::Exists, "bind twice")?;

@@ -8,6 +8,7 @@ use crate::captable::CapTable;
 use crate::hal::{Arch, ThreadStack, UserRegs};
 use crate::kernel::ipc::Outcome;
 use crate::kernel::memory::MEM_ALL;
+use crate::kernel::Wait;
 use crate::kernel::{cost, Factory, Gate, Irq, Kernel, Obj, Semaphore, Task, Thread, ThreadState};
 use crate::mem::PhysAddr;
 use crate::slab::Id;
@@ -78,10 +79,20 @@ impl<A: Arch> Kernel<A> {
             return done(r);
         }
         if !flags.contains(Flags::SEND) {
-            if flags.contains(Flags::RECV) {
+            if !flags.contains(Flags::RECV) {
+                return Outcome::err(Error::Inval);
+            }
+            if flags.contains(Flags::OPEN_WAIT) {
                 return self.wait(me, r8);
             }
-            return Outcome::err(Error::Inval);
+            // Closed receive: from the thread or interrupt the selector names.
+            let from = match self.cap(task, CapSel::from_raw(rdx).idx()).map(|c| c.obj) {
+                Some(Obj::Thread(t)) if t != me => Wait::From(t),
+                Some(Obj::Irq(i)) => Wait::FromIrq(i),
+                Some(_) => return Outcome::err(Error::Inval),
+                None => return Outcome::err(Error::NoEnt),
+            };
+            return self.receive(me, from, r8);
         }
         let idx = CapSel::from_raw(rdx).idx();
         let Some(cap) = self.cap(task, idx) else { return Outcome::err(Error::NoEnt) };

@@ -225,7 +225,9 @@ impl<A: Arch> Kernel<A> {
     /// Sends from the current thread `me` to thread `dst` with `label` as the receiver's label.
     pub fn send(&mut self, me: Id, dst: Id, tag: MsgTag, label: u64, call: bool, r8: u64) -> Outcome {
         let Some(d) = self.threads.get(dst) else { return Outcome::err(Error::NoEnt) };
-        if d.state == ThreadState::Receiving(Wait::Open) {
+        let receives = matches!(d.state, ThreadState::Receiving(Wait::Open))
+            || d.state == ThreadState::Receiving(Wait::From(me));
+        if receives {
             let rtag = match self.transfer(Source::Utcb(me), dst, tag, false) {
                 Ok(t) => t,
                 Err(e) => return Outcome::err(e),
@@ -265,51 +267,79 @@ impl<A: Arch> Kernel<A> {
 
     /// Open wait of the current thread: a pending interrupt, a queued sender, or block.
     pub fn wait(&mut self, me: Id, r8: u64) -> Outcome {
-        if let Some((tag, label)) = self.take_pending_irq(me) {
+        self.receive(me, Wait::Open, r8)
+    }
+
+    /// Waits for what `from` allows (`Open`, `From(thread)` or `FromIrq(irq)`): takes it if it
+    /// is already there, else blocks.
+    pub fn receive(&mut self, me: Id, from: Wait, r8: u64) -> Outcome {
+        let irq = match from {
+            Wait::Open => self.take_pending_irq(me),
+            Wait::FromIrq(i) => self.take_irq(me, i),
+            _ => None,
+        };
+        if let Some((tag, label)) = irq {
             return Outcome::Done(tag, label);
         }
-        while let Some(s) = self.threads.get_mut(me).and_then(|t| t.senders.pop_front()) {
-            let Some(p) = self.threads.get(s).and_then(|t| t.send) else { continue };
-            let src = match self.fault_source(s) {
-                Some(w) => Source::Kernel(w),
-                None => Source::Utcb(s),
+        loop {
+            let next = match from {
+                Wait::Open => self.threads.get_mut(me).and_then(|t| t.senders.pop_front()),
+                Wait::From(s) => self.threads.get_mut(me).and_then(|t| {
+                    let pos = t.senders.iter().position(|x| *x == s)?;
+                    t.senders.remove(pos)
+                }),
+                _ => None,
             };
-            match self.transfer(src, me, p.tag, false) {
-                Ok(rtag) => {
-                    let kind = self.threads.get(s).map(|t| t.state);
-                    self.leave_wait(s, kind.unwrap_or(ThreadState::Ready));
-                    if p.call {
-                        let w = match self.fault_kind(s) {
-                            Some(FaultKind::Page) => Wait::PageFault(me),
-                            Some(FaultKind::Exception) => Wait::Exception(me),
-                            None => Wait::Reply(me),
-                        };
-                        self.block(s, ThreadState::Receiving(w), p.recv_timeout);
-                        if let Some(t) = self.threads.get_mut(me) {
-                            t.reply_to = Some(s);
-                        }
-                    } else {
-                        if let Some(t) = self.threads.get_mut(s) {
-                            t.state = ThreadState::Sending { to: me };
-                        }
-                        self.wake(s, Ok((MsgTag::new(0, 0, 0, 0), 0)));
-                    }
-                    return Outcome::Done(rtag, p.label);
-                }
-                Err(e) => {
-                    // The sender's message cannot be delivered: it learns why, we go on.
-                    if let Some(t) = self.threads.get_mut(s) {
-                        t.state = ThreadState::Sending { to: me };
-                    }
-                    self.wake(s, Err(e));
-                }
+            let Some(s) = next else { break };
+            if let Some(out) = self.take_message(me, s) {
+                return out;
             }
         }
         if timeout::recv(r8) == timeout::ZERO {
             return Outcome::err(Error::Timeout);
         }
-        self.block(me, ThreadState::Receiving(Wait::Open), timeout::recv(r8));
+        self.block(me, ThreadState::Receiving(from), timeout::recv(r8));
         Outcome::Blocked
+    }
+
+    /// Takes the message sender `s` (out of `me`'s queue) offers. `None`: it could not be
+    /// delivered; the sender was told why.
+    fn take_message(&mut self, me: Id, s: Id) -> Option<Outcome> {
+        let p = self.threads.get(s).and_then(|t| t.send)?;
+        let src = match self.fault_source(s) {
+            Some(w) => Source::Kernel(w),
+            None => Source::Utcb(s),
+        };
+        match self.transfer(src, me, p.tag, false) {
+            Ok(rtag) => {
+                let kind = self.threads.get(s).map(|t| t.state);
+                self.leave_wait(s, kind.unwrap_or(ThreadState::Ready));
+                if p.call {
+                    let w = match self.fault_kind(s) {
+                        Some(FaultKind::Page) => Wait::PageFault(me),
+                        Some(FaultKind::Exception) => Wait::Exception(me),
+                        None => Wait::Reply(me),
+                    };
+                    self.block(s, ThreadState::Receiving(w), p.recv_timeout);
+                    if let Some(t) = self.threads.get_mut(me) {
+                        t.reply_to = Some(s);
+                    }
+                } else {
+                    if let Some(t) = self.threads.get_mut(s) {
+                        t.state = ThreadState::Sending { to: me };
+                    }
+                    self.wake(s, Ok((MsgTag::new(0, 0, 0, 0), 0)));
+                }
+                Some(Outcome::Done(rtag, p.label))
+            }
+            Err(e) => {
+                if let Some(t) = self.threads.get_mut(s) {
+                    t.state = ThreadState::Sending { to: me };
+                }
+                self.wake(s, Err(e));
+                None
+            }
+        }
     }
 
     /// Replies through the implicit reply capability of `me` (use-once).
@@ -454,6 +484,18 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
+    /// Irq `i`, if it is attached to `me` and pending.
+    fn take_irq(&mut self, me: Id, i: Id) -> Option<(MsgTag, u64)> {
+        let irq = self.irqs.get_mut(i)?;
+        match irq.target {
+            Some((t, label)) if t == me && irq.pending => {
+                irq.pending = false;
+                Some((MsgTag::new(abi::proto::irq::LABEL, 0, 0, 0), label))
+            }
+            _ => None,
+        }
+    }
+
     /// True if an interrupt attached to `me` is pending.
     pub fn has_pending_irq(&self, me: Id) -> bool {
         self.threads
@@ -486,7 +528,10 @@ impl<A: Arch> Kernel<A> {
             self.vcpu_irq(t, i, label);
             return Ok(());
         }
-        let waiting = self.threads.get(t).is_some_and(|th| th.state == ThreadState::Receiving(Wait::Open));
+        let waiting = self.threads.get(t).is_some_and(|th| {
+            th.state == ThreadState::Receiving(Wait::Open)
+                || th.state == ThreadState::Receiving(Wait::FromIrq(i))
+        });
         if waiting {
             self.wake(t, Ok((MsgTag::new(abi::proto::irq::LABEL, 0, 0, 0), label)));
         } else if let Some(irq) = self.irqs.get_mut(i) {

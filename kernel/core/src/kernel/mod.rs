@@ -112,6 +112,10 @@ pub enum Wait {
     Exception(Id),
     /// A semaphore's `Up`.
     Semaphore(Id),
+    /// Closed receive: a message from this thread only.
+    From(Id),
+    /// Closed receive: this interrupt only.
+    FromIrq(Id),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,6 +403,15 @@ impl<A: Arch> Kernel<A> {
                 }
             }
             Obj::Irq(id) => {
+                let waiting: Vec<Id> = self
+                    .threads
+                    .iter()
+                    .filter(|(_, t)| t.state == ThreadState::Receiving(Wait::FromIrq(id)))
+                    .map(|(t, _)| t)
+                    .collect();
+                for t in waiting {
+                    self.wake(t, Err(Error::Canceled));
+                }
                 if let Some(irq) = self.irqs.remove(id) {
                     if let Some((t, _)) = irq.target {
                         if let Some(th) = self.threads.get_mut(t) {
@@ -495,7 +508,7 @@ impl<A: Arch> Kernel<A> {
             .threads
             .iter()
             .filter(|(_, o)| {
-                matches!(o.state, ThreadState::Receiving(Wait::Reply(p) | Wait::PageFault(p) | Wait::Exception(p)) if p == id)
+                matches!(o.state, ThreadState::Receiving(Wait::Reply(p) | Wait::PageFault(p) | Wait::Exception(p) | Wait::From(p)) if p == id)
             })
             .map(|(i, _)| i)
             .collect();

@@ -393,3 +393,27 @@ fn vcpu_resume_and_upcall() {
     assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
     assert_eq!(m.k.self_check(), Ok(()));
 }
+
+#[test]
+fn closed_receive_takes_only_its_partner() {
+    let mut m = machine(4 << 20);
+    let s = m.thread(CapIdx(20), 1);
+    m.gate(CapIdx(21), CapIdx(20), 0x21);
+    let c = m.thread(CapIdx(22), 2);
+    let d = m.thread(CapIdx(23), 3);
+    // s takes a message from c only.
+    let recv_c = CapSel::from_idx(CapIdx(22)).raw() | Flags::RECV.bits();
+    assert_eq!(m.sys(s, recv_c, MsgTag::new(0, 0, 0, 0), 0), None);
+    assert_eq!(m.call(d, CapIdx(21), &[4]), None, "d waits: s receives from c only");
+    assert!(matches!(m.k.threads.get(d).unwrap().state, ThreadState::Sending { .. }));
+    assert_eq!(m.call(c, CapIdx(21), &[3]), None);
+    assert_eq!(m.mrs(s, 1), vec![3], "c's message, not d's");
+    assert_eq!(
+        m.reply_and_wait(s, &[30]),
+        Some((MsgTag::new(7, 1, 0, 0), 0x21)),
+        "d's queued message at once"
+    );
+    assert_eq!(m.mrs(s, 1), vec![4], "the open wait then takes d's queued message");
+    assert_eq!(m.woke_with(c).0.words(), 1);
+    assert_eq!(m.k.self_check(), Ok(()));
+}
