@@ -95,20 +95,54 @@ impl<A: Arch> Kernel<A> {
         Some(next)
     }
 
-    /// `VcpuResume` without the general invocation path; `None` leaves anything unusual
-    /// (including every error) to it.
-    fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, tag: MsgTag) -> Option<Next> {
-        let task = self.threads.get(me)?.task?;
-        let cap = self.tasks.get(task)?.caps.get(CapSel::from_raw(rdx).idx())?;
-        let utcb = self.threads.get(me)?.utcb_frame?;
+    /// `VcpuResume` into a user task, without map items or a pending interrupt, in one pass;
+    /// `None` leaves everything else (and every error) to the general path, which has the
+    /// same semantics.
+    fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, _tag: MsgTag) -> Option<Next> {
+        use abi::vcpu::{off, state, sticky};
+        let t = self.threads.get(me)?;
+        let (area, own, utcb) = (t.vcpu?, t.task?, t.utcb_frame?);
+        let caps = &self.tasks.get(own)?.caps;
         let mut op = [0u64; 1];
         A::read_words(utcb, &mut op);
-        if cap.obj != Obj::Thread(me) || op[0] != abi::proto::thread::Op::VcpuResume.code() {
+        // Header and context in one read: words 0 .. REGS + 20.
+        let mut w = [0u64; off::REGS + 20];
+        A::read_words(area.frame, &mut w);
+        let resumed = w[off::SAVED_STATE];
+        let me_cap = matches!(caps.get(CapSel::from_raw(rdx).idx()), Some(c) if c.obj == Obj::Thread(me));
+        let user = match caps.get(abi::CapIdx(w[off::USER_TASK])) {
+            Some(c) => match c.obj {
+                Obj::Task(u) => u,
+                _ => return None,
+            },
+            None => return None,
+        };
+        let plain = me_cap
+            & (op[0] == abi::proto::thread::Op::VcpuResume.code())
+            & (resumed & state::USER_MODE != 0)
+            & (w[off::STICKY] & sticky::IRQ_PENDING == 0)
+            & (user != own);
+        if !plain {
             return None;
         }
-        match self.vcpu_resume(me, tag) {
-            super::ipc::Outcome::Resume => self.resume_self(),
-            _ => None,
+        let ut = self.tasks.get(user)?;
+        let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
+        let mut ctx = [0u64; 18];
+        ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
+        let t = self.threads.get_mut(me)?;
+        if !t.kstack.regs().set_context(&ctx) {
+            return None;
         }
+        let kernel_fs = t.fs_base;
+        t.vcpu_user = Some(user);
+        (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, w[off::REGS + 18], w[off::REGS + 19]);
+        if let Some(a) = t.vcpu.as_mut() {
+            a.kernel_fs = kernel_fs;
+        }
+        A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
+        // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
+        self.resume_by =
+            if ctx[2] == ctx[15] && ctx[10] == ctx[17] { Resume::Syscall } else { Resume::Exception };
+        self.resume_self()
     }
 }
