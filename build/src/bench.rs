@@ -76,6 +76,19 @@ pub const LINUX_WORKLOADS: &[&str] = &[
 /// Linux systems compared, in column order.
 pub const LINUX_SYSTEMS: &[&str] = &["linux-ref", "uml", "l4linux"];
 
+/// Every system `cargo xtask bench` measures, for `--only`.
+pub const SYSTEMS: &[&str] = &["kernel", "linux-ref", "uml"];
+
+/// The systems of `--only a,b`: each must be one of [`SYSTEMS`].
+pub fn parse_systems(list: &str) -> Result<Vec<String>> {
+    let v: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    match v.iter().find(|s| !SYSTEMS.contains(&s.as_str())) {
+        Some(bad) => Err(format!("--only: unknown system `{bad}` (known: {})", SYSTEMS.join(", ")).into()),
+        None if v.is_empty() => Err("--only needs at least one system".into()),
+        None => Ok(v),
+    }
+}
+
 fn find<'a>(metrics: &'a [Metric], name: &str, system: &str) -> Option<&'a Metric> {
     metrics.iter().find(|m| m.name == name && m.system == system)
 }
@@ -135,6 +148,14 @@ mod tests {
             "{\"name\": \"getpid\", \"system\": \"linux-ref\", \"value\": 314.000, \"unit\": \"ns\"}"
         ));
         assert!(j.starts_with("{\"metrics\": ["));
+    }
+
+    #[test]
+    fn only_lists() {
+        assert_eq!(parse_systems("uml").unwrap(), vec!["uml"]);
+        assert_eq!(parse_systems("linux-ref, uml").unwrap(), vec!["linux-ref", "uml"]);
+        assert!(parse_systems("umll").unwrap_err().to_string().contains("unknown system `umll`"));
+        assert!(parse_systems(",").is_err());
     }
 
     #[test]

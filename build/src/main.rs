@@ -26,6 +26,7 @@ cargo xtask <command> [options]
       --gdb             wait for a debugger on :1234 before starting
       --qemu-arg ARG    extra QEMU argument (repeatable); or put them after `--`
       --reference       boot the reference Linux guest to a shell instead (see rootfs/README.md)
+        --uml             and in it upstream User-Mode Linux (same image as UML's root); --exec runs in UML
         --exec CMD        run CMD in it, print its output, exit with its status
         --overlay DIR     add a directory tree on top of the rootfs (repeatable)
         --deb NAME        add a Debian package and its library dependencies (repeatable)
@@ -40,7 +41,8 @@ cargo xtask <command> [options]
       --count N         invocations (default 10000000)
       --seed S          replay a seed (also L4RS_FUZZ_SEED for `test`)
   bench            run the benchmarks, print the table, write target/bench/latest.json
-      --only SYSTEM     only `kernel` or `linux-ref`
+      --only SYSTEMS    only these, comma-separated: `kernel`, `linux-ref`, `uml` (User-Mode
+                        Linux inside the reference guest)
   help             this text
 ";
 
@@ -166,15 +168,30 @@ fn cmd_fuzz(mut a: Args) -> Result<i32> {
 fn cmd_bench(mut a: Args) -> Result<i32> {
     let only = a.value("--only")?;
     a.finish()?;
-    let want = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    let only = only.map(|o| bench::parse_systems(&o)).transpose()?;
+    let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
     setup::ensure()?;
-    let art = kbuild::build_all()?;
     let mut metrics = Vec::new();
     if want("kernel") {
+        let art = kbuild::build_all()?;
         metrics.extend(ktests::kernel_metrics(&art, 3)?);
     }
-    if want("linux-ref") {
-        metrics.extend(reference::metrics()?);
+    // One image for both Linux systems.
+    let image = (want("linux-ref") || want("uml"))
+        .then(|| rootfs::assemble(&rootfs::Spec::default(), "bench"))
+        .transpose()?;
+    if let Some(image) = &image {
+        if want("linux-ref") {
+            metrics.extend(reference::metrics(reference::System::Reference, image)?);
+        }
+        if want("uml") {
+            match reference::metrics(reference::System::Uml, image) {
+                Ok(m) => metrics.extend(m),
+                // The other systems' results stay useful; asked for alone, UML's failure is the result.
+                Err(e) if only.is_none() => step(format!("uml: not available: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
     }
     bench::print_table(&metrics);
     bench::write(&metrics)?;

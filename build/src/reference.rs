@@ -1,56 +1,130 @@
 //! The reference guest: Linux built from the pinned source ([`crate::linux`]) booted directly in
-//! QEMU with the initramfs of [`crate::rootfs`]. Used by `run --reference`, `test` (the ABI suite,
-//! `linux-ref/...`) and `bench` (system `linux-ref`).
+//! QEMU with the initramfs of [`crate::rootfs`]; and upstream User-Mode Linux ([`System::Uml`])
+//! run as a program inside that guest, with the same initramfs as UML's root. Used by
+//! `run --reference [--uml]`, `test` (the ABI suite, `linux-ref/...` and `uml/...`) and `bench`
+//! (systems `linux-ref` and `uml`).
 
 use crate::bench::{median, Metric};
+use crate::linux::Kernel;
 use crate::qemu::{self, Machine, Scenario};
 use crate::report::Report;
-use crate::rootfs::{self, Spec};
+use crate::rootfs::{self, Image, Spec};
 use crate::util::{err, step, Args, Result};
 use std::time::Duration;
 
 /// The first line /init prints: boot_to_shell is measured up to it.
 const INIT_MARKER: &str = "l4rs-init: start";
-/// Output that means the guest kernel died.
+/// What /init prints just before it starts UML, and UML's /init's first line.
+const UML_START: &str = "l4rs-uml: starting";
+const UML_INIT_MARKER: &str = "l4rs-init: start in uml";
+/// Output that means the guest kernel (or UML's) died.
 const PANIC: &str = "Kernel panic";
-/// Guest memory: enough for python3 and the page-touch benchmark with room to spare.
+/// Guest memory: enough for python3 and the page-touch benchmark with room to spare, or for UML's
+/// 384 MiB (`rootfs/init`) next to the guest's own root.
 const MEMORY_MIB: u32 = 1024;
 /// Boots per benchmark run; each benchmark already takes a median inside the guest.
 const BENCH_BOOTS: usize = 3;
+/// The host's time limit beyond the in-guest limit on UML (`l4rs.uml=`): the reference guest's
+/// own boot and power-off.
+const UML_MARGIN: Duration = Duration::from_secs(60);
 
-/// The machine for `mode` (`shell`, `test`, `bench` or `exec`).
-fn machine(kernel: &crate::linux::Kernel, image: &rootfs::Image, mode: &str) -> Machine {
-    let mut m = Machine::new(kernel.image.clone());
-    m.initrd = Some(image.initrd.clone());
-    m.memory_mib = MEMORY_MIB;
-    // quiet: the kernel's boot log over the emulated UART costs boot time. (No `mitigations=off`:
-    // the kernel is built without them, see build/linux-configs/reference.config.) panic=-1
-    // reboots at once on a panic, which ends QEMU (-no-reboot) instead of waiting for the timeout.
-    m.append = format!("console=ttyS0 quiet panic=-1 l4rs.mode={mode}");
-    m
+/// Where a workload runs: in the reference guest, or in UML inside it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum System {
+    Reference,
+    Uml,
 }
 
-/// `cargo xtask run --reference [--exec CMD] [--overlay DIR]... [--deb NAME]... [--rootfs CPIO]`.
+impl System {
+    /// The system's name in test names and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Reference => "linux-ref",
+            System::Uml => "uml",
+        }
+    }
+}
+
+/// A bootable reference guest for one system: the kernel and the image.
+struct Guest {
+    kernel: Kernel,
+    image: Image,
+    system: System,
+}
+
+impl Guest {
+    /// Builds (or finds) what `system` needs: the reference kernel, and from `base` (assembled as
+    /// `name`) the image, with `exec` as its `--exec` command; for UML also UML itself, and the
+    /// image goes in twice: as the guest's root and as UML's (only UML's carries the command).
+    fn prepare(system: System, base: &Image, name: &str, exec: Option<&str>) -> Result<Guest> {
+        let kernel = crate::linux::build(&crate::linux::REFERENCE)?;
+        let with_cmd = exec.map(|cmd| rootfs::with_exec(base, cmd, &format!("{name}-exec"))).transpose()?;
+        let inner = with_cmd.as_ref().unwrap_or(base);
+        let image = match system {
+            System::Reference => inner.clone(),
+            System::Uml => {
+                let uml = crate::linux::build(&crate::linux::UML)?;
+                rootfs::with_uml(base, &uml.image, inner, &format!("{name}-uml"))?
+            }
+        };
+        Ok(Guest { kernel, image, system })
+    }
+
+    /// The machine for `mode` (`shell`, `test`, `bench` or `exec`); UML is given `uml_limit`.
+    fn machine(&self, mode: &str, uml_limit: Duration) -> Machine {
+        let mut m = Machine::new(self.kernel.image.clone());
+        m.initrd = Some(self.image.initrd.clone());
+        m.memory_mib = MEMORY_MIB;
+        // quiet: the kernel's boot log over the emulated UART costs boot time. (No `mitigations=off`:
+        // the kernel is built without them, see build/linux-configs/reference.config.) panic=-1
+        // reboots at once on a panic, which ends QEMU (-no-reboot) instead of waiting for the timeout.
+        m.append = format!("console=ttyS0 quiet panic=-1 l4rs.mode={mode}");
+        if self.system == System::Uml {
+            m.append.push_str(&format!(" l4rs.uml={}", uml_limit.as_secs()));
+        }
+        m
+    }
+
+    /// A scenario for `mode`: boot markers of the system, a panic forbidden, and a host time limit
+    /// of `limit` (plus [`UML_MARGIN`] for UML, whose in-guest limit is `limit`).
+    fn scenario(&self, name: &str, mode: &str, limit: Duration) -> Scenario {
+        let mut s = Scenario::new(name, self.machine(mode, limit));
+        s.markers = vec![INIT_MARKER.into()];
+        if self.system == System::Uml {
+            s.markers.extend([UML_START.into(), UML_INIT_MARKER.into()]);
+        }
+        s.forbidden = vec![PANIC.into()];
+        s.timeout = if self.system == System::Uml { limit + UML_MARGIN } else { limit };
+        s
+    }
+}
+
+/// `cargo xtask run --reference [--uml] [--exec CMD] [--overlay DIR]... [--deb NAME]... [--rootfs CPIO]`.
 pub fn cmd_run(mut a: Args) -> Result<i32> {
+    let system = if a.flag("--uml") { System::Uml } else { System::Reference };
     let exec = a.value("--exec")?;
     let spec = rootfs::spec_from_args(&mut a)?;
     let mut extra = a.values("--qemu-arg")?;
     extra.extend(a.rest());
     a.finish()?;
     crate::setup::ensure()?;
-    let kernel = crate::linux::build(&crate::linux::REFERENCE)?;
-    let image = rootfs::assemble(&spec, "run")?;
+    let base = rootfs::assemble(&spec, "run")?;
+    let guest = Guest::prepare(system, &base, "run", exec.as_deref())?;
+    // Interactive use: UML may run for a day.
+    let limit = Duration::from_secs(86_400);
     let Some(cmd) = exec else {
-        let mut m = machine(&kernel, &image, "shell");
+        let mut m = guest.machine("shell", limit);
         m.extra = extra;
         return qemu::run_interactive(&m, false);
     };
-    let image = rootfs::with_exec(&image, &cmd, "run-exec")?;
-    let mut m = machine(&kernel, &image, "exec");
+    let mut m = guest.machine("exec", limit);
     m.extra = extra;
-    step(format!("booting the reference guest to run: {cmd}"));
+    step(format!(
+        "booting the reference guest to run{}: {cmd}",
+        if system == System::Uml { " in UML" } else { "" }
+    ));
     // The serial line streams to our stdout as the command runs; QEMU's exit code carries the
-    // command's status (isa-debug-exit), so no log parsing is needed.
+    // command's status (isa-debug-exit; from UML via its exit status), so no log parsing is needed.
     let status = m
         .command(false)
         .stdin(std::process::Stdio::null())
@@ -132,74 +206,90 @@ fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
     v
 }
 
-/// `cargo xtask test`'s part: boots the reference guest in test mode and records each ABI test as
-/// `linux-ref/abi/<name>`, plus an exec-mode boot checking that a status reaches the host.
+/// `cargo xtask test`'s part: for each system, boots the reference guest in test mode (running
+/// the suite itself, or UML running it) and records each ABI test as `<system>/abi/<name>`; plus,
+/// for the reference guest, an exec-mode boot checking that a status reaches the host.
 pub fn run_tests(report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
     // Also when the filter names one test (`--filter linux-ref/abi/memory`).
     let names = rootfs::abi_test_names().unwrap_or_default();
-    let abi_wanted = |n: &str| wanted(&format!("linux-ref/abi/{n}"));
-    let abi = wanted("linux-ref/abi") || names.iter().any(|n| abi_wanted(n));
+    let abi_wanted = |system: System, n: &str| wanted(&format!("{}/abi/{n}", system.name()));
+    let abi = |system: System| {
+        wanted(&format!("{}/abi", system.name())) || names.iter().any(|n| abi_wanted(system, n))
+    };
     let exec = wanted("linux-ref/exec-status");
-    if !abi && !exec {
+    if !abi(System::Reference) && !abi(System::Uml) && !exec {
         return;
     }
-    step("reference guest: Linux kernel, rootfs, ABI suite");
-    let kernel = match crate::linux::build(&crate::linux::REFERENCE) {
-        Ok(k) => k,
-        Err(e) => {
-            report.fail("linux-ref/build-kernel", &e.to_string());
-            return report.skip("linux-ref/abi", "the kernel did not build");
-        }
-    };
-    let image = match rootfs::assemble(&Spec::default(), "test") {
+    // One image for both systems.
+    let base = match rootfs::assemble(&Spec::default(), "test") {
         Ok(i) => i,
         Err(e) => return report.fail("linux-ref/rootfs", &e.to_string()),
     };
-    if abi {
-        abi_boot(report, &kernel, &image, &abi_wanted);
-    }
-    if exec {
-        match rootfs::with_exec(&image, "echo exec-ok; exit 3", "test-exec") {
-            Err(e) => report.fail("linux-ref/rootfs", &e.to_string()),
-            Ok(image) => {
-                let mut s = Scenario::new("linux-ref/exec-status", machine(&kernel, &image, "exec"));
-                s.markers = vec![INIT_MARKER.into(), "exec-ok".into(), "l4rs-init: exit 3".into()];
-                s.expect_status = Some(3);
-                s.forbidden = vec![PANIC.into()];
-                s.timeout = Duration::from_secs(120);
-                match qemu::run_scenario(&s) {
-                    Ok(o) => report.scenario("linux-ref/exec-status", &o),
-                    Err(e) => report.fail("linux-ref/exec-status", &e.to_string()),
+    for system in [System::Reference, System::Uml] {
+        let p = system.name();
+        let abi = abi(system);
+        let exec = system == System::Reference && exec;
+        if !abi && !exec {
+            continue;
+        }
+        step(match system {
+            System::Reference => "reference guest: Linux kernel, ABI suite",
+            System::Uml => "User-Mode Linux in the reference guest: UML build, ABI suite",
+        });
+        let guest = match Guest::prepare(system, &base, "test", None) {
+            Ok(g) => g,
+            Err(e) => {
+                report.fail(&format!("{p}/build"), &e.to_string());
+                return report.skip(&format!("{p}/abi"), "the kernel or the image did not build");
+            }
+        };
+        if abi {
+            abi_boot(report, &guest, &|n| abi_wanted(system, n));
+        }
+        if exec {
+            match rootfs::with_exec(&guest.image, "echo exec-ok; exit 3", "test-exec") {
+                Err(e) => report.fail("linux-ref/rootfs", &e.to_string()),
+                Ok(image) => {
+                    let guest = Guest { image, ..guest };
+                    let mut s = guest.scenario("linux-ref/exec-status", "exec", Duration::from_secs(120));
+                    s.markers.extend(["exec-ok".into(), "l4rs-init: exit 3".into()]);
+                    s.expect_status = Some(3);
+                    match qemu::run_scenario(&s) {
+                        Ok(o) => report.scenario("linux-ref/exec-status", &o),
+                        Err(e) => report.fail("linux-ref/exec-status", &e.to_string()),
+                    }
                 }
             }
         }
     }
 }
 
-fn abi_boot(
-    report: &mut Report,
-    kernel: &crate::linux::Kernel,
-    image: &rootfs::Image,
-    wanted: &dyn Fn(&str) -> bool,
-) {
-    let mut s = Scenario::new("linux-ref/abi", machine(kernel, image, "test"));
-    s.markers = vec![INIT_MARKER.into(), " passed, ".into()];
-    s.forbidden = vec![PANIC.into()];
-    s.timeout = Duration::from_secs(600);
+fn abi_boot(report: &mut Report, guest: &Guest, wanted: &dyn Fn(&str) -> bool) {
+    let p = guest.system.name();
+    // Generous: each test also has its own 120 s limit inside the guest (tests/linux-abi/run).
+    let mut s = guest.scenario(&format!("{p}/abi"), "test", Duration::from_secs(600));
+    s.markers.push(" passed, ".into());
     let o = match qemu::run_scenario(&s) {
         Ok(o) => o,
-        Err(e) => return report.fail("linux-ref/abi/boot", &e.to_string()),
+        Err(e) => return report.fail(&format!("{p}/abi/boot"), &e.to_string()),
     };
+    if guest.system == System::Uml && !o.log.contains(UML_INIT_MARKER) {
+        // Nothing ran: one clear failure with UML's console output, not a list of missing tests.
+        let why = o.failure.as_deref().unwrap_or("no `l4rs-init: start in uml` line");
+        report.fail("uml/boot", &format!("User-Mode Linux did not reach its /init: {why}"));
+        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(40));
+        return report.skip("uml/abi", "UML did not boot");
+    }
     if let Some(why) = &o.failure {
         // The suite's own failures show below; this line says whether the boot itself went wrong.
-        println!("linux-ref/abi boot: {why} (log {})", o.log_path.display());
+        println!("{p}/abi boot: {why} (log {})", o.log_path.display());
     }
     let mut any_failed = false;
-    for (name, verdict) in judge_abi(&image.abi_tests, &o.log) {
+    for (name, verdict) in judge_abi(&guest.image.abi_tests, &o.log) {
         if !wanted(&name) {
             continue;
         }
-        let full = format!("linux-ref/abi/{name}");
+        let full = format!("{p}/abi/{name}");
         match verdict {
             None => report.pass(&full, ""),
             Some(why) => {
@@ -226,42 +316,51 @@ fn parse_bench(log: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// `cargo xtask bench`'s part: [`BENCH_BOOTS`] boots in bench mode; medians across boots, and
-/// boot_to_shell from QEMU's start to /init's first line.
-pub fn metrics() -> Result<Vec<Metric>> {
-    let kernel = crate::linux::build(&crate::linux::REFERENCE)?;
-    let image = rootfs::assemble(&Spec::default(), "bench")?;
+/// `cargo xtask bench`'s part for `system`: [`BENCH_BOOTS`] boots in bench mode; medians across
+/// boots, and boot_to_shell from QEMU's start to /init's first line (reference), or from the
+/// reference guest's starting UML to UML's /init's first line (UML).
+/// `base` is the image (`rootfs::assemble`d as `bench`).
+pub fn metrics(system: System, base: &Image) -> Result<Vec<Metric>> {
+    let guest = Guest::prepare(system, base, "bench", None)?;
+    let p = system.name();
     let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
     let mut add = |name: &str, v: f64| match samples.iter_mut().find(|(n, _)| n == name) {
         Some((_, vs)) => vs.push(v),
         None => samples.push((name.to_string(), vec![v])),
     };
     for boot in 1..=BENCH_BOOTS {
-        step(format!("linux-ref: benchmark boot {boot}/{BENCH_BOOTS}"));
-        let mut s = Scenario::new(format!("linux-ref-bench-{boot}"), machine(&kernel, &image, "bench"));
-        s.markers = vec![INIT_MARKER.into()];
-        s.forbidden = vec![PANIC.into()];
-        s.timeout = Duration::from_secs(900);
+        step(format!("{p}: benchmark boot {boot}/{BENCH_BOOTS}"));
+        let s = guest.scenario(&format!("{p}-bench-{boot}"), "bench", Duration::from_secs(900));
         let o = qemu::run_scenario(&s)?;
         if let Some(why) = &o.failure {
-            return err(format!("linux-ref benchmark boot {boot}: {why}\n{}", o.tail(20)));
+            return err(format!("{p} benchmark boot {boot}: {why}\n{}", o.tail(20)));
         }
         for (name, v) in parse_bench(&o.log) {
             add(&name, v);
         }
-        if let Some(t) = o.marker_times.first() {
-            add("boot_to_shell", t.as_secs_f64() * 1000.0);
+        if let Some(ms) = boot_ms(system, &o.marker_times) {
+            add("boot_to_shell", ms);
         }
     }
     let mut out = Vec::new();
     for w in crate::bench::LINUX_WORKLOADS {
         let Some((_, vs)) = samples.iter_mut().find(|(n, _)| n == w) else {
-            return err(format!("linux-ref: no result for benchmark {w}"));
+            return err(format!("{p}: no result for benchmark {w}"));
         };
         let unit = if *w == "boot_to_shell" { "ms" } else { "ns" };
-        out.push(Metric::new(w, "linux-ref", median(vs).expect("at least one sample"), unit));
+        out.push(Metric::new(w, p, median(vs).expect("at least one sample"), unit));
     }
     Ok(out)
+}
+
+/// boot_to_shell in ms from the times of [`Guest::scenario`]'s markers: QEMU start → /init, or
+/// (UML) the guest's `starting` line → UML's /init.
+fn boot_ms(system: System, t: &[Duration]) -> Option<f64> {
+    let d = match system {
+        System::Reference => *t.first()?,
+        System::Uml => t.get(2)?.checked_sub(*t.get(1)?)?,
+    };
+    Some(d.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]
@@ -308,6 +407,15 @@ mod tests {
         assert!(v
             .iter()
             .any(|(n, why)| n == "runner" && why.as_deref() == Some("no `N passed, N failed` line")));
+    }
+
+    #[test]
+    fn boot_times_per_system() {
+        let t = [Duration::from_millis(3000), Duration::from_millis(3100), Duration::from_millis(8100)];
+        assert_eq!(boot_ms(System::Reference, &t), Some(3000.0));
+        assert_eq!(boot_ms(System::Uml, &t), Some(5000.0));
+        assert_eq!(boot_ms(System::Uml, &t[..2]), None);
+        assert_eq!(boot_ms(System::Reference, &[]), None);
     }
 
     #[test]

@@ -313,6 +313,7 @@ fn pack(dir: &Path, out: &Path) -> Result {
 }
 
 /// The assembled image: its path and the ABI tests it carries.
+#[derive(Clone, Debug)]
 pub struct Image {
     pub initrd: PathBuf,
     pub abi_tests: Vec<String>,
@@ -391,14 +392,48 @@ pub fn assemble(spec: &Spec, name: &str) -> Result<Image> {
 /// command travels in a small cpio appended to the image, so the big image is built once and
 /// the command line has no length limit.
 pub fn with_exec(image: &Image, cmd: &str, name: &str) -> Result<Image> {
+    append(image, &[("etc/l4rs/exec", Content::Text(format!("{cmd}\n")))], name)
+}
+
+/// Where the reference guest's image carries User-Mode Linux (`rootfs/init`, `l4rs.uml=`).
+pub const UML_PROGRAM: &str = "opt/l4rs/uml/linux";
+pub const UML_ROOT: &str = "opt/l4rs/uml/root.cpio.gz";
+
+/// `image` plus the UML program `uml` at [`UML_PROGRAM`] and `inner` (UML's own initramfs) at
+/// [`UML_ROOT`], as `<name>.cpio.gz`: the reference guest can then boot UML with `inner`.
+pub fn with_uml(image: &Image, uml: &Path, inner: &Image, name: &str) -> Result<Image> {
+    let files = [(UML_PROGRAM, Content::File(uml)), (UML_ROOT, Content::File(&inner.initrd))];
+    let mut out = append(image, &files, name)?;
+    // What runs (and is judged) is the suite inside UML.
+    out.abi_tests.clone_from(&inner.abi_tests);
+    Ok(out)
+}
+
+/// A file to add to an image.
+enum Content<'a> {
+    Text(String),
+    File(&'a Path),
+}
+
+/// `image` with `files` (path inside the image, contents) in a small cpio appended to it, as
+/// `<name>.cpio.gz`; Linux unpacks concatenated archives in order, so these win.
+fn append(image: &Image, files: &[(&str, Content)], name: &str) -> Result<Image> {
     let out_dir = root().join("target/linux-guest");
-    let dir = out_dir.join(format!("{name}.exec"));
+    let dir = out_dir.join(format!("{name}.extra"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    std::fs::create_dir_all(dir.join("etc/l4rs"))?;
-    std::fs::write(dir.join("etc/l4rs/exec"), format!("{cmd}\n"))?;
-    let small = out_dir.join(format!("{name}.exec.cpio.gz"));
+    for (path, content) in files {
+        let dest = dir.join(path);
+        std::fs::create_dir_all(dest.parent().expect("paths inside the image have a directory"))?;
+        match content {
+            Content::Text(t) => std::fs::write(&dest, t)?,
+            Content::File(f) => {
+                std::fs::copy(f, &dest)?;
+            }
+        }
+    }
+    let small = out_dir.join(format!("{name}.extra.cpio.gz"));
     pack(&dir, &small)?;
     let mut all = std::fs::read(&image.initrd)?;
     all.extend(std::fs::read(&small)?);

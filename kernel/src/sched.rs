@@ -66,6 +66,7 @@ fn resume_if_replaced() {
 }
 
 /// Resumes the current thread from its frame, in the address space it now belongs to.
+#[link_section = ".text.fast"]
 fn resume_current() -> ! {
     let next = with_kernel(|k| k.resume_self()).expect("the current thread is alive");
     resume(next)
@@ -105,6 +106,7 @@ pub fn reschedule() {
 
 /// The current thread blocked (or died) inside the kernel: abandon its kernel context — it
 /// resumes straight from its user frame, the way `how` says — and run the next thread.
+#[link_section = ".text.fast"]
 fn block_and_leave(how: hal::Resume) -> ! {
     let next = with_kernel(|k| {
         // A kernel stack that overflowed has corrupted the heap next to it: stop here.
@@ -125,6 +127,7 @@ fn block_and_leave(how: hal::Resume) -> ! {
     resume(next)
 }
 
+#[link_section = ".text.fast"]
 fn resume(next: Next) -> ! {
     // SAFETY: `next.rsp` is a saved context of a live thread or of the idle loop; `root` is 0
     // or a task's page-table root; nothing on the abandoned stack is used again.

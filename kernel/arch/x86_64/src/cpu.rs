@@ -186,6 +186,7 @@ pub fn io_disable() {
 }
 
 /// Sets the kernel stack used on the next entry from user mode (TSS.rsp0 and `gs:8`).
+#[link_section = ".text.fast"]
 pub fn set_kernel_stack(top: u64) {
     // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access; the
     // fields are plain data read by the CPU and the entry code only on the next entry.
@@ -198,6 +199,7 @@ pub fn set_kernel_stack(top: u64) {
 
 /// Sets the GS base user mode will see after the next `swapgs` on the way out.
 #[inline(always)]
+#[link_section = ".text.fast"]
 pub fn set_user_gs(base: u64) {
     // SAFETY: IA32_KERNEL_GS_BASE only takes effect after the next swapgs, on the way to user
     // mode; any user address (or 0) is acceptable there.
@@ -226,6 +228,7 @@ unsafe fn wrmsr(msr: u32, value: u64) {
 static FPU_TRAPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
 /// Makes the next FPU/SSE instruction in user mode trap with #NM (`on`), or lets it run.
+#[link_section = ".text.fast"]
 pub fn fpu_trap(on: bool) {
     use core::sync::atomic::Ordering::Relaxed;
     if FPU_TRAPS.swap(on, Relaxed) == on {
@@ -245,6 +248,7 @@ pub fn fpu_trap(on: bool) {
 static USER_FS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Sets the FS base (user TLS) for the next user entries.
+#[link_section = ".text.fast"]
 pub fn set_user_fs(base: u64) {
     use core::sync::atomic::Ordering::Relaxed;
     if USER_FS.load(Relaxed) == base {

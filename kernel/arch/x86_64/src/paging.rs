@@ -71,6 +71,7 @@ pub fn write_cr3(pa: PhysAddr) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) pa.0, options(nostack, preserves_flags)) };
 }
 
+#[link_section = ".text.fast"]
 pub fn read_cr3() -> PhysAddr {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.
@@ -205,6 +206,7 @@ pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
 
 /// Copies `n` 64-bit words between physical frames with one `rep movsq` (a single basic block
 /// under TCG, whatever `n` is). `n` must be at most a UTCB's worth.
+#[link_section = ".text.fast"]
 pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
     assert!(n <= abi::utcb::UTCB_SIZE / 8);
     let l = n as u64 * 8;
@@ -225,12 +227,14 @@ pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
     };
 }
 
+#[link_section = ".text.fast"]
 pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + out.len() as u64 * 8 <= DIRECT_MAP_SIZE);
     // SAFETY: aligned (checked), inside the direct map (checked); reading RAM has no side effects.
     unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u64, out.as_mut_ptr(), out.len()) };
 }
 
+#[link_section = ".text.fast"]
 pub fn write_words(pa: PhysAddr, words: &[u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + words.len() as u64 * 8 <= DIRECT_MAP_SIZE);
     // SAFETY: aligned (checked), inside the direct map (checked); callers own the frame.

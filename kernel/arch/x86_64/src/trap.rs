@@ -119,6 +119,7 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         (self.rdi, self.rsi, self.rdx) = (a[0], a[1], a[2]);
     }
 
+    #[link_section = ".text.fast"]
     fn context(&self) -> [u64; 18] {
         [
             self.rax,
@@ -142,6 +143,7 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         ]
     }
 
+    #[link_section = ".text.fast"]
     fn set_context(&mut self, c: &[u64; 18]) -> bool {
         if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
             return false;
@@ -450,6 +452,7 @@ pub fn init_kernel_stack(stack: &mut [u64], frame: &TrapFrame) -> usize {
 /// Builds, just below the user frame at the top of `stack`, a context that returns to user mode
 /// the way `how` says. Returns its stack pointer as a byte offset from the stack base. The frame
 /// itself is left as it is: whoever wakes the thread writes its results there.
+#[link_section = ".text.fast"]
 pub fn prepare_resume(stack: &mut [u64], how: Resume) -> usize {
     let f = stack.len() - core::mem::size_of::<TrapFrame>() / 8;
     let sp = f - SWITCH_WORDS;
@@ -468,6 +471,7 @@ pub fn prepare_resume(stack: &mut [u64], how: Resume) -> usize {
 /// `rsp` must come from [`prepare_resume`], [`init_kernel_stack`] or an earlier [`switch`] of a
 /// context whose stack is alive; `cr3` must be 0 or a root sharing the kernel half. Nothing on
 /// the current stack may still be needed.
+#[link_section = ".text.fast"]
 pub unsafe fn resume(cr3: u64, rsp: u64) -> ! {
     // SAFETY: guaranteed by the caller.
     unsafe { resume_context(cr3, rsp) }
@@ -491,6 +495,7 @@ pub fn cr2() -> u64 {
 
 /// The user register frame at the top of a kernel stack (built by an entry or by
 /// [`init_kernel_stack`]).
+#[link_section = ".text.fast"]
 pub fn user_frame(stack: &mut [u64]) -> &mut TrapFrame {
     const WORDS: usize = core::mem::size_of::<TrapFrame>() / 8;
     let top = stack.len();

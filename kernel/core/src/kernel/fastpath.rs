@@ -98,6 +98,7 @@ impl<A: Arch> Kernel<A> {
     /// `VcpuResume` into a user task, without map items or a pending interrupt, in one pass;
     /// `None` leaves everything else (and every error) to the general path, which has the
     /// same semantics.
+    #[link_section = ".text.fast"]
     fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, _tag: MsgTag) -> Option<Next> {
         use abi::vcpu::{off, state, sticky};
         let t = self.threads.get(me)?;

@@ -50,6 +50,7 @@ impl<A: Arch> Kernel<A> {
     /// Sends vCPU thread `t` to its upcall handler in its own task. With `save`, its current
     /// context is saved in the state area first; otherwise the area keeps the context it
     /// already holds (an interrupt found pending at resume). Sets `resume_current` if `t` runs.
+    #[link_section = ".text.fast"]
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
@@ -99,6 +100,7 @@ impl<A: Arch> Kernel<A> {
 
     /// Makes the current thread, whose context was replaced, resume from its frame (the way
     /// `resume_by` allows) and says where; clears the request.
+    #[link_section = ".text.fast"]
     pub fn resume_self(&mut self) -> Option<Next> {
         self.resume_current = false;
         let how = core::mem::replace(&mut self.resume_by, crate::hal::Resume::Exception);
