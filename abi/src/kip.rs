@@ -6,7 +6,8 @@
 //! rdi = user address of its argument string (UTF-8, no terminator), rsi = its length in bytes
 //! rdx = KIP_ADDR, rsp = BOOT_STACK_TOP (16-byte aligned), gs base = its UTCB (BOOT_UTCB_ADDR)
 //! ```
-//! Capabilities: see [`crate::cap::well_known`].
+//! Capabilities: see [`crate::cap::well_known`]. The whole boot image is mapped read-only at
+//! [`Kip::boot_image`].
 
 /// User address of the KIP in every task.
 pub const KIP_ADDR: u64 = 0x7fff_fff0_0000;
@@ -37,7 +38,14 @@ pub struct Kip {
     /// Memory given to sigma0, as `[start, end)` ranges of its own virtual addresses; the
     /// physical address of a page is its address minus [`SIGMA0_PHYS_OFFSET`].
     pub sigma0_mem: [[u64; 2]; SIGMA0_MEM_RANGES],
+    /// User address of the boot image in every boot task (read-only), and its size in bytes;
+    /// 0 if none. The root task finds its programs and boot script there.
+    pub boot_image: u64,
+    pub boot_image_size: u64,
 }
+
+/// Where boot tasks see the boot image (plus the image's offset within its first page).
+pub const BOOT_IMAGE_ADDR: u64 = 0x7ff0_0000_0000;
 
 /// Ranges of memory the KIP can describe for sigma0.
 pub const SIGMA0_MEM_RANGES: usize = 32;

@@ -99,6 +99,7 @@ fn defs() -> Vec<Def> {
             append: "",
             checks: vec![
                 ("sigma0", "ktest: sigma0 and page faults ok".into()),
+                ("boot-image", "ktest: boot image visible ok (2 modules)".into()),
                 ("factory-caps", "ktest: factory, quotas, capability rights and revocation ok".into()),
                 ("semaphore-timeouts", "ktest: semaphore and timeouts ok".into()),
                 ("ipc-intra", "ktest: intra-task IPC, gates, errors ok".into()),

@@ -46,13 +46,16 @@ pub fn start_boot_tasks(range: PhysRange) {
         }
     };
     log::info!("boot image: {} modules", image.len());
-    let factory = with_kernel(|k| k.factories.insert(Factory { limit: 0, used: 0, parent: None }));
+    let factory = with_kernel(|k| {
+        publish_boot_image(k, range);
+        k.factories.insert(Factory { limit: 0, used: 0, parent: None })
+    });
     let mut started = Vec::new();
     for m in image.modules() {
         match m {
             Ok(m) if m.kind == KIND_PROGRAM && m.flags & FLAG_START != 0 => {
                 log::info!("starting boot task {}", m.name);
-                match with_kernel(|k| start_task(k, &m, factory)) {
+                match with_kernel(|k| start_task(k, &m, factory, range)) {
                     Ok(thread) => started.push(Started { thread, sigma0: m.flags & FLAG_SIGMA0 != 0 }),
                     Err(e) => log::error!("boot task {}: {e}", m.name),
                 }
@@ -208,7 +211,7 @@ fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
 }
 
 /// Loads one boot task and creates its (inactive) first thread.
-fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id) -> Result<Id, String> {
+fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id, image: PhysRange) -> Result<Id, String> {
     let elf = Elf::parse(m.data).map_err(|e| format!("not a valid ELF file: {e}"))?;
     if !elf.is_64 || elf.header.e_machine != header::EM_X86_64 || elf.header.e_type != header::ET_EXEC {
         return Err("not a static x86_64 executable".to_string());
@@ -230,7 +233,7 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id) -> Result<Id, String> 
     let task = k
         .new_task(BOOT_UTCB_ADDR, BOOT_UTCB_PAGES, None)
         .map_err(|e| format!("cannot create the task: {e:?}"))?;
-    let r = fill_task(k, task, m, pages, &mut owned);
+    let r = fill_task(k, task, m, pages, &mut owned).and_then(|v| map_boot_image(k, task, image).map(|_| v));
     if let Some(t) = k.tasks.get_mut(task) {
         t.name = String::from(m.name);
         t.frames.append(&mut owned);
@@ -272,6 +275,25 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id) -> Result<Id, String> 
         k.install_cap(task, idx, obj, rights).map_err(|e| format!("cannot install capability: {e:?}"))?;
     }
     Ok(thread)
+}
+
+/// Maps the boot image read-only at `BOOT_IMAGE_ADDR` (its frames stay the kernel's).
+fn map_boot_image(k: &mut Kernel<A>, task: Id, image: PhysRange) -> Result<(), String> {
+    let first = image.start & !(PAGE_SIZE - 1);
+    let mut pa = first;
+    while pa < image.end {
+        let va = abi::kip::BOOT_IMAGE_ADDR + (pa - first);
+        k.map_root(task, va, PhysAddr(pa), MEM_R).map_err(|e| format!("cannot map the boot image: {e:?}"))?;
+        pa += PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// Records the boot image's user address and size in the KIP.
+fn publish_boot_image(k: &Kernel<A>, image: PhysRange) {
+    let addr = abi::kip::BOOT_IMAGE_ADDR + (image.start & (PAGE_SIZE - 1));
+    let off = core::mem::offset_of!(abi::kip::Kip, boot_image) as u64;
+    A::write_words(PhysAddr(k.kip.0 + off), &[addr, image.end - image.start]);
 }
 
 /// Maps image and stack, copies the argument string. Returns (stack pointer, argument address).

@@ -57,6 +57,18 @@ pub fn call_words(cap: CapIdx, label: i64, words: &[u64]) -> Result<MsgTag, Erro
     invoke(CapSel::from_idx(cap), Flags::CALL, MsgTag::new(label, words.len() as u64, 0, 0)).result()
 }
 
+/// The boot image, if the kernel mapped one into this task (boot tasks only).
+pub fn boot_image() -> Option<abi::bootimage::BootImage<'static>> {
+    let k = kip();
+    if k.boot_image == 0 || k.boot_image_size == 0 {
+        return None;
+    }
+    // SAFETY: the kernel maps the whole boot image read-only at that address for the task's
+    // lifetime and publishes its size; nothing writes it.
+    let bytes = unsafe { core::slice::from_raw_parts(k.boot_image as *const u8, k.boot_image_size as usize) };
+    abi::bootimage::BootImage::parse(bytes).ok()
+}
+
 /// The kernel info page.
 pub fn kip() -> &'static abi::kip::Kip {
     // SAFETY: the kernel maps the KIP read-only at KIP_ADDR in every task for its lifetime.

@@ -141,6 +141,16 @@ fn sigma0() -> R {
     Ok(())
 }
 
+/// The boot image is mapped into boot tasks and lists this program with its arguments.
+fn boot_image() -> R {
+    let img = l4::sys::boot_image().ok_or("no boot image mapped")?;
+    let me = img.modules().flatten().find(|m| m.name == "ktest");
+    check(me.is_some_and(|m| m.args == "objects" && m.data.starts_with(b"\x7fELF")), "boot image lists us")?;
+    check(img.modules().flatten().any(|m| m.name == "sigma0"), "and sigma0")?;
+    println!("boot image visible ok ({} modules)", img.len());
+    Ok(())
+}
+
 fn factory_and_caps() -> R {
     use factory as f;
     ok(f::semaphore(wk::FACTORY, slot::SEM, 0), "create semaphore")?;
@@ -466,6 +476,7 @@ fn fpu() -> R {
 /// Runs every check; prints the summary marker on success.
 pub fn run() -> R {
     sigma0()?;
+    boot_image()?;
     factory_and_caps()?;
     semaphores()?;
     ipc_intra()?;
