@@ -3,9 +3,12 @@
 //! Every task has the KIP mapped read-only at [`KIP_ADDR`]. A boot task (a program the boot image
 //! marks `START`) begins at its ELF entry point with:
 //! ```text
-//! rdi = user address of its argument string (UTF-8, no terminator), rsi = its length in bytes
-//! rdx = KIP_ADDR, rsp = BOOT_STACK_TOP (16-byte aligned), gs base = its UTCB (BOOT_UTCB_ADDR)
+//! [rsp]      user address of its argument string (UTF-8, no terminator)
+//! [rsp + 8]  its length in bytes
+//! [rsp + 16] KIP_ADDR
+//! gs base = its UTCB (BOOT_UTCB_ADDR); the stack lies below BOOT_STACK_TOP
 //! ```
+//! Programs the runtime loads start the same way (the start-up block is the whole contract).
 //! Capabilities: see [`crate::cap::well_known`]. The whole boot image is mapped read-only at
 //! [`Kip::boot_image`].
 

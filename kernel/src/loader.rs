@@ -238,7 +238,7 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id, image: PhysRange) -> R
         t.name = String::from(m.name);
         t.frames.append(&mut owned);
     }
-    let (sp, args_addr) = match r {
+    let sp = match r {
         Ok(v) => v,
         Err(e) => {
             k.destroy_task(task);
@@ -258,7 +258,6 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id, image: PhysRange) -> R
     let f = t.kstack.regs();
     f.set_ip(elf.entry);
     f.set_sp(sp);
-    f.set_start_args([args_addr, m.args.len() as u64, KIP_ADDR]);
     if let Some(tk) = k.tasks.get_mut(task) {
         tk.threads.push(thread);
     }
@@ -296,14 +295,15 @@ fn publish_boot_image(k: &Kernel<A>, image: PhysRange) {
     A::write_words(PhysAddr(k.kip.0 + off), &[addr, image.end - image.start]);
 }
 
-/// Maps image and stack, copies the argument string. Returns (stack pointer, argument address).
+/// Maps image and stack, writes the argument string and the start-up block. Returns the stack
+/// pointer.
 fn fill_task(
     k: &mut Kernel<A>,
     task: Id,
     m: &Module,
     pages: BTreeMap<u64, (PhysAddr, u8)>,
     owned: &mut Vec<PhysAddr>,
-) -> Result<(u64, u64), String> {
+) -> Result<u64, String> {
     let err = |va: u64| move |e| format!("cannot map {va:#x}: {e:?}");
     for (va, (pa, r)) in pages {
         k.map_root(task, va, pa, r).map_err(err(va))?;
@@ -317,7 +317,11 @@ fn fill_task(
             top_frame = f;
         }
     }
+    // The start-up block (abi::kip): argument string, then [address, length, KIP] at rsp.
     let args_addr = (BOOT_STACK_TOP - m.args.len() as u64) & !15;
-    A::write_phys(PhysAddr(top_frame.0 + (args_addr - (BOOT_STACK_TOP - PAGE_SIZE))), m.args.as_bytes());
-    Ok((args_addr - 16, args_addr))
+    let page = BOOT_STACK_TOP - PAGE_SIZE;
+    A::write_phys(PhysAddr(top_frame.0 + (args_addr - page)), m.args.as_bytes());
+    let sp = (args_addr - 24) & !15;
+    A::write_words(PhysAddr(top_frame.0 + (sp - page)), &[args_addr, m.args.len() as u64, KIP_ADDR]);
+    Ok(sp)
 }

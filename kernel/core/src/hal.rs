@@ -44,8 +44,6 @@ pub trait UserRegs {
     /// Applies an exception handler's answer (ip/sp only if they are user addresses; only the
     /// arithmetic flags).
     fn apply_exception_words(&mut self, w: &[u64; exc_regs::WORDS]);
-    /// The three argument registers a boot task starts with.
-    fn set_start_args(&mut self, args: [u64; 3]);
     /// The whole context in `abi::vcpu::VcpuRegs` order, rax .. rflags.
     fn context(&self) -> [u64; 18];
     /// Loads a whole context; `false` (nothing changed) if ip or sp is not a user address.

@@ -35,6 +35,9 @@ core::arch::global_asm!(
     .section .text._start, "ax"
     .global _start
 _start:
+    mov rdi, [rsp]
+    mov rsi, [rsp + 8]
+    mov rdx, [rsp + 16]
     and rsp, -16
     xor ebp, ebp
     call l4_start
@@ -42,7 +45,7 @@ _start:
     "#
 );
 
-/// Rust-level start: the kernel passed the argument string (rdi, rsi) and the KIP (rdx).
+/// Rust-level start: the start-up block gave the argument string and the KIP address.
 #[no_mangle]
 extern "C" fn l4_start(args: *const u8, len: usize, kip: u64) -> ! {
     io::init_logger();

@@ -115,10 +115,6 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         (self.rsi, self.rdi, self.rbp, self.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
     }
 
-    fn set_start_args(&mut self, a: [u64; 3]) {
-        (self.rdi, self.rsi, self.rdx) = (a[0], a[1], a[2]);
-    }
-
     #[link_section = ".text.fast"]
     fn context(&self) -> [u64; 18] {
         [

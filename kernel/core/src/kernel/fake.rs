@@ -114,10 +114,6 @@ impl UserRegs for FakeRegs {
         self.gpr.copy_from_slice(&w[exc_regs::RAX..=exc_regs::R8]);
     }
 
-    fn set_start_args(&mut self, a: [u64; 3]) {
-        (self.gpr[5], self.gpr[4], self.gpr[3]) = (a[0], a[1], a[2]);
-    }
-
     fn context(&self) -> [u64; 18] {
         let mut c = [0; 18];
         c[..8].copy_from_slice(&self.gpr);
