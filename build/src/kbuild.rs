@@ -85,6 +85,11 @@ impl BootProgram {
         }
     }
 
+    /// A program module the kernel does not start (the runtime loads it).
+    pub fn module(program: &str, args: &str) -> Self {
+        BootProgram { start: false, ..Self::start(program, args) }
+    }
+
     /// The sigma0 program.
     pub fn sigma0() -> Self {
         BootProgram { sigma0: true, ..Self::start("sigma0", "") }

@@ -122,6 +122,18 @@ fn defs() -> Vec<Def> {
             status: 0,
         },
         Def {
+            name: "spawn",
+            what: "a program started from user space: ELF loader, heap, memory from sigma0",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "spawn"), BootProgram::module("hello", "")],
+            append: "",
+            checks: vec![
+                ("corrupt-elf", "ktest: broken image: bad ELF image: not a static x86_64 executable".into()),
+                ("started", "ktest: hello started from user space".into()),
+                ("runs", "task: Hello from ring 3 (args: spawned by ktest)".into()),
+            ],
+            status: 0,
+        },
+        Def {
             name: "fuzz",
             what: "a hostile task makes 10^5 random invocations; the kernel survives its self-check",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {} 100000", fuzz_seed()))],

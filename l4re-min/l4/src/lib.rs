@@ -8,8 +8,15 @@
 //! ```
 #![no_std]
 
+#[cfg(feature = "runtime")]
+extern crate alloc;
+
+#[cfg(feature = "runtime")]
+pub mod heap;
 pub mod io;
 pub mod ipc;
+#[cfg(feature = "runtime")]
+pub mod loader;
 pub mod sys;
 
 pub use sys::{invoke, kip, shutdown};

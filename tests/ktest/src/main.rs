@@ -3,10 +3,13 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod bench;
 mod fuzz;
 mod intertask;
 mod objects;
+mod spawn;
 mod vcpu;
 mod vcpubench;
 
@@ -27,6 +30,7 @@ fn main(args: &str) -> i32 {
         (Some("vcpu-bench"), _) => finish(vcpubench::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
+        (Some("spawn"), _) => finish(spawn::run()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
             match seed.parse() {

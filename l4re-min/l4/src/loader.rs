@@ -1,0 +1,174 @@
+//! Starting a program from its ELF image in a new task (feature `runtime`): what a root task
+//! does for each program of the boot script. Memory comes from sigma0 a page at a time through
+//! a scratch window and is granted into the new task; the program starts with the same start-up
+//! block the kernel gives boot tasks (`abi::kip`).
+
+use crate::ipc::{call, factory, scheduler, set_br, set_mr, task, thread};
+use abi::cap::well_known as wk;
+use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, USER_END};
+use abi::proto::{event, fpage::Fpage, map, sigma0, thread_control as tc};
+use abi::{CapIdx, Error, MsgTag, Rights};
+use alloc::collections::BTreeMap;
+use goblin::elf::{header, program_header, Elf};
+
+/// Where pages are filled before they are granted away.
+const SCRATCH: u64 = 0x20_0000_0000;
+const PAGE: u64 = 4096;
+
+/// Why a program could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    /// The image is not a static x86_64 executable, or its segments make no sense.
+    BadElf(&'static str),
+    /// A kernel or sigma0 operation failed.
+    Kernel(Error),
+}
+
+impl From<Error> for LoadError {
+    fn from(e: Error) -> Self {
+        LoadError::Kernel(e)
+    }
+}
+
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoadError::BadElf(why) => write!(f, "bad ELF image: {why}"),
+            LoadError::Kernel(e) => write!(f, "kernel refused: {e:?}"),
+        }
+    }
+}
+
+/// Capability slots (in the caller's table) the new task and its thread take.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    pub task: CapIdx,
+    pub thread: CapIdx,
+}
+
+/// A zeroed page from sigma0 at the scratch window.
+fn scratch_page() -> Result<*mut u8, LoadError> {
+    set_br(0, Fpage::memory(SCRATCH, 12, Rights::ALL).0);
+    set_mr(0, sigma0::REQ_ANY);
+    set_mr(1, 12);
+    call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
+    Ok(SCRATCH as *mut u8)
+}
+
+/// Moves the scratch page into `child` at `va` with memory rights `rights` (R=4, W=2, X=1).
+fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
+    let fp = Fpage::memory(SCRATCH, 12, Rights::from_bits_truncate(rights));
+    task::map(child, wk::TASK, fp, va | map::GRANT)?;
+    Ok(())
+}
+
+/// Loads `elf` into a new task and starts it at priority `prio` with argument string `args`.
+/// The task gets its own task and thread capabilities (slots 1 and 3), `sigma0` as pager
+/// (slot 4, from ours), and `caps`: (our slot, its slot, rights).
+pub fn spawn(
+    elf: &[u8],
+    args: &str,
+    slots: Slots,
+    caps: &[(CapIdx, CapIdx, Rights)],
+    prio: u8,
+) -> Result<(), LoadError> {
+    let e = Elf::parse(elf).map_err(|_| LoadError::BadElf("not an ELF file"))?;
+    if !e.is_64 || e.header.e_machine != header::EM_X86_64 || e.header.e_type != header::ET_EXEC {
+        return Err(LoadError::BadElf("not a static x86_64 executable"));
+    }
+    if e.entry >= USER_END || args.len() > 2048 {
+        return Err(LoadError::BadElf("entry point or arguments out of range"));
+    }
+    // Pages of the image with the union of their segments' rights.
+    let mut pages: BTreeMap<u64, u8> = BTreeMap::new();
+    for ph in e.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
+        let end = ph.p_vaddr.checked_add(ph.p_memsz).filter(|x| *x <= BOOT_UTCB_ADDR);
+        let file = ph.p_offset.checked_add(ph.p_filesz).filter(|x| *x <= elf.len() as u64);
+        if end.is_none() || file.is_none() || ph.p_filesz > ph.p_memsz {
+            return Err(LoadError::BadElf("segment outside the file or the program area"));
+        }
+        let rights = 4
+            | if ph.p_flags & program_header::PF_W != 0 { 2 } else { 0 }
+            | if ph.p_flags & program_header::PF_X != 0 { 1 } else { 0 };
+        let mut p = ph.p_vaddr & !(PAGE - 1);
+        while p < ph.p_vaddr + ph.p_memsz {
+            *pages.entry(p).or_insert(0) |= rights;
+            p += PAGE;
+        }
+    }
+    if pages.is_empty() {
+        return Err(LoadError::BadElf("no loadable segments"));
+    }
+    factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
+    let r = fill(&e, elf, &pages, args, slots, caps, prio);
+    if r.is_err() {
+        // Deleting the task frees everything granted to it.
+        let _ = task::unmap(
+            wk::TASK,
+            abi::proto::fpage::unmap_mask::DELETE_OBJ,
+            &[Fpage::object(slots.task, 0, Rights::ALL)],
+        );
+    }
+    r
+}
+
+fn fill(
+    e: &Elf,
+    elf: &[u8],
+    pages: &BTreeMap<u64, u8>,
+    args: &str,
+    slots: Slots,
+    caps: &[(CapIdx, CapIdx, Rights)],
+    prio: u8,
+) -> Result<(), LoadError> {
+    for (&page, &rights) in pages {
+        let dst = scratch_page()?;
+        for ph in e.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
+            let lo = page.max(ph.p_vaddr);
+            let hi = (page + PAGE).min(ph.p_vaddr + ph.p_filesz);
+            if lo < hi {
+                let off = (ph.p_offset + (lo - ph.p_vaddr)) as usize;
+                let src = &elf[off..off + (hi - lo) as usize];
+                // SAFETY: the scratch page is ours, mapped writable, and [lo-page, hi-page)
+                // lies inside it; `src` is a different (immutable) buffer.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst.add((lo - page) as usize), src.len())
+                };
+            }
+        }
+        grant(slots.task, page, rights)?;
+    }
+    // The stack; its top page carries the arguments and the start-up block.
+    let args_addr = (BOOT_STACK_TOP - args.len() as u64) & !15;
+    let sp = (args_addr - 24) & !15;
+    for i in 0..BOOT_STACK_SIZE / PAGE {
+        let va = BOOT_STACK_TOP - (i + 1) * PAGE;
+        let dst = scratch_page()?;
+        if i == 0 {
+            // SAFETY: the scratch page is ours and writable; both copies stay inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(args.as_ptr(), dst.add((args_addr - va) as usize), args.len());
+                let block = [args_addr, args.len() as u64, KIP_ADDR];
+                core::ptr::copy_nonoverlapping(block.as_ptr(), dst.add((sp - va) as usize) as *mut u64, 3);
+            }
+        }
+        grant(slots.task, va, 6)?;
+    }
+    let own = [(slots.task, wk::TASK, Rights::ALL), (wk::PAGER, wk::PAGER, Rights::RW | Rights::S)];
+    for (ours, theirs, rights) in own.iter().chain(caps) {
+        task::map(slots.task, wk::TASK, Fpage::object(*ours, 0, *rights), theirs.0 << 12)?;
+    }
+    factory::thread(wk::FACTORY, slots.thread)?;
+    task::map(slots.task, wk::TASK, Fpage::object(slots.thread, 0, Rights::ALL), wk::THREAD.0 << 12)?;
+    thread::control(
+        slots.thread,
+        tc::BIND_TASK | tc::SET_PAGER,
+        wk::PAGER,
+        CapIdx(0),
+        slots.task,
+        BOOT_UTCB_ADDR,
+    )?;
+    thread::ex_regs(slots.thread, e.entry, sp, 0)?;
+    scheduler::run_thread(wk::SCHEDULER, slots.thread, prio, 1, 0)?;
+    Ok(())
+}
