@@ -79,6 +79,8 @@ pub mod well_known {
     pub const SCHEDULER: CapIdx = CapIdx(7);
     /// Platform control (shutdown).
     pub const PLATFORM_CTL: CapIdx = CapIdx(8);
+    /// The program's namespace, in programs the root task starts.
+    pub const NAMESPACE: CapIdx = CapIdx(10);
     /// First slot free for the program's own use.
     pub const FIRST_FREE: CapIdx = CapIdx(16);
 }

@@ -224,6 +224,17 @@ pub mod map {
     pub const GRANT: u64 = 2;
 }
 
+/// The namespace protocol, served by the root task: a program asks for a capability by name.
+/// `MR[0]` = `QUERY`, `MR[1]` = name length, `MR[2..]` = the name's bytes; the reply maps the
+/// capability into the receive window the caller put in `BR[0]`, or is `Error::NoEnt`.
+pub mod namespace {
+    /// Label of namespace requests (user protocols are positive).
+    pub const LABEL: i64 = 0x4001;
+    pub const QUERY: u64 = 0;
+    /// Longest name.
+    pub const NAME_MAX: usize = 32;
+}
+
 /// The sigma0 protocol (label `event::SIGMA0`), served by the first user program.
 pub mod sigma0 {
     /// `MR[1]` = log2 size. Reply: a map item with any free RAM of that size.

@@ -12,7 +12,7 @@ use std::process::Command;
 pub const TARGET: &str = "x86_64-unknown-none";
 
 /// User programs (package names) built for every scenario.
-pub const USER_PROGRAMS: &[&str] = &["ktest", "hello", "sigma0"];
+pub const USER_PROGRAMS: &[&str] = &["ktest", "hello", "sigma0", "moe"];
 
 /// Everything a scenario needs from the build.
 pub struct Artifacts {
@@ -61,12 +61,14 @@ pub fn build_all() -> Result<Artifacts> {
     Ok(a)
 }
 
-/// One program of a boot image.
+/// One module of a boot image: a program, or data (`text`) such as a boot script.
 #[derive(Clone, Debug)]
 pub struct BootProgram {
     /// Module name (defaults to the program name).
     pub name: String,
     pub program: String,
+    /// The contents of a data module (then `program` is unused).
+    pub text: Option<String>,
     pub args: String,
     /// Started by the kernel.
     pub start: bool,
@@ -79,10 +81,16 @@ impl BootProgram {
         BootProgram {
             name: program.into(),
             program: program.into(),
+            text: None,
             args: args.into(),
             start: true,
             sigma0: false,
         }
+    }
+
+    /// A data module called `name` holding `text`.
+    pub fn data(name: &str, text: &str) -> Self {
+        BootProgram { text: Some(text.into()), ..Self::module(name, "") }
     }
 
     /// A program module the kernel does not start (the runtime loads it).
@@ -114,13 +122,17 @@ impl Artifacts {
     pub fn boot_image(&self, name: &str, programs: &[BootProgram]) -> Result<PathBuf> {
         let mut entries = Vec::new();
         for p in programs {
+            let (kind, data) = match &p.text {
+                Some(t) => (bootimage::KIND_DATA, t.clone().into_bytes()),
+                None => (bootimage::KIND_PROGRAM, std::fs::read(self.program(&p.program)?)?),
+            };
             entries.push(Entry {
                 name: p.name.clone(),
-                kind: bootimage::KIND_PROGRAM,
+                kind,
                 flags: if p.start { bootimage::FLAG_START } else { 0 }
                     | if p.sigma0 { bootimage::FLAG_SIGMA0 } else { 0 },
                 args: p.args.clone(),
-                data: std::fs::read(self.program(&p.program)?)?,
+                data,
             });
         }
         let bytes = bootimage::builder::build(&entries)?;

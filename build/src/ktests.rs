@@ -21,8 +21,30 @@ struct Def {
     append: &'static str,
     /// `(test name, marker)`: each marker is reported as its own test, in order.
     checks: Vec<(&'static str, String)>,
-    status: i32,
+    /// Guest exit status; `None`: the scenario never powers off and ends once all checks passed.
+    status: Option<i32>,
 }
+
+/// The boot script of the `bootscript` scenario: a server and a client wired by name.
+const BOOT_CFG: &str = r#"# two programs and the gate between them
+gate hello
+
+start ktest prio=120
+    args "ns-server"
+    cap hello = hello server
+start ktest
+    args "ns-client"
+    cap hello = hello
+    cap platform = @platform
+"#;
+
+/// A script naming a module the boot image lacks: the rest still starts.
+const BOOT_CFG_MISSING: &str = r#"gate hello
+start nosuch
+start ktest prio=120
+    args "ns-server"
+    cap hello = hello server
+"#;
 
 fn defs() -> Vec<Def> {
     let fault =
@@ -39,7 +61,7 @@ fn defs() -> Vec<Def> {
                 ("boot-task-started", "kernel: starting boot task hello".into()),
                 ("ring3-syscall-print", "hello: Hello from ring 3 (args: from the boot image)".into()),
             ],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "syscall",
@@ -53,7 +75,7 @@ fn defs() -> Vec<Def> {
                 ("bad-length", "ktest: oversized log write -> Inval ok".into()),
                 ("round-trip", "ktest: syscall round trip".into()),
             ],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "user-faults",
@@ -76,7 +98,7 @@ fn defs() -> Vec<Def> {
                 ("divide-error", report("fault-div", "divide error (#DE) ip=")),
                 ("kernel-survives", "ktest: survivor still running after the faults".into()),
             ],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "preempt",
@@ -90,7 +112,7 @@ fn defs() -> Vec<Def> {
                 ("spinner-started", "spinner: spinning without system calls".into()),
                 ("preempted", "ktest: ran while the spinner spins".into()),
             ],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "objects",
@@ -111,7 +133,7 @@ fn defs() -> Vec<Def> {
                 ("io-ports", "ktest: I/O ports from sigma0, enforcement and revocation ok".into()),
                 ("all", "ktest: all kernel object checks passed".into()),
             ],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "vcpu",
@@ -119,7 +141,7 @@ fn defs() -> Vec<Def> {
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu")],
             append: "",
             checks: vec![("mini-os", "ktest: vcpu mini-OS ok".into())],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "spawn",
@@ -131,7 +153,42 @@ fn defs() -> Vec<Def> {
                 ("started", "ktest: hello started from user space".into()),
                 ("runs", "task: Hello from ring 3 (args: spawned by ktest)".into()),
             ],
-            status: 0,
+            status: Some(0),
+        },
+        Def {
+            name: "bootscript",
+            what: "the root task moe runs a boot script: gates, programs, capabilities by name",
+            programs: vec![
+                BootProgram::sigma0(),
+                BootProgram::start("moe", ""),
+                BootProgram::module("ktest", ""),
+                BootProgram::data("boot.cfg", BOOT_CFG),
+            ],
+            append: "",
+            checks: vec![
+                ("parsed", "moe: starting 2 programs".into()),
+                ("started", "moe: 2 of 2 programs started".into()),
+                ("server-bound", "task: serving `hello`".into()),
+                ("client-called", "task: hello answered 42".into()),
+            ],
+            status: Some(0),
+        },
+        Def {
+            name: "bootscript-missing",
+            what: "a boot script naming a missing module: a clear message, the other programs start",
+            programs: vec![
+                BootProgram::sigma0(),
+                BootProgram::start("moe", ""),
+                BootProgram::module("ktest", ""),
+                BootProgram::data("boot.cfg", BOOT_CFG_MISSING),
+            ],
+            append: "",
+            checks: vec![
+                ("message", "moe: boot.cfg: line 2: no module `nosuch` in the boot image".into()),
+                ("others-start", "moe: 1 of 2 programs started".into()),
+                ("server-bound", "task: serving `hello`".into()),
+            ],
+            status: None,
         },
         Def {
             name: "fuzz",
@@ -139,7 +196,7 @@ fn defs() -> Vec<Def> {
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {} 100000", fuzz_seed()))],
             append: "",
             checks: vec![("survived", "kernel self-check passed".into())],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "ipc-trace",
@@ -147,7 +204,7 @@ fn defs() -> Vec<Def> {
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "trace")],
             append: "",
             checks: vec![],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "vcpu-bench",
@@ -155,7 +212,7 @@ fn defs() -> Vec<Def> {
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu-bench")],
             append: "",
             checks: vec![("reflect", "BENCH vcpu_syscall_reflect".into())],
-            status: 0,
+            status: Some(0),
         },
         Def {
             name: "kernel-fault",
@@ -167,7 +224,7 @@ fn defs() -> Vec<Def> {
                 ("register-dump", "rax=".into()),
                 ("fault-address", "cr2=0x".into()),
             ],
-            status: KERNEL_FAILURE_STATUS,
+            status: Some(KERNEL_FAILURE_STATUS),
         },
     ]
 }
@@ -234,7 +291,7 @@ pub fn run_all(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bo
         };
         let mut s = Scenario::new(d.name, machine);
         s.markers = d.checks.iter().map(|(_, m)| m.clone()).collect();
-        s.expect_status = Some(d.status);
+        s.expect_status = d.status;
         s.timeout = Duration::from_secs(60);
         match run_scenario(&s) {
             Ok(o) => {

@@ -252,3 +252,24 @@ pub mod icu {
         Ok(mr(0))
     }
 }
+
+pub mod namespace {
+    use super::*;
+    use proto::namespace::{LABEL, NAME_MAX, QUERY};
+
+    /// Asks the namespace `ns` for the capability called `name`; it lands in our slot `into`.
+    pub fn query(ns: CapIdx, name: &str, into: CapIdx) -> Result<(), Error> {
+        if name.len() > NAME_MAX {
+            return Err(Error::Inval);
+        }
+        set_br(0, Fpage::object(into, 0, abi::Rights::ALL).0);
+        set_mr(0, QUERY);
+        set_mr(1, name.len() as u64);
+        for (i, c) in name.as_bytes().chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            set_mr(2 + i, u64::from_le_bytes(w));
+        }
+        call(ns, MsgTag::new(LABEL, 2 + name.len().div_ceil(8) as u64, 0, 0), 0).map(|_| ())
+    }
+}

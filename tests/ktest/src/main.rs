@@ -8,6 +8,7 @@ extern crate alloc;
 mod bench;
 mod fuzz;
 mod intertask;
+mod ns;
 mod objects;
 mod spawn;
 mod vcpu;
@@ -31,6 +32,8 @@ fn main(args: &str) -> i32 {
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("spawn"), _) => finish(spawn::run()),
+        (Some("ns-server"), _) => finish(ns::server()),
+        (Some("ns-client"), _) => finish(ns::client()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
             match seed.parse() {

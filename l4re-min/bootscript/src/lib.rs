@@ -1,0 +1,277 @@
+//! The boot script: a small line-oriented language saying which programs the root task starts
+//! and which capabilities each finds under which name. See README.md for the format.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// Kernel objects a script may hand out by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Log,
+    Platform,
+    Scheduler,
+    Icu,
+}
+
+/// What a named capability refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A gate the script declared (index into `Script::gates`), with the rights to bind it.
+    Gate {
+        gate: usize,
+        server: bool,
+    },
+    Kernel(Kernel),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub name: String,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// Module name in the boot image.
+    pub module: String,
+    pub args: String,
+    pub prio: u8,
+    pub caps: Vec<Cap>,
+    /// Line of its `start`, for messages.
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Script {
+    pub gates: Vec<String>,
+    pub programs: Vec<Program>,
+}
+
+/// A parse error: line (1-based) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub line: usize,
+    pub what: String,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+pub const DEFAULT_PRIO: u8 = 100;
+
+fn err<T>(line: usize, what: impl Into<String>) -> Result<T, Error> {
+    Err(Error { line, what: what.into() })
+}
+
+/// Splits a line into words; a double-quoted word may contain spaces (`\"` and `\\` escape).
+fn words(line: &str, n: usize) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.peek() {
+            None | Some('#') => return Ok(out),
+            Some('"') => {
+                chars.next();
+                let mut w = String::new();
+                loop {
+                    match chars.next() {
+                        None => return err(n, "unterminated string"),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            _ => return err(n, "only \\\" and \\\\ are escapes"),
+                        },
+                        Some(c) => w.push(c),
+                    }
+                }
+                out.push(w);
+            }
+            Some(_) => {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() || c == '#' {
+                        break;
+                    }
+                    w.push(c);
+                    chars.next();
+                }
+                out.push(w);
+            }
+        }
+    }
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// Parses a whole script.
+pub fn parse(text: &str) -> Result<Script, Error> {
+    let mut s = Script::default();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let w = words(raw, n)?;
+        let Some(first) = w.first() else { continue };
+        let indented = raw.starts_with(' ') || raw.starts_with('\t');
+        match (first.as_str(), indented) {
+            ("gate", false) => {
+                if w.len() != 2 || !name_ok(&w[1]) {
+                    return err(n, "expected `gate NAME`");
+                }
+                if s.gates.contains(&w[1]) {
+                    return err(n, format!("gate `{}` declared twice", w[1]));
+                }
+                s.gates.push(w[1].clone());
+            }
+            ("start", false) => {
+                if w.len() < 2 || !name_ok(&w[1]) {
+                    return err(n, "expected `start MODULE [prio=N]`");
+                }
+                let mut p = Program {
+                    module: w[1].clone(),
+                    args: String::new(),
+                    prio: DEFAULT_PRIO,
+                    caps: Vec::new(),
+                    line: n,
+                };
+                for kv in &w[2..] {
+                    match kv.split_once('=') {
+                        Some(("prio", v)) => {
+                            p.prio =
+                                v.parse().or_else(|_| err(n, format!("priority `{v}` is not 0..=255")))?;
+                        }
+                        _ => return err(n, format!("unknown setting `{kv}` (prio=N)")),
+                    }
+                }
+                s.programs.push(p);
+            }
+            (_, true) => {
+                let Some(p) = s.programs.last_mut() else {
+                    return err(n, "indented line outside a `start` block");
+                };
+                match first.as_str() {
+                    "args" if w.len() == 2 => p.args = w[1].clone(),
+                    "args" => return err(n, "expected `args \"...\"`"),
+                    "cap" => {
+                        if w.len() < 4 || w[2] != "=" || !name_ok(&w[1]) {
+                            return err(
+                                n,
+                                "expected `cap NAME = GATE [server]` or `cap NAME = @kernel-object`",
+                            );
+                        }
+                        if p.caps.iter().any(|c| c.name == w[1]) {
+                            return err(n, format!("capability name `{}` used twice", w[1]));
+                        }
+                        let target = match w[3].strip_prefix('@') {
+                            Some(k) => Target::Kernel(match (k, w.len()) {
+                                ("log", 4) => Kernel::Log,
+                                ("platform", 4) => Kernel::Platform,
+                                ("scheduler", 4) => Kernel::Scheduler,
+                                ("icu", 4) => Kernel::Icu,
+                                _ => {
+                                    return err(
+                                        n,
+                                        format!(
+                                            "unknown kernel object `@{k}` (@log @platform @scheduler @icu)"
+                                        ),
+                                    )
+                                }
+                            }),
+                            None => {
+                                let Some(gate) = s.gates.iter().position(|g| *g == w[3]) else {
+                                    return err(
+                                        n,
+                                        format!(
+                                            "unknown gate `{}` (declare it with `gate {}` first)",
+                                            w[3], w[3]
+                                        ),
+                                    );
+                                };
+                                let server = match w.get(4).map(String::as_str) {
+                                    None => false,
+                                    Some("server") if w.len() == 5 => true,
+                                    Some(x) => return err(n, format!("unexpected `{x}` after the gate")),
+                                };
+                                Target::Gate { gate, server }
+                            }
+                        };
+                        p.caps.push(Cap { name: w[1].clone(), target });
+                    }
+                    other => return err(n, format!("unknown setting `{other}` (args, cap)")),
+                }
+            }
+            (other, false) => return err(n, format!("unknown command `{other}` (gate, start)")),
+        }
+    }
+    if s.programs.is_empty() {
+        return err(text.lines().count().max(1), "the script starts no program".to_string());
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+# a server and a client
+gate hello
+
+start ktest prio=120   # the server
+    args "ns-server"
+    cap hello = hello server
+start ktest
+    args "ns-client \"quoted\""
+    cap hello = hello
+    cap platform = @platform
+"#;
+
+    #[test]
+    fn parses_a_script() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.gates, vec!["hello"]);
+        assert_eq!(s.programs.len(), 2);
+        let (a, b) = (&s.programs[0], &s.programs[1]);
+        assert_eq!((a.module.as_str(), a.prio, a.args.as_str(), a.line), ("ktest", 120, "ns-server", 5));
+        assert_eq!(
+            a.caps,
+            vec![Cap { name: "hello".into(), target: Target::Gate { gate: 0, server: true } }]
+        );
+        assert_eq!((b.prio, b.args.as_str()), (DEFAULT_PRIO, "ns-client \"quoted\""));
+        assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
+    }
+
+    #[test]
+    fn errors_name_line_and_problem() {
+        let cases = [
+            ("start x\n    cap a = nogate\n", 2, "unknown gate `nogate`"),
+            ("gate g\ngate g\nstart x\n", 2, "declared twice"),
+            ("start x prio=300\n", 1, "priority `300`"),
+            ("start x quota=4M\n", 1, "unknown setting `quota=4M`"),
+            ("    args \"x\"\n", 1, "outside a `start` block"),
+            ("start x\n    args \"open\n", 2, "unterminated string"),
+            ("run x\n", 1, "unknown command `run`"),
+            ("start x\n    cap a = @disk\n", 2, "unknown kernel object `@disk`"),
+            ("gate g\nstart x\n    cap a = g client\n", 3, "unexpected `client`"),
+            ("# nothing\n", 1, "starts no program"),
+        ];
+        for (text, line, what) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.what.contains(what), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! moe: the root task. Runs the boot script and serves namespaces; see README.md.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use abi::cap::well_known as wk;
+use abi::proto::{fpage::Fpage, namespace};
+use abi::{CapIdx, Error, MsgTag, Rights};
+use alloc::string::String;
+use alloc::vec::Vec;
+use bootscript::{Kernel, Script, Target};
+use l4::ipc::{factory, mr, put_map_item, reply_and_wait, wait};
+use l4::loader::{spawn, Slots};
+use l4::println;
+
+l4::entry!(main);
+
+/// Our slots: the script's gates, then per program its task and thread, then its namespace gate.
+const GATES: u64 = 100;
+const PROGRAMS: u64 = 300;
+const NAMESPACES: u64 = 700;
+
+fn main(_args: &str) -> i32 {
+    let Some(img) = l4::sys::boot_image() else {
+        println!("no boot image mapped: nothing to start");
+        return 1;
+    };
+    let Some(cfg) = img.modules().flatten().find(|m| m.name == "boot.cfg") else {
+        println!("the boot image has no `boot.cfg`: nothing to start");
+        return 1;
+    };
+    let script = match core::str::from_utf8(cfg.data)
+        .map_err(|_| String::from("not UTF-8"))
+        .and_then(|t| bootscript::parse(t).map_err(|e| alloc::format!("{e}")))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            println!("boot.cfg: {e}");
+            return 1;
+        }
+    };
+    for (i, _) in script.gates.iter().enumerate() {
+        if let Err(e) = factory::gate(wk::FACTORY, CapIdx(GATES + i as u64), CapIdx(0), 0) {
+            println!("cannot create gate {}: {e:?}", script.gates[i]);
+            return 1;
+        }
+    }
+    println!("starting {} programs", script.programs.len());
+    let mut started = 0;
+    for (i, p) in script.programs.iter().enumerate() {
+        let Some(m) = img.modules().flatten().find(|m| m.name == p.module) else {
+            println!("boot.cfg: line {}: no module `{}` in the boot image", p.line, p.module);
+            continue;
+        };
+        let ns = CapIdx(NAMESPACES + i as u64);
+        if let Err(e) = factory::gate(wk::FACTORY, ns, wk::THREAD, i as u64 + 1) {
+            println!("boot.cfg: line {}: no namespace for `{}`: {e:?}", p.line, p.module);
+            continue;
+        }
+        let caps = [(ns, wk::NAMESPACE, Rights::RW | Rights::S), (wk::LOG, wk::LOG, Rights::RW)];
+        let slots =
+            Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) };
+        match spawn(m.data, &p.args, slots, &caps, p.prio) {
+            Ok(()) => started += 1,
+            Err(e) => println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module),
+        }
+    }
+    println!("{started} of {} programs started", script.programs.len());
+    serve(&script)
+}
+
+/// The capability a program's name refers to: our slot and the rights it gets.
+fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights)> {
+    let cap = script.programs.get(program)?.caps.iter().find(|c| c.name == name)?;
+    Some(match cap.target {
+        // Clients may call through the gate; the server may also bind it (W).
+        Target::Gate { gate, server } => (
+            CapIdx(GATES + gate as u64),
+            if server { Rights::ALL - Rights::D } else { Rights::R | Rights::S },
+        ),
+        Target::Kernel(k) => (
+            match k {
+                Kernel::Log => wk::LOG,
+                Kernel::Platform => wk::PLATFORM_CTL,
+                Kernel::Scheduler => wk::SCHEDULER,
+                Kernel::Icu => wk::ICU,
+            },
+            Rights::RW,
+        ),
+    })
+}
+
+/// The name in a namespace query (`MR[1]` = length, `MR[2..]` = bytes).
+fn query_name(words: usize) -> Option<String> {
+    let len = mr(1) as usize;
+    if len > namespace::NAME_MAX || words < 2 + len.div_ceil(8) {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..len.div_ceil(8)).flat_map(|i| mr(2 + i).to_le_bytes()).take(len).collect();
+    String::from_utf8(bytes).ok()
+}
+
+fn serve(script: &Script) -> ! {
+    let mut msg = wait(0);
+    loop {
+        let reply = match msg {
+            Ok((tag, label)) if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 => {
+                let program = label as usize - 1;
+                match query_name(tag.words()).and_then(|n| lookup(script, program, &n)) {
+                    Some((slot, rights)) => {
+                        put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
+                        MsgTag::new(0, 0, 1, 0)
+                    }
+                    None => MsgTag::error(Error::NoEnt),
+                }
+            }
+            Ok(_) => MsgTag::error(Error::BadProto),
+            Err(_) => MsgTag::error(Error::Inval),
+        };
+        msg = reply_and_wait(reply, 0);
+    }
+}
