@@ -347,23 +347,8 @@ syscall_return:
     swapgs
     sysretq
 
-    /* resume_context(cr3 [rdi] or 0, rsp [rsi]): load an address space (late: every page
-       touched after this write costs a TLB refill under TCG) and resume a saved context. */
-    .global resume_context
-resume_context:
-    test rdi, rdi
-    jz 1f
-    mov cr3, rdi
-1:  mov rsp, rsi
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    ret
-
-    /* switch_context(save_rsp: *mut u64 [rdi], new_rsp: u64 [rsi]) */
+    /* switch_context(save_rsp: *mut u64 [rdi], new_rsp: u64 [rsi]): saves the callee-saved
+       registers on this stack and falls into resume_context without an address-space load. */
     .global switch_context
 switch_context:
     push rbp
@@ -373,7 +358,16 @@ switch_context:
     push r14
     push r15
     mov [rdi], rsp
-    mov rsp, rsi
+    xor edi, edi
+
+    /* resume_context(cr3 [rdi] or 0, rsp [rsi]): load an address space (late: every page
+       touched after this write costs a TLB refill under TCG) and resume a saved context. */
+    .global resume_context
+resume_context:
+    test rdi, rdi
+    jz 1f
+    mov cr3, rdi
+1:  mov rsp, rsi
     pop r15
     pop r14
     pop r13
