@@ -87,6 +87,9 @@ protocols! {
         /// `MR[1]` = slot index. Reply: `MR[0]` = protocol label of the object (0: empty slot),
         /// `MR[1]` = rights.
         CapInfo = 2,
+        /// Names the task in kernel messages (log prefix, fault reports), like Fiasco's debugger
+        /// object names: `MR[1]` = length (1..=`TASK_NAME_MAX`, UTF-8), `MR[2..]` = the bytes.
+        SetName = 3,
     }
     /// A thread.
     thread: Thread = -12 {
@@ -223,6 +226,9 @@ pub mod map {
     /// Grant: the sender loses what it sends.
     pub const GRANT: u64 = 2;
 }
+
+/// Longest task name (`task::Op::SetName`).
+pub const TASK_NAME_MAX: usize = 32;
 
 /// The namespace protocol, served by the root task: a program asks for a capability by name.
 /// `MR[0]` = `QUERY`, `MR[1]` = name length, `MR[2..]` = the name's bytes; the reply maps the

@@ -29,10 +29,10 @@ struct Def {
 const BOOT_CFG: &str = r#"# two programs and the gate between them
 gate hello
 
-start ktest prio=120
+start ktest prio=120 name=server
     args "ns-server"
     cap hello = hello server
-start ktest
+start ktest name=client
     args "ns-client"
     cap hello = hello
     cap platform = @platform
@@ -41,7 +41,7 @@ start ktest
 /// A script naming a module the boot image lacks: the rest still starts.
 const BOOT_CFG_MISSING: &str = r#"gate hello
 start nosuch
-start ktest prio=120
+start ktest prio=120 name=server
     args "ns-server"
     cap hello = hello server
 "#;
@@ -151,7 +151,7 @@ fn defs() -> Vec<Def> {
             checks: vec![
                 ("corrupt-elf", "ktest: broken image: bad ELF image: not a static x86_64 executable".into()),
                 ("started", "ktest: hello started from user space".into()),
-                ("runs", "task: Hello from ring 3 (args: spawned by ktest)".into()),
+                ("runs", "hello: Hello from ring 3 (args: spawned by ktest)".into()),
             ],
             status: Some(0),
         },
@@ -168,8 +168,8 @@ fn defs() -> Vec<Def> {
             checks: vec![
                 ("parsed", "moe: starting 2 programs".into()),
                 ("started", "moe: 2 of 2 programs started".into()),
-                ("server-bound", "task: serving `hello`".into()),
-                ("client-called", "task: hello answered 42".into()),
+                ("server-bound", "server: serving `hello`".into()),
+                ("client-called", "client: hello answered 42".into()),
             ],
             status: Some(0),
         },
@@ -186,7 +186,7 @@ fn defs() -> Vec<Def> {
             checks: vec![
                 ("message", "moe: boot.cfg: line 2: no module `nosuch` in the boot image".into()),
                 ("others-start", "moe: 1 of 2 programs started".into()),
-                ("server-bound", "task: serving `hello`".into()),
+                ("server-bound", "server: serving `hello`".into()),
             ],
             status: None,
         },

@@ -39,6 +39,8 @@ pub struct Cap {
 pub struct Program {
     /// Module name in the boot image.
     pub module: String,
+    /// The program's name on the console (default: the module's).
+    pub name: String,
     pub args: String,
     pub prio: u8,
     pub caps: Vec<Cap>,
@@ -138,10 +140,11 @@ pub fn parse(text: &str) -> Result<Script, Error> {
             }
             ("start", false) => {
                 if w.len() < 2 || !name_ok(&w[1]) {
-                    return err(n, "expected `start MODULE [prio=N]`");
+                    return err(n, "expected `start MODULE [prio=N] [name=NAME]`");
                 }
                 let mut p = Program {
                     module: w[1].clone(),
+                    name: w[1].clone(),
                     args: String::new(),
                     prio: DEFAULT_PRIO,
                     caps: Vec::new(),
@@ -153,7 +156,11 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                             p.prio =
                                 v.parse().or_else(|_| err(n, format!("priority `{v}` is not 0..=255")))?;
                         }
-                        _ => return err(n, format!("unknown setting `{kv}` (prio=N)")),
+                        Some(("name", v)) if name_ok(v) => p.name = v.into(),
+                        Some(("name", v)) => {
+                            return err(n, format!("`{v}` is not a name (1-32 of A-Z a-z 0-9 _ - .)"))
+                        }
+                        _ => return err(n, format!("unknown setting `{kv}` (prio=N, name=NAME)")),
                     }
                 }
                 s.programs.push(p);
@@ -230,7 +237,7 @@ mod tests {
 # a server and a client
 gate hello
 
-start ktest prio=120   # the server
+start ktest prio=120 name=server   # the server
     args "ns-server"
     cap hello = hello server
 start ktest
@@ -245,12 +252,18 @@ start ktest
         assert_eq!(s.gates, vec!["hello"]);
         assert_eq!(s.programs.len(), 2);
         let (a, b) = (&s.programs[0], &s.programs[1]);
-        assert_eq!((a.module.as_str(), a.prio, a.args.as_str(), a.line), ("ktest", 120, "ns-server", 5));
+        assert_eq!(
+            (a.module.as_str(), a.name.as_str(), a.prio, a.args.as_str(), a.line),
+            ("ktest", "server", 120, "ns-server", 5)
+        );
         assert_eq!(
             a.caps,
             vec![Cap { name: "hello".into(), target: Target::Gate { gate: 0, server: true } }]
         );
-        assert_eq!((b.prio, b.args.as_str()), (DEFAULT_PRIO, "ns-client \"quoted\""));
+        assert_eq!(
+            (b.name.as_str(), b.prio, b.args.as_str()),
+            ("ktest", DEFAULT_PRIO, "ns-client \"quoted\"")
+        );
         assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
     }
 
@@ -261,6 +274,7 @@ start ktest
             ("gate g\ngate g\nstart x\n", 2, "declared twice"),
             ("start x prio=300\n", 1, "priority `300`"),
             ("start x quota=4M\n", 1, "unknown setting `quota=4M`"),
+            ("start x name=a/b\n", 1, "`a/b` is not a name"),
             ("    args \"x\"\n", 1, "outside a `start` block"),
             ("start x\n    args \"open\n", 2, "unterminated string"),
             ("run x\n", 1, "unknown command `run`"),

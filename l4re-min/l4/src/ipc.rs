@@ -13,6 +13,31 @@ pub fn mr(i: usize) -> u64 {
     unsafe { (*utcb()).mr[i] }
 }
 
+/// Puts a string in the MRs from `at` on as length, then bytes packed little-endian; returns
+/// how many MRs it took. [`get_str`] reads it back.
+pub fn set_str(at: usize, s: &str) -> usize {
+    set_mr(at, s.len() as u64);
+    for (i, c) in s.as_bytes().chunks(8).enumerate() {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        set_mr(at + 1 + i, u64::from_le_bytes(w));
+    }
+    1 + s.len().div_ceil(8)
+}
+
+/// The string [`set_str`] put at `at`, if the message's `words` hold it, it is at most `max`
+/// bytes and valid UTF-8; copied into `buf`.
+pub fn get_str(at: usize, words: usize, max: usize, buf: &mut [u8]) -> Option<&str> {
+    let len = mr(at) as usize;
+    if len > max || len > buf.len() || words < at + 1 + len.div_ceil(8) {
+        return None;
+    }
+    for (i, c) in buf[..len].chunks_mut(8).enumerate() {
+        c.copy_from_slice(&mr(at + 1 + i).to_le_bytes()[..c.len()]);
+    }
+    core::str::from_utf8(&buf[..len]).ok()
+}
+
 pub fn set_mr(i: usize, v: u64) {
     // SAFETY: as in `mr`.
     unsafe { (*utcb()).mr[i] = v };
@@ -101,6 +126,16 @@ pub mod task {
         call_words(task, LABEL, &[Op::CapInfo.code(), idx.0])?;
         let [l, r] = results::<2>();
         Ok((l as i64, r))
+    }
+
+    /// Names `task` in kernel messages (log prefix, fault reports).
+    pub fn set_name(task: CapIdx, name: &str) -> Result<(), Error> {
+        if name.is_empty() || name.len() > proto::TASK_NAME_MAX {
+            return Err(Error::Inval);
+        }
+        set_mr(0, Op::SetName.code());
+        let words = set_str(1, name);
+        call(task, MsgTag::new(LABEL, 1 + words as u64, 0, 0), 0).map(|_| ())
     }
 }
 
@@ -264,12 +299,7 @@ pub mod namespace {
         }
         set_br(0, Fpage::object(into, 0, abi::Rights::ALL).0);
         set_mr(0, QUERY);
-        set_mr(1, name.len() as u64);
-        for (i, c) in name.as_bytes().chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            set_mr(2 + i, u64::from_le_bytes(w));
-        }
-        call(ns, MsgTag::new(LABEL, 2 + name.len().div_ceil(8) as u64, 0, 0), 0).map(|_| ())
+        let words = set_str(1, name);
+        call(ns, MsgTag::new(LABEL, 1 + words as u64, 0, 0), 0).map(|_| ())
     }
 }

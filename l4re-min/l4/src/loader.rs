@@ -62,11 +62,12 @@ fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Loads `elf` into a new task and starts it at priority `prio` with argument string `args`.
-/// The task gets its own task and thread capabilities (slots 1 and 3), `sigma0` as pager
+/// Loads `elf` into a new task called `name` (its prefix on the console) and starts it at
+/// priority `prio` with argument string `args`. The task gets its own task and thread capabilities (slots 1 and 3), `sigma0` as pager
 /// (slot 4, from ours), and `caps`: (our slot, its slot, rights).
 pub fn spawn(
     elf: &[u8],
+    name: &str,
     args: &str,
     slots: Slots,
     caps: &[(CapIdx, CapIdx, Rights)],
@@ -100,7 +101,9 @@ pub fn spawn(
         return Err(LoadError::BadElf("no loadable segments"));
     }
     factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
-    let r = fill(&e, elf, &pages, args, slots, caps, prio);
+    let r = task::set_name(slots.task, name)
+        .map_err(LoadError::from)
+        .and_then(|()| fill(&e, elf, &pages, args, slots, caps, prio));
     if r.is_err() {
         // Deleting the task frees everything granted to it.
         let _ = task::unmap(

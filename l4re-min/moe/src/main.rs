@@ -8,9 +8,8 @@ use abi::cap::well_known as wk;
 use abi::proto::{fpage::Fpage, namespace};
 use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
-use alloc::vec::Vec;
 use bootscript::{Kernel, Script, Target};
-use l4::ipc::{factory, mr, put_map_item, reply_and_wait, wait};
+use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, wait};
 use l4::loader::{spawn, Slots};
 use l4::println;
 
@@ -61,7 +60,7 @@ fn main(_args: &str) -> i32 {
         let caps = [(ns, wk::NAMESPACE, Rights::RW | Rights::S), (wk::LOG, wk::LOG, Rights::RW)];
         let slots =
             Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) };
-        match spawn(m.data, &p.args, slots, &caps, p.prio) {
+        match spawn(m.data, &p.name, &p.args, slots, &caps, p.prio) {
             Ok(()) => started += 1,
             Err(e) => println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module),
         }
@@ -91,23 +90,16 @@ fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights
     })
 }
 
-/// The name in a namespace query (`MR[1]` = length, `MR[2..]` = bytes).
-fn query_name(words: usize) -> Option<String> {
-    let len = mr(1) as usize;
-    if len > namespace::NAME_MAX || words < 2 + len.div_ceil(8) {
-        return None;
-    }
-    let bytes: Vec<u8> = (0..len.div_ceil(8)).flat_map(|i| mr(2 + i).to_le_bytes()).take(len).collect();
-    String::from_utf8(bytes).ok()
-}
-
 fn serve(script: &Script) -> ! {
     let mut msg = wait(0);
     loop {
         let reply = match msg {
             Ok((tag, label)) if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 => {
                 let program = label as usize - 1;
-                match query_name(tag.words()).and_then(|n| lookup(script, program, &n)) {
+                let mut buf = [0u8; namespace::NAME_MAX];
+                match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
+                    .and_then(|n| lookup(script, program, n))
+                {
                     Some((slot, rights)) => {
                         put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
                         MsgTag::new(0, 0, 1, 0)

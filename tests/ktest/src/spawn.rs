@@ -16,11 +16,18 @@ pub fn run() -> R {
     let mut broken: Vec<u8> = hello.data.to_vec();
     check(broken.len() == hello.data.len(), "heap copy")?;
     broken[18] ^= 0xff; // e_machine
-    let r = spawn(&broken, "", Slots { task: CapIdx(90), thread: CapIdx(91) }, &[], 100);
+    let r = spawn(&broken, "broken", "", Slots { task: CapIdx(90), thread: CapIdx(91) }, &[], 100);
     println!("broken image: {}", r.map_or_else(|e| alloc::format!("{e}"), |_| "started?!".into()));
     check(matches!(r, Err(LoadError::BadElf(_))), "a corrupt ELF image is refused")?;
     let caps = [(wk::LOG, wk::LOG, Rights::RW), (wk::PLATFORM_CTL, wk::PLATFORM_CTL, Rights::RW)];
-    let r = spawn(hello.data, "spawned by ktest", Slots { task: CapIdx(92), thread: CapIdx(93) }, &caps, 100);
+    let r = spawn(
+        hello.data,
+        "hello",
+        "spawned by ktest",
+        Slots { task: CapIdx(92), thread: CapIdx(93) },
+        &caps,
+        100,
+    );
     if let Err(e) = r {
         println!("spawn failed: {e}");
         return Err("spawn hello");

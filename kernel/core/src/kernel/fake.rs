@@ -8,6 +8,7 @@ use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use std::cell::{Cell, RefCell};
 
@@ -46,6 +47,11 @@ pub fn reset() {
 /// Advances the fake cycle counter.
 pub fn advance(cycles: u64) {
     CLOCK.with(|c| c.set(c.get() + cycles));
+}
+
+/// Everything written to the console so far.
+pub fn console() -> String {
+    CONSOLE.with(|c| String::from_utf8_lossy(&c.borrow()).into_owned())
 }
 
 pub fn free_frames() -> usize {

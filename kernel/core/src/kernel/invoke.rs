@@ -232,6 +232,18 @@ impl<A: Arch> Kernel<A> {
                     c.map_or(0, |c| c.rights.bits() as u64)
                 ])
             }
+            proto::task::Op::SetName => {
+                need(rights, Rights::W)?;
+                let len = m.get(1)? as usize;
+                if len == 0 || len > proto::TASK_NAME_MAX || m.n < 2 + len.div_ceil(8) {
+                    return Err(Error::Inval);
+                }
+                let bytes: Vec<u8> =
+                    m.w[2..2 + len.div_ceil(8)].iter().flat_map(|w| w.to_le_bytes()).take(len).collect();
+                let name = alloc::string::String::from_utf8(bytes).map_err(|_| Error::Inval)?;
+                self.tasks.get_mut(t).ok_or(Error::NoEnt)?.name = name;
+                Ok(Vec::new())
+            }
         }
     }
 

@@ -417,3 +417,26 @@ fn closed_receive_takes_only_its_partner() {
     assert_eq!(m.woke_with(c).0.words(), 1);
     assert_eq!(m.k.self_check(), Ok(()));
 }
+
+#[test]
+fn a_task_name_prefixes_its_log_lines() {
+    let mut m = machine(1 << 20);
+    let (set_name, task) = (proto::task::Op::SetName.code(), proto::task::LABEL);
+    let server = u64::from_le_bytes(*b"server\0\0");
+    m.op(wk::TASK, task, &[set_name, 6, server]).unwrap();
+    let hi = u64::from_le_bytes(*b"hi\n\0\0\0\0\0");
+    m.op(wk::LOG, proto::log::LABEL, &[proto::log::Op::Write.code(), 3, hi]).unwrap();
+    assert!(fake::console().ends_with("server: hi\n"), "{:?}", fake::console());
+    // Empty, too long, shorter than its length, not UTF-8: refused, the name stays.
+    for bad in
+        [&[set_name, 0][..], &[set_name, 33, 0, 0, 0, 0, 0], &[set_name, 9, server], &[set_name, 1, 0xff]]
+    {
+        assert_eq!(m.op(wk::TASK, task, bad), Err(Error::Inval), "{bad:x?}");
+    }
+    // Naming needs the W right.
+    let read_only = Fpage::object(wk::TASK, 0, Rights::R).0;
+    m.op(wk::TASK, task, &[proto::task::Op::Map.code(), wk::TASK.0, read_only, 20 << 12]).unwrap();
+    assert_eq!(m.op(CapIdx(20), task, &[set_name, 1, u64::from(b'x')]), Err(Error::Perm));
+    m.op(wk::LOG, proto::log::LABEL, &[proto::log::Op::Write.code(), 3, hi]).unwrap();
+    assert!(fake::console().ends_with("server: hi\nserver: hi\n"));
+}
