@@ -81,6 +81,8 @@ pub mod well_known {
     pub const PLATFORM_CTL: CapIdx = CapIdx(8);
     /// The program's namespace, in programs the root task starts.
     pub const NAMESPACE: CapIdx = CapIdx(10);
+    /// The program's parent (`proto::parent`), in programs the root task starts.
+    pub const PARENT: CapIdx = CapIdx(11);
     /// First slot free for the program's own use.
     pub const FIRST_FREE: CapIdx = CapIdx(16);
 }

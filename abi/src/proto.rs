@@ -241,6 +241,16 @@ pub mod namespace {
     pub const NAME_MAX: usize = 32;
 }
 
+/// The parent protocol: a program tells the task that started it about its life, as L4Re's
+/// parent signals do. `MR[0]` = `SIGNAL`, `MR[1]` = the signal, `MR[2..]` = its arguments.
+pub mod parent {
+    /// Label of parent messages (user protocols are positive).
+    pub const LABEL: i64 = 0x4002;
+    pub const SIGNAL: u64 = 0;
+    /// The program is ending: `MR[2]` = its exit status. Sent without waiting for a reply.
+    pub const EXIT: u64 = 0;
+}
+
 /// The sigma0 protocol (label `event::SIGMA0`), served by the first user program.
 pub mod sigma0 {
     /// `MR[1]` = log2 size. Reply: a map item with any free RAM of that size.

@@ -38,6 +38,11 @@ start ktest name=client
     cap platform = @platform
 "#;
 
+/// A program that ends: moe hears of it and deletes its task.
+const BOOT_CFG_EXIT: &str = r#"start hello
+    args "as a child of moe"
+"#;
+
 /// A script naming a module the boot image lacks: the rest still starts.
 const BOOT_CFG_MISSING: &str = r#"gate hello
 start nosuch
@@ -172,6 +177,23 @@ fn defs() -> Vec<Def> {
                 ("client-called", "client: hello answered 42".into()),
             ],
             status: Some(0),
+        },
+        Def {
+            name: "bootscript-exit",
+            what: "a program moe started exits: its parent hears the status and deletes the task",
+            programs: vec![
+                BootProgram::sigma0(),
+                BootProgram::start("moe", ""),
+                BootProgram::module("hello", ""),
+                BootProgram::data("boot.cfg", BOOT_CFG_EXIT),
+            ],
+            append: "",
+            checks: vec![
+                ("runs", "hello: Hello from ring 3 (args: as a child of moe)".into()),
+                ("no-platform", "hello: shutdown refused".into()),
+                ("exit-reported", "moe: hello exited with status 1".into()),
+            ],
+            status: None,
         },
         Def {
             name: "bootscript-missing",

@@ -99,10 +99,19 @@ pub fn shutdown(status: u64) -> Error {
     }
 }
 
-/// Ends the program by deleting its own task.
+/// Ends the program: tells its parent (if it has one) the status, then deletes its own task.
 pub fn exit(status: i32) -> ! {
     if status != 0 {
         crate::println!("exit status {status}");
+    }
+    if matches!(crate::ipc::task::cap_info(well_known::TASK, well_known::PARENT), Ok((l, _)) if l != 0) {
+        use abi::proto::parent;
+        crate::ipc::set_mr(0, parent::SIGNAL);
+        crate::ipc::set_mr(1, parent::EXIT);
+        crate::ipc::set_mr(2, status as u64);
+        // Waits until the parent listens: it made us and can delete us anyway, and a lost exit
+        // notice would leak the task. A dead parent's gate fails at once.
+        let _ = crate::ipc::send(well_known::PARENT, MsgTag::new(parent::LABEL, 3, 0, 0), 0);
     }
     let me = fpage::Fpage::object(well_known::TASK, 0, Rights::D);
     let _ = call_words(

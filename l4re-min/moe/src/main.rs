@@ -5,11 +5,11 @@
 extern crate alloc;
 
 use abi::cap::well_known as wk;
-use abi::proto::{fpage::Fpage, namespace};
+use abi::proto::{fpage::unmap_mask, fpage::Fpage, namespace, parent};
 use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
 use bootscript::{Kernel, Script, Target};
-use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, wait};
+use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, task, wait};
 use l4::loader::{spawn, Slots};
 use l4::println;
 
@@ -39,6 +39,12 @@ fn main(_args: &str) -> i32 {
             return 1;
         }
     };
+    if script.gates.len() > (PROGRAMS - GATES) as usize
+        || script.programs.len() > (NAMESPACES - PROGRAMS) as usize / 2
+    {
+        println!("boot.cfg: more than 200 gates or programs");
+        return 1;
+    }
     for (i, _) in script.gates.iter().enumerate() {
         if let Err(e) = factory::gate(wk::FACTORY, CapIdx(GATES + i as u64), CapIdx(0), 0) {
             println!("cannot create gate {}: {e:?}", script.gates[i]);
@@ -57,16 +63,36 @@ fn main(_args: &str) -> i32 {
             println!("boot.cfg: line {}: no namespace for `{}`: {e:?}", p.line, p.module);
             continue;
         }
-        let caps = [(ns, wk::NAMESPACE, Rights::RW | Rights::S), (wk::LOG, wk::LOG, Rights::RW)];
-        let slots =
-            Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) };
-        match spawn(m.data, &p.name, &p.args, slots, &caps, p.prio) {
+        // One gate serves both of the program's protocols: namespace and parent.
+        let caps = [
+            (ns, wk::NAMESPACE, Rights::RW | Rights::S),
+            (ns, wk::PARENT, Rights::RW | Rights::S),
+            (wk::LOG, wk::LOG, Rights::RW),
+        ];
+        match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio) {
             Ok(()) => started += 1,
             Err(e) => println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module),
         }
     }
     println!("{started} of {} programs started", script.programs.len());
     serve(&script)
+}
+
+/// Where we keep program `i`'s task and thread capabilities.
+fn slots(i: usize) -> Slots {
+    Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) }
+}
+
+/// Program `i` says it exits: report it and delete its task and thread (the kernel objects die
+/// with our capabilities, the last ones).
+fn exited(script: &Script, i: usize, status: i32) {
+    let s = slots(i);
+    let fps = [Fpage::object(s.task, 0, Rights::ALL), Fpage::object(s.thread, 0, Rights::ALL)];
+    let name = &script.programs[i].name;
+    match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
+        Ok(()) => println!("{name} exited with status {status}"),
+        Err(e) => println!("{name} exited with status {status}; deleting it failed: {e:?}"),
+    }
 }
 
 /// The capability a program's name refers to: our slot and the rights it gets.
@@ -94,6 +120,17 @@ fn serve(script: &Script) -> ! {
     let mut msg = wait(0);
     loop {
         let reply = match msg {
+            Ok((tag, label))
+                if tag.label() == parent::LABEL
+                    && tag.words() == 3
+                    && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT)
+                    && label > 0 =>
+            {
+                // Sent without waiting for a reply: nothing to answer.
+                exited(script, label as usize - 1, mr(2) as i32);
+                msg = wait(0);
+                continue;
+            }
             Ok((tag, label)) if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 => {
                 let program = label as usize - 1;
                 let mut buf = [0u8; namespace::NAME_MAX];
