@@ -43,6 +43,15 @@ const BOOT_CFG_EXIT: &str = r#"start hello
     args "as a child of moe"
 "#;
 
+/// Programs that crash or panic while another runs on: each reported and deleted by moe.
+const BOOT_CFG_CRASH: &str = r#"start ktest prio=150 name=crasher
+    args "fault ud"
+start ktest prio=140 name=panicker
+    args "panic"
+start hello prio=130 name=survivor
+    args "still running"
+"#;
+
 /// A script naming a module the boot image lacks: the rest still starts.
 const BOOT_CFG_MISSING: &str = r#"gate hello
 start nosuch
@@ -192,6 +201,27 @@ fn defs() -> Vec<Def> {
                 ("runs", "hello: Hello from ring 3 (args: as a child of moe)".into()),
                 ("no-platform", "hello: shutdown refused".into()),
                 ("exit-reported", "moe: hello exited with status 1".into()),
+            ],
+            status: None,
+        },
+        Def {
+            name: "bootscript-crash",
+            what: "programs that crash or panic are reported to moe and deleted; the others run on",
+            programs: vec![
+                BootProgram::sigma0(),
+                BootProgram::start("moe", ""),
+                BootProgram::module("ktest", ""),
+                BootProgram::module("hello", ""),
+                BootProgram::data("boot.cfg", BOOT_CFG_CRASH),
+            ],
+            append: "",
+            checks: vec![
+                ("panic-message", "panicker: panic: ".into()),
+                ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
+                ("all-started", "moe: 3 of 3 programs started".into()),
+                ("crash-reported", "moe: crasher crashed: exception 6 at ip 0x".into()),
+                ("panic-reported", "moe: panicker exited with status 101".into()),
+                ("exit-reported", "moe: survivor exited with status 1".into()),
             ],
             status: None,
         },

@@ -144,16 +144,18 @@ fn idle_rsp() -> u64 {
 #[link_section = ".text.fast"]
 pub fn syscall(f: &mut TrapFrame) {
     let [rdx, rax, _label, r8] = f.syscall_args();
+    // The call may ready a thread above us (run_thread, a semaphore up, an Irq trigger): it
+    // runs at once, not at the next tick; we continue when our turn comes again.
     let out = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
         Some(next) => Err(next),
-        None => Ok(k.invoke(rdx, MsgTag(rax), r8)),
+        None => Ok((k.invoke(rdx, MsgTag(rax), r8), k.take_preempt())),
     });
-    let (tag, label) = match out {
+    let (tag, label, preempt) = match out {
         Err(next) => resume(next),
-        Ok(Outcome::Done(tag, label)) => (tag, label),
-        Ok(Outcome::Blocked) => block_and_leave(hal::Resume::Syscall),
+        Ok((Outcome::Done(tag, label), preempt)) => (tag, label, preempt),
+        Ok((Outcome::Blocked, _)) => block_and_leave(hal::Resume::Syscall),
         // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
-        Ok(Outcome::Resume) => resume_current(),
+        Ok((Outcome::Resume, _)) => resume_current(),
     };
     let regs = with_kernel(|k| match k.current.and_then(|c| k.threads.get_mut(c)) {
         Some(t) => Ok(t.pending_regs.take()),
@@ -173,6 +175,9 @@ pub fn syscall(f: &mut TrapFrame) {
         Ok(None) => {}
     }
     f.set_syscall_result(tag.0, label);
+    if preempt {
+        reschedule();
+    }
 }
 
 /// A user exception of the current thread: a message to its pager or exception handler, whose

@@ -63,8 +63,10 @@ fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
 }
 
 /// Loads `elf` into a new task called `name` (its prefix on the console) and starts it at
-/// priority `prio` with argument string `args`. The task gets its own task and thread capabilities (slots 1 and 3), `sigma0` as pager
-/// (slot 4, from ours), and `caps`: (our slot, its slot, rights).
+/// priority `prio` with argument string `args`. The task gets its own task and thread
+/// capabilities (slots 1 and 3), `sigma0` as pager (slot 4, from ours), and `caps`: (our slot,
+/// its slot, rights). Its exceptions go to whatever `caps` puts in its parent slot (11); with
+/// none there, the kernel ends it.
 pub fn spawn(
     elf: &[u8],
     name: &str,
@@ -165,9 +167,9 @@ fn fill(
     task::map(slots.task, wk::TASK, Fpage::object(slots.thread, 0, Rights::ALL), wk::THREAD.0 << 12)?;
     thread::control(
         slots.thread,
-        tc::BIND_TASK | tc::SET_PAGER,
+        tc::BIND_TASK | tc::SET_PAGER | tc::SET_EXC_HANDLER,
         wk::PAGER,
-        CapIdx(0),
+        wk::PARENT,
         slots.task,
         BOOT_UTCB_ADDR,
     )?;

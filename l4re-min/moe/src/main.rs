@@ -5,7 +5,7 @@
 extern crate alloc;
 
 use abi::cap::well_known as wk;
-use abi::proto::{fpage::unmap_mask, fpage::Fpage, namespace, parent};
+use abi::proto::{event, exc_regs, fpage::unmap_mask, fpage::Fpage, namespace, parent};
 use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
 use bootscript::{Kernel, Script, Target};
@@ -83,15 +83,15 @@ fn slots(i: usize) -> Slots {
     Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) }
 }
 
-/// Program `i` says it exits: report it and delete its task and thread (the kernel objects die
+/// Program `i` ended (`how`): report it and delete its task and thread (the kernel objects die
 /// with our capabilities, the last ones).
-fn exited(script: &Script, i: usize, status: i32) {
+fn ended(script: &Script, i: usize, how: core::fmt::Arguments) {
     let s = slots(i);
     let fps = [Fpage::object(s.task, 0, Rights::ALL), Fpage::object(s.thread, 0, Rights::ALL)];
     let name = &script.programs[i].name;
     match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
-        Ok(()) => println!("{name} exited with status {status}"),
-        Err(e) => println!("{name} exited with status {status}; deleting it failed: {e:?}"),
+        Ok(()) => println!("{name} {how}"),
+        Err(e) => println!("{name} {how}; deleting it failed: {e:?}"),
     }
 }
 
@@ -127,7 +127,14 @@ fn serve(script: &Script) -> ! {
                     && label > 0 =>
             {
                 // Sent without waiting for a reply: nothing to answer.
-                exited(script, label as usize - 1, mr(2) as i32);
+                ended(script, label as usize - 1, format_args!("exited with status {}", mr(2) as i32));
+                msg = wait(0);
+                continue;
+            }
+            Ok((tag, label)) if tag.label() == event::EXCEPTION && label > 0 => {
+                // We are the program's exception handler: it crashed. Deleting it is the answer.
+                let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
+                ended(script, label as usize - 1, format_args!("crashed: exception {trap} at ip {ip:#x}"));
                 msg = wait(0);
                 continue;
             }

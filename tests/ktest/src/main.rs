@@ -42,6 +42,7 @@ fn main(args: &str) -> i32 {
             }
         }
         (Some("fault"), Some(kind)) => fault(kind),
+        (Some("panic"), _) => panic!("on purpose"),
         (Some("survivor"), _) => {
             spin_for_ms(50);
             println!("survivor still running after the faults");

@@ -586,10 +586,12 @@ impl<A: Arch> Kernel<A> {
                         th.state = ThreadState::Ready;
                         th.quantum = ticks;
                         self.ready.enqueue(t, prio);
+                        self.readied = true;
                     }
                     ThreadState::Ready => {
                         self.ready.remove(t, old);
                         self.ready.enqueue(t, prio);
+                        self.readied = true;
                     }
                     _ => {}
                 }

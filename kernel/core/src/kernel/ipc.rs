@@ -108,6 +108,7 @@ impl<A: Arch> Kernel<A> {
         let p = th.prio;
         // Woken partners run next among equals: the IPC hand-off needs no scheduling round.
         self.ready.enqueue_front(t, p);
+        self.readied = true;
     }
 
     /// Blocks `t` (the current thread) in `state` with a timeout in microseconds.

@@ -253,6 +253,9 @@ pub struct Kernel<A: Arch> {
     /// The current thread's context was replaced (a vCPU upcall or resume): it must be
     /// resumed afresh from its frame, in its (possibly new) address space.
     pub resume_current: bool,
+    /// A thread became ready during this kernel entry: the caller may have to yield to it
+    /// (see [`Kernel::take_preempt`]). Saves the ready-queue scan on the common path.
+    readied: bool,
     /// How that resumption may leave: by sysret (rcx and r11 of the new context are its ip and
     /// flags, as at every upcall entry and after a user `syscall`) or only by iret.
     pub resume_by: Resume,
@@ -287,6 +290,7 @@ impl<A: Arch> Kernel<A> {
             dying: Vec::new(),
             reaping_objects: false,
             resume_current: false,
+            readied: false,
             resume_by: Resume::Exception,
             timers: Vec::new(),
             fpu_owner: None,

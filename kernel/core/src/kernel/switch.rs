@@ -103,6 +103,11 @@ impl<A: Arch> Kernel<A> {
         A::set_timer(first);
     }
 
+    /// After a system call: true if it readied a thread that should preempt the caller now.
+    pub fn take_preempt(&mut self) -> bool {
+        core::mem::take(&mut self.readied) && self.preempt()
+    }
+
     /// True if a ready thread should preempt the current one.
     pub fn preempt(&self) -> bool {
         self.current.and_then(|c| self.threads.get(c)).is_some_and(|t| self.ready.any_above(t.prio))
