@@ -440,3 +440,20 @@ fn a_task_name_prefixes_its_log_lines() {
     m.op(wk::LOG, proto::log::LABEL, &[proto::log::Op::Write.code(), 3, hi]).unwrap();
     assert!(fake::console().ends_with("server: hi\nserver: hi\n"));
 }
+
+#[test]
+fn readying_a_higher_priority_thread_preempts_the_caller() {
+    let mut m = machine(1 << 20);
+    let root_prio = m.k.threads.get(m.root).unwrap().prio;
+    assert!(root_prio < 200);
+    let t = CapIdx(40);
+    m.thread(t, 1);
+    let _ = m.k.take_preempt();
+    // Raising it above us: the caller must yield at once, and only once.
+    m.op(wk::SCHEDULER, proto::scheduler::LABEL, &[1, t.0, 200, 1, 0]).unwrap();
+    assert!(m.k.take_preempt());
+    assert!(!m.k.take_preempt());
+    // Readying at or below our level does not preempt.
+    m.op(wk::SCHEDULER, proto::scheduler::LABEL, &[1, t.0, u64::from(root_prio), 1, 0]).unwrap();
+    assert!(!m.k.take_preempt());
+}
