@@ -1,5 +1,5 @@
-//! The default scenario's first program: greets from ring 3 through the kernel console and
-//! powers the machine off.
+//! The smallest program: greets from ring 3 through the kernel console and powers the machine
+//! off if it holds the platform capability (as a boot task it does; under moe only if granted).
 #![no_std]
 #![no_main]
 
