@@ -21,6 +21,8 @@ struct Def {
     append: &'static str,
     /// `(test name, marker)`: each marker is reported as its own test, in order.
     checks: Vec<(&'static str, String)>,
+    /// Text that must not appear on the serial line.
+    forbidden: &'static [&'static str],
     /// Guest exit status; `None`: the scenario never powers off and ends once all checks passed.
     status: Option<i32>,
 }
@@ -52,6 +54,16 @@ start hello prio=130 name=survivor
     args "still running"
 "#;
 
+/// A log proxy stands in for a program's kernel log and filters it.
+const BOOT_CFG_PROXY: &str = r#"gate logs
+start ktest prio=150 name=logproxy
+    args "log-proxy"
+    cap logs = logs server
+start hello prio=50
+    args "the secret is 42"
+    log = logs
+"#;
+
 /// A script naming a module the boot image lacks: the rest still starts.
 const BOOT_CFG_MISSING: &str = r#"gate hello
 start nosuch
@@ -70,6 +82,7 @@ fn defs() -> Vec<Def> {
             what: "the kernel starts a root task that greets from ring 3",
             programs: vec![BootProgram::start("hello", "from the boot image")],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("boot-banner", "kernel: booting".into()),
                 ("boot-task-started", "kernel: starting boot task hello".into()),
@@ -82,6 +95,7 @@ fn defs() -> Vec<Def> {
             what: "system-call round trip, error returns and the console object",
             programs: vec![BootProgram::start("ktest", "syscall")],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("null-syscall-error", "ktest: invalid selector -> NoEnt ok".into()),
                 ("bad-opcode", "ktest: bad opcode -> NoSys ok".into()),
@@ -103,6 +117,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::start("ktest", "survivor"),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("page-fault", report("fault-page", "page fault (#PF) ip=")),
                 ("page-fault-addr", "addr=0xdead0000 err=0x4".into()),
@@ -122,6 +137,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::start("ktest", "preempt"),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("spinner-started", "spinner: spinning without system calls".into()),
                 ("preempted", "ktest: ran while the spinner spins".into()),
@@ -133,6 +149,7 @@ fn defs() -> Vec<Def> {
             what: "every kernel object and opcode, success and error paths, with sigma0",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "objects")],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("sigma0", "ktest: sigma0 and page faults ok".into()),
                 ("boot-image", "ktest: boot image visible ok (2 modules)".into()),
@@ -154,6 +171,7 @@ fn defs() -> Vec<Def> {
             what: "a mini-OS on a vCPU runs three user tasks: system calls, page faults, exceptions, timer",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu")],
             append: "",
+            forbidden: &[],
             checks: vec![("mini-os", "ktest: vcpu mini-OS ok".into())],
             status: Some(0),
         },
@@ -162,6 +180,7 @@ fn defs() -> Vec<Def> {
             what: "a program started from user space: ELF loader, heap, memory from sigma0",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "spawn"), BootProgram::module("hello", "")],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("corrupt-elf", "ktest: broken image: bad ELF image: not a static x86_64 executable".into()),
                 ("started", "ktest: hello started from user space".into()),
@@ -179,6 +198,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::data("boot.cfg", BOOT_CFG),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("parsed", "moe: starting 2 programs".into()),
                 ("started", "moe: 2 of 2 programs started".into()),
@@ -197,6 +217,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::data("boot.cfg", BOOT_CFG_EXIT),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("runs", "hello: Hello from ring 3 (args: as a child of moe)".into()),
                 ("no-platform", "hello: shutdown refused".into()),
@@ -215,6 +236,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::data("boot.cfg", BOOT_CFG_CRASH),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("panic-message", "panicker: panic: ".into()),
                 ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
@@ -222,6 +244,27 @@ fn defs() -> Vec<Def> {
                 ("crash-reported", "moe: crasher crashed: exception 6 at ip 0x".into()),
                 ("panic-reported", "moe: panicker exited with status 101".into()),
                 ("exit-reported", "moe: survivor exited with status 1".into()),
+            ],
+            status: None,
+        },
+        Def {
+            name: "bootscript-proxy",
+            what: "a log proxy stands in for a program's log (interposition) and filters a line",
+            programs: vec![
+                BootProgram::sigma0(),
+                BootProgram::start("moe", ""),
+                BootProgram::module("ktest", ""),
+                BootProgram::module("hello", ""),
+                BootProgram::data("boot.cfg", BOOT_CFG_PROXY),
+            ],
+            append: "",
+            forbidden: &["secret is 42"],
+            checks: vec![
+                ("proxy-bound", "logproxy: standing in for the log".into()),
+                ("filtered", "logproxy: dropped a line of [client] (it mentions a secret)".into()),
+                ("forwarded", "logproxy: [client] kernel ABI v1".into()),
+                ("client-unaware", "logproxy: [client] exit status 1".into()),
+                ("exit-reported", "moe: hello exited with status 1".into()),
             ],
             status: None,
         },
@@ -235,6 +278,7 @@ fn defs() -> Vec<Def> {
                 BootProgram::data("boot.cfg", BOOT_CFG_MISSING),
             ],
             append: "",
+            forbidden: &[],
             checks: vec![
                 ("message", "moe: boot.cfg: line 2: no module `nosuch` in the boot image".into()),
                 ("others-start", "moe: 1 of 2 programs started".into()),
@@ -247,6 +291,7 @@ fn defs() -> Vec<Def> {
             what: "a hostile task makes 10^5 random invocations; the kernel survives its self-check",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", &format!("fuzz {} 100000", fuzz_seed()))],
             append: "",
+            forbidden: &[],
             checks: vec![("survived", "kernel self-check passed".into())],
             status: Some(0),
         },
@@ -255,6 +300,7 @@ fn defs() -> Vec<Def> {
             what: "a few inter-task round trips between two calls of ktest's trace_mark (profile with `-- -d exec,nochain -D FILE`)",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "trace")],
             append: "",
+            forbidden: &[],
             checks: vec![],
             status: Some(0),
         },
@@ -263,6 +309,7 @@ fn defs() -> Vec<Def> {
             what: "the vCPU benchmarks alone (profile with `-- -d exec,nochain -D FILE`)",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "vcpu-bench")],
             append: "",
+            forbidden: &[],
             checks: vec![("reflect", "BENCH vcpu_syscall_reflect".into())],
             status: Some(0),
         },
@@ -271,6 +318,7 @@ fn defs() -> Vec<Def> {
             what: "a kernel fault prints a register dump and fails the boot",
             programs: vec![BootProgram::start("hello", "")],
             append: "selftest=kernel-fault",
+            forbidden: &[],
             checks: vec![
                 ("fault-banner", "KERNEL FAULT: page fault (#PF)".into()),
                 ("register-dump", "rax=".into()),
@@ -344,6 +392,7 @@ pub fn run_all(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bo
         let mut s = Scenario::new(d.name, machine);
         s.markers = d.checks.iter().map(|(_, m)| m.clone()).collect();
         s.expect_status = d.status;
+        s.forbidden = d.forbidden.iter().map(|f| f.to_string()).collect();
         s.timeout = Duration::from_secs(60);
         match run_scenario(&s) {
             Ok(o) => {

@@ -44,6 +44,8 @@ pub struct Program {
     pub args: String,
     pub prio: u8,
     pub caps: Vec<Cap>,
+    /// A gate (index into `Script::gates`) that stands in for the kernel log (interposition).
+    pub log: Option<usize>,
     /// Line of its `start`, for messages.
     pub line: usize,
 }
@@ -148,6 +150,7 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                     args: String::new(),
                     prio: DEFAULT_PRIO,
                     caps: Vec::new(),
+                    log: None,
                     line: n,
                 };
                 for kv in &w[2..] {
@@ -172,6 +175,21 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                 match first.as_str() {
                     "args" if w.len() == 2 => p.args = w[1].clone(),
                     "args" => return err(n, "expected `args \"...\"`"),
+                    "log" => match (w.len(), w.get(1).map(String::as_str)) {
+                        (3, Some("=")) => match s.gates.iter().position(|g| *g == w[2]) {
+                            Some(g) => p.log = Some(g),
+                            None => {
+                                return err(
+                                    n,
+                                    format!(
+                                        "unknown gate `{}` (declare it with `gate {}` first)",
+                                        w[2], w[2]
+                                    ),
+                                )
+                            }
+                        },
+                        _ => return err(n, "expected `log = GATE`"),
+                    },
                     "cap" => {
                         if w.len() < 4 || w[2] != "=" || !name_ok(&w[1]) {
                             return err(
@@ -217,7 +235,7 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                         };
                         p.caps.push(Cap { name: w[1].clone(), target });
                     }
-                    other => return err(n, format!("unknown setting `{other}` (args, cap)")),
+                    other => return err(n, format!("unknown setting `{other}` (args, cap, log)")),
                 }
             }
             (other, false) => return err(n, format!("unknown command `{other}` (gate, start)")),
@@ -244,6 +262,7 @@ start ktest
     args "ns-client \"quoted\""
     cap hello = hello
     cap platform = @platform
+    log = hello
 "#;
 
     #[test]
@@ -265,6 +284,7 @@ start ktest
             ("ktest", DEFAULT_PRIO, "ns-client \"quoted\"")
         );
         assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
+        assert_eq!((a.log, b.log), (None, Some(0)));
     }
 
     #[test]
@@ -275,6 +295,8 @@ start ktest
             ("start x prio=300\n", 1, "priority `300`"),
             ("start x quota=4M\n", 1, "unknown setting `quota=4M`"),
             ("start x name=a/b\n", 1, "`a/b` is not a name"),
+            ("start x\n    log = nogate\n", 2, "unknown gate `nogate`"),
+            ("gate g\nstart x\n    log g\n", 3, "expected `log = GATE`"),
             ("    args \"x\"\n", 1, "outside a `start` block"),
             ("start x\n    args \"open\n", 2, "unterminated string"),
             ("run x\n", 1, "unknown command `run`"),

@@ -67,7 +67,11 @@ fn main(_args: &str) -> i32 {
         let caps = [
             (ns, wk::NAMESPACE, Rights::RW | Rights::S),
             (ns, wk::PARENT, Rights::RW | Rights::S),
-            (wk::LOG, wk::LOG, Rights::RW),
+            match p.log {
+                // A stand-in speaking the Log protocol; the program cannot tell.
+                Some(g) => (CapIdx(GATES + g as u64), wk::LOG, Rights::R | Rights::S),
+                None => (wk::LOG, wk::LOG, Rights::RW),
+            },
         ];
         match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio) {
             Ok(()) => started += 1,

@@ -2,16 +2,20 @@
 //! script. Each holds only its namespace and the log; everything else it asks for by name, so
 //! the pair checks the script's wiring end to end: the server binds the gate the script calls
 //! `hello`, the client calls it, and only the client was granted `platform` to power off.
+//! `ktest log-proxy` stands in for the kernel log of another program (interposition).
 
 use crate::objects::{check, echo_server, expect_err, ok, R};
 use abi::cap::well_known as wk;
+use abi::proto::log;
 use abi::syscall::timeout;
+use abi::utcb::MR_COUNT;
 use abi::{CapIdx, Error, MsgTag};
 use l4::ipc::{self, gate, mr, namespace, set_mr};
 use l4::println;
 
 const HELLO: CapIdx = CapIdx(20);
 const SCRATCH: CapIdx = CapIdx(21);
+const LOGS: CapIdx = CapIdx(22);
 
 pub fn server() -> R {
     ok(namespace::query(wk::NAMESPACE, "hello", HELLO), "query hello")?;
@@ -46,4 +50,59 @@ pub fn client() -> R {
     println!("hello answered 42");
     ok(namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL), "query platform")?;
     Ok(())
+}
+
+/// Lines holding this word do not get through the proxy.
+const FILTERED: &[u8] = b"secret";
+
+/// Serves the Log protocol on the gate the script calls `logs`: whole lines of the client go
+/// to our own log with a `[client]` tag, except lines with a filtered word, which are counted.
+pub fn log_proxy() -> R {
+    ok(namespace::query(wk::NAMESPACE, "logs", LOGS), "query logs")?;
+    ok(gate::bind(LOGS, wk::THREAD, 1), "bind logs")?;
+    println!("standing in for the log");
+    let mut line = [0u8; 160];
+    let mut n = 0;
+    let mut msg = ipc::wait(0);
+    loop {
+        let reply = match msg {
+            Ok((tag, _))
+                if tag.label() == log::LABEL && tag.words() >= 2 && mr(0) == log::Op::Write.code() =>
+            {
+                let len = mr(1) as usize;
+                if len > (tag.words() - 2) * 8 {
+                    MsgTag::error(Error::Inval)
+                } else {
+                    // Copy the message out first: printing reuses our message registers.
+                    let mut words = [0u64; MR_COUNT];
+                    for (i, w) in words.iter_mut().enumerate().take(len.div_ceil(8)) {
+                        *w = mr(2 + i);
+                    }
+                    for i in 0..len {
+                        let b = (words[i / 8] >> (8 * (i % 8))) as u8;
+                        if b != b'\n' && n < line.len() {
+                            line[n] = b;
+                            n += 1;
+                        }
+                        if b == b'\n' || n == line.len() {
+                            forward(&line[..n]);
+                            n = 0;
+                        }
+                    }
+                    MsgTag::new(0, 0, 0, 0)
+                }
+            }
+            Ok(_) => MsgTag::error(Error::BadProto),
+            Err(_) => MsgTag::error(Error::Inval),
+        };
+        msg = ipc::reply_and_wait(reply, 0);
+    }
+}
+
+fn forward(line: &[u8]) {
+    if line.windows(FILTERED.len()).any(|w| w == FILTERED) {
+        println!("dropped a line of [client] (it mentions a secret)");
+    } else {
+        println!("[client] {}", core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
+    }
 }
