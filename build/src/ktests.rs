@@ -219,6 +219,7 @@ fn defs() -> Vec<Def> {
             append: "",
             forbidden: &[],
             checks: vec![
+                ("memory-reported", "moe: hello: ".into()),
                 ("runs", "hello: Hello from ring 3 (args: as a child of moe)".into()),
                 ("no-platform", "hello: shutdown refused".into()),
                 ("exit-reported", "moe: hello exited with status 1".into()),

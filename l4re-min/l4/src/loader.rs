@@ -66,7 +66,7 @@ fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
 /// priority `prio` with argument string `args`. The task gets its own task and thread
 /// capabilities (slots 1 and 3), `sigma0` as pager (slot 4, from ours), and `caps`: (our slot,
 /// its slot, rights). Its exceptions go to whatever `caps` puts in its parent slot (11); with
-/// none there, the kernel ends it.
+/// none there, the kernel ends it. Returns the bytes of memory it was given (image and stack).
 pub fn spawn(
     elf: &[u8],
     name: &str,
@@ -74,7 +74,7 @@ pub fn spawn(
     slots: Slots,
     caps: &[(CapIdx, CapIdx, Rights)],
     prio: u8,
-) -> Result<(), LoadError> {
+) -> Result<u64, LoadError> {
     let e = Elf::parse(elf).map_err(|_| LoadError::BadElf("not an ELF file"))?;
     if !e.is_64 || e.header.e_machine != header::EM_X86_64 || e.header.e_type != header::ET_EXEC {
         return Err(LoadError::BadElf("not a static x86_64 executable"));
@@ -103,18 +103,21 @@ pub fn spawn(
         return Err(LoadError::BadElf("no loadable segments"));
     }
     factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
-    let r = task::set_name(slots.task, name)
+    match task::set_name(slots.task, name)
         .map_err(LoadError::from)
-        .and_then(|()| fill(&e, elf, &pages, args, slots, caps, prio));
-    if r.is_err() {
-        // Deleting the task frees everything granted to it.
-        let _ = task::unmap(
-            wk::TASK,
-            abi::proto::fpage::unmap_mask::DELETE_OBJ,
-            &[Fpage::object(slots.task, 0, Rights::ALL)],
-        );
+        .and_then(|()| fill(&e, elf, &pages, args, slots, caps, prio))
+    {
+        Ok(()) => Ok((pages.len() as u64 + BOOT_STACK_SIZE / PAGE) * PAGE),
+        Err(why) => {
+            // Deleting the task frees everything granted to it.
+            let _ = task::unmap(
+                wk::TASK,
+                abi::proto::fpage::unmap_mask::DELETE_OBJ,
+                &[Fpage::object(slots.task, 0, Rights::ALL)],
+            );
+            Err(why)
+        }
     }
-    r
 }
 
 fn fill(

@@ -74,7 +74,10 @@ fn main(_args: &str) -> i32 {
             },
         ];
         match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio) {
-            Ok(()) => started += 1,
+            Ok(bytes) => {
+                started += 1;
+                println!("{}: {} KiB of memory for image and stack", p.name, bytes / 1024);
+            }
             Err(e) => println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module),
         }
     }
