@@ -27,6 +27,14 @@ struct Def {
     status: Option<i32>,
 }
 
+/// A boot image whose root task moe starts `modules` as `script` says.
+fn under_moe(modules: &[&str], script: &str) -> Vec<BootProgram> {
+    let mut v = vec![BootProgram::sigma0(), BootProgram::start("moe", "")];
+    v.extend(modules.iter().map(|m| BootProgram::module(m, "")));
+    v.push(BootProgram::data("boot.cfg", script));
+    v
+}
+
 /// The boot script of the `bootscript` scenario: a server and a client wired by name.
 const BOOT_CFG: &str = r#"# two programs and the gate between them
 gate hello
@@ -191,12 +199,7 @@ fn defs() -> Vec<Def> {
         Def {
             name: "bootscript",
             what: "the root task moe runs a boot script: gates, programs, capabilities by name",
-            programs: vec![
-                BootProgram::sigma0(),
-                BootProgram::start("moe", ""),
-                BootProgram::module("ktest", ""),
-                BootProgram::data("boot.cfg", BOOT_CFG),
-            ],
+            programs: under_moe(&["ktest"], BOOT_CFG),
             append: "",
             forbidden: &[],
             checks: vec![
@@ -210,12 +213,7 @@ fn defs() -> Vec<Def> {
         Def {
             name: "bootscript-exit",
             what: "a program moe started exits: its parent hears the status and deletes the task",
-            programs: vec![
-                BootProgram::sigma0(),
-                BootProgram::start("moe", ""),
-                BootProgram::module("hello", ""),
-                BootProgram::data("boot.cfg", BOOT_CFG_EXIT),
-            ],
+            programs: under_moe(&["hello"], BOOT_CFG_EXIT),
             append: "",
             forbidden: &[],
             checks: vec![
@@ -229,13 +227,7 @@ fn defs() -> Vec<Def> {
         Def {
             name: "bootscript-crash",
             what: "programs that crash or panic are reported to moe and deleted; the others run on",
-            programs: vec![
-                BootProgram::sigma0(),
-                BootProgram::start("moe", ""),
-                BootProgram::module("ktest", ""),
-                BootProgram::module("hello", ""),
-                BootProgram::data("boot.cfg", BOOT_CFG_CRASH),
-            ],
+            programs: under_moe(&["ktest", "hello"], BOOT_CFG_CRASH),
             append: "",
             forbidden: &[],
             checks: vec![
@@ -251,13 +243,7 @@ fn defs() -> Vec<Def> {
         Def {
             name: "bootscript-proxy",
             what: "a log proxy stands in for a program's log (interposition) and filters a line",
-            programs: vec![
-                BootProgram::sigma0(),
-                BootProgram::start("moe", ""),
-                BootProgram::module("ktest", ""),
-                BootProgram::module("hello", ""),
-                BootProgram::data("boot.cfg", BOOT_CFG_PROXY),
-            ],
+            programs: under_moe(&["ktest", "hello"], BOOT_CFG_PROXY),
             append: "",
             forbidden: &["secret is 42"],
             checks: vec![
@@ -272,12 +258,7 @@ fn defs() -> Vec<Def> {
         Def {
             name: "bootscript-missing",
             what: "a boot script naming a missing module: a clear message, the other programs start",
-            programs: vec![
-                BootProgram::sigma0(),
-                BootProgram::start("moe", ""),
-                BootProgram::module("ktest", ""),
-                BootProgram::data("boot.cfg", BOOT_CFG_MISSING),
-            ],
+            programs: under_moe(&["ktest"], BOOT_CFG_MISSING),
             append: "",
             forbidden: &[],
             checks: vec![
@@ -448,16 +429,7 @@ pub fn kernel_metrics(art: &Artifacts, runs: usize) -> Result<Vec<Metric>> {
         ),
         (
             "boot_to_script_program",
-            art.machine(
-                "bootscript",
-                &[
-                    BootProgram::sigma0(),
-                    BootProgram::start("moe", ""),
-                    BootProgram::module("ktest", ""),
-                    BootProgram::data("boot.cfg", BOOT_CFG),
-                ],
-                "",
-            )?,
+            art.machine("bootscript", &under_moe(&["ktest"], BOOT_CFG), "")?,
             "server: serving",
         ),
     ];
