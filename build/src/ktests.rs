@@ -72,6 +72,16 @@ start hello prio=50
     log = logs
 "#;
 
+/// A program that hits its memory quota, one that touches memory nobody lent it, and one that
+/// runs after both; below moe's priority, they run one after the other.
+const BOOT_CFG_QUOTA: &str = r#"start ktest prio=150 name=hog quota=2M
+    args "hog"
+start ktest prio=50 name=wild
+    args "fault page"
+start hello prio=40 name=survivor
+    args "still running"
+"#;
+
 /// A script naming a module the boot image lacks: the rest still starts.
 const BOOT_CFG_MISSING: &str = r#"gate hello
 start nosuch
@@ -252,6 +262,21 @@ fn defs() -> Vec<Def> {
                 ("forwarded", "logproxy: [client] kernel ABI v1".into()),
                 ("client-unaware", "logproxy: [client] exit status 1".into()),
                 ("exit-reported", "moe: hello exited with status 1".into()),
+            ],
+            status: None,
+        },
+        Def {
+            name: "bootscript-quota",
+            what: "memory within quotas: a hog is refused, a wild access is a crash, the rest runs on",
+            programs: under_moe(&["ktest", "hello"], BOOT_CFG_QUOTA),
+            append: "",
+            forbidden: &["FAILED"],
+            checks: vec![
+                ("refused", "hog: allocation refused after 1".into()),
+                ("hog-exits", "moe: hog exited with status 0; 2048 KiB of memory back".into()),
+                ("wild-crash", "moe: wild crashed: page fault at 0xdead0000".into()),
+                ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
+                ("survivor-exits", "moe: survivor exited with status 1".into()),
             ],
             status: None,
         },

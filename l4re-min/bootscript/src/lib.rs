@@ -43,6 +43,8 @@ pub struct Program {
     pub name: String,
     pub args: String,
     pub prio: u8,
+    /// Memory it may draw through its pager beyond image and stack, in bytes.
+    pub quota: u64,
     pub caps: Vec<Cap>,
     /// A gate (index into `Script::gates`) that stands in for the kernel log (interposition).
     pub log: Option<usize>,
@@ -70,6 +72,7 @@ impl core::fmt::Display for Error {
 }
 
 pub const DEFAULT_PRIO: u8 = 100;
+pub const DEFAULT_QUOTA: u64 = 16 << 20;
 
 fn err<T>(line: usize, what: impl Into<String>) -> Result<T, Error> {
     Err(Error { line, what: what.into() })
@@ -122,6 +125,20 @@ fn name_ok(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
+/// `4M`, `512K`, `1G` or plain bytes.
+fn size(s: &str, n: usize) -> Result<u64, Error> {
+    let (num, mul) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    match num.parse::<u64>().ok().and_then(|v| v.checked_mul(mul)) {
+        Some(v) => Ok(v),
+        None => err(n, format!("`{s}` is not a size (like 4M)")),
+    }
+}
+
 /// Parses a whole script.
 pub fn parse(text: &str) -> Result<Script, Error> {
     let mut s = Script::default();
@@ -142,11 +159,12 @@ pub fn parse(text: &str) -> Result<Script, Error> {
             }
             ("start", false) => {
                 if w.len() < 2 || !name_ok(&w[1]) {
-                    return err(n, "expected `start MODULE [prio=N] [name=NAME]`");
+                    return err(n, "expected `start MODULE [prio=N] [name=NAME] [quota=SIZE]`");
                 }
                 let mut p = Program {
                     module: w[1].clone(),
                     name: w[1].clone(),
+                    quota: DEFAULT_QUOTA,
                     args: String::new(),
                     prio: DEFAULT_PRIO,
                     caps: Vec::new(),
@@ -163,7 +181,10 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                         Some(("name", v)) => {
                             return err(n, format!("`{v}` is not a name (1-32 of A-Z a-z 0-9 _ - .)"))
                         }
-                        _ => return err(n, format!("unknown setting `{kv}` (prio=N, name=NAME)")),
+                        Some(("quota", v)) => p.quota = size(v, n)?,
+                        _ => {
+                            return err(n, format!("unknown setting `{kv}` (prio=N, name=NAME, quota=SIZE)"))
+                        }
                     }
                 }
                 s.programs.push(p);
@@ -255,7 +276,7 @@ mod tests {
 # a server and a client
 gate hello
 
-start ktest prio=120 name=server   # the server
+start ktest prio=120 name=server quota=2M   # the server
     args "ns-server"
     cap hello = hello server
 start ktest
@@ -285,6 +306,7 @@ start ktest
         );
         assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
         assert_eq!((a.log, b.log), (None, Some(0)));
+        assert_eq!((a.quota, b.quota), (2 << 20, DEFAULT_QUOTA));
     }
 
     #[test]
@@ -293,7 +315,8 @@ start ktest
             ("start x\n    cap a = nogate\n", 2, "unknown gate `nogate`"),
             ("gate g\ngate g\nstart x\n", 2, "declared twice"),
             ("start x prio=300\n", 1, "priority `300`"),
-            ("start x quota=4M\n", 1, "unknown setting `quota=4M`"),
+            ("start x quota=lots\n", 1, "`lots` is not a size"),
+            ("start x mem=4M\n", 1, "unknown setting `mem=4M`"),
             ("start x name=a/b\n", 1, "`a/b` is not a name"),
             ("start x\n    log = nogate\n", 2, "unknown gate `nogate`"),
             ("gate g\nstart x\n    log g\n", 3, "expected `log = GATE`"),

@@ -44,6 +44,8 @@ impl core::fmt::Display for LoadError {
 pub struct Slots {
     pub task: CapIdx,
     pub thread: CapIdx,
+    /// Ours to give as the program's pager (its page faults and sigma0-protocol requests).
+    pub pager: CapIdx,
 }
 
 /// A zeroed page from sigma0 at the scratch window.
@@ -64,7 +66,7 @@ fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
 
 /// Loads `elf` into a new task called `name` (its prefix on the console) and starts it at
 /// priority `prio` with argument string `args`. The task gets its own task and thread
-/// capabilities (slots 1 and 3), `sigma0` as pager (slot 4, from ours), and `caps`: (our slot,
+/// capabilities (slots 1 and 3), `slots.pager` as pager (slot 4), and `caps`: (our slot,
 /// its slot, rights). Its exceptions go to whatever `caps` puts in its parent slot (11); with
 /// none there, the kernel ends it. Returns the bytes of memory it was given (image and stack).
 pub fn spawn(
@@ -162,7 +164,7 @@ fn fill(
         }
         grant(slots.task, va, 6)?;
     }
-    let own = [(slots.task, wk::TASK, Rights::ALL), (wk::PAGER, wk::PAGER, Rights::RW | Rights::S)];
+    let own = [(slots.task, wk::TASK, Rights::ALL), (slots.pager, wk::PAGER, Rights::RW | Rights::S)];
     for (ours, theirs, rights) in own.iter().chain(caps) {
         task::map(slots.task, wk::TASK, Fpage::object(*ours, 0, *rights), theirs.0 << 12)?;
     }

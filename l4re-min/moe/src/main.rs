@@ -5,13 +5,16 @@
 extern crate alloc;
 
 use abi::cap::well_known as wk;
-use abi::proto::{event, exc_regs, fpage::unmap_mask, fpage::Fpage, namespace, parent};
+use abi::proto::{event, exc_regs, fpage::unmap_mask, fpage::Fpage, namespace, parent, sigma0};
 use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
+use alloc::vec::Vec;
 use bootscript::{Kernel, Script, Target};
-use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, task, wait};
+use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, set_mr, task, wait};
 use l4::loader::{spawn, Slots};
 use l4::println;
+
+mod mem;
 
 l4::entry!(main);
 
@@ -82,23 +85,60 @@ fn main(_args: &str) -> i32 {
         }
     }
     println!("{started} of {} programs started", script.programs.len());
-    serve(&script)
+    let accounts = script.programs.iter().map(|p| mem::Account::new(p.quota)).collect();
+    Moe { script, accounts, pool: mem::Pool::new() }.serve()
 }
 
-/// Where we keep program `i`'s task and thread capabilities.
+/// Where we keep program `i`'s task and thread capabilities; its gate is also its pager.
 fn slots(i: usize) -> Slots {
-    Slots { task: CapIdx(PROGRAMS + 2 * i as u64), thread: CapIdx(PROGRAMS + 2 * i as u64 + 1) }
+    Slots {
+        task: CapIdx(PROGRAMS + 2 * i as u64),
+        thread: CapIdx(PROGRAMS + 2 * i as u64 + 1),
+        pager: CapIdx(NAMESPACES + i as u64),
+    }
 }
 
-/// Program `i` ended (`how`): report it and delete its task and thread (the kernel objects die
-/// with our capabilities, the last ones).
-fn ended(script: &Script, i: usize, how: core::fmt::Arguments) {
-    let s = slots(i);
-    let fps = [Fpage::object(s.task, 0, Rights::ALL), Fpage::object(s.thread, 0, Rights::ALL)];
-    let name = &script.programs[i].name;
-    match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
-        Ok(()) => println!("{name} {how}"),
-        Err(e) => println!("{name} {how}; deleting it failed: {e:?}"),
+/// What moe serves from: the script and each program's memory account.
+struct Moe {
+    script: Script,
+    accounts: Vec<mem::Account>,
+    pool: mem::Pool,
+}
+
+impl Moe {
+    /// Program `i` ended (`how`): report it, delete its task and thread (the kernel objects die
+    /// with our capabilities, the last ones) and take back the memory it was lent.
+    fn ended(&mut self, i: usize, how: core::fmt::Arguments) {
+        let s = slots(i);
+        let fps = [Fpage::object(s.task, 0, Rights::ALL), Fpage::object(s.thread, 0, Rights::ALL)];
+        let name = &self.script.programs[i].name;
+        let lent = self.accounts[i].used;
+        match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
+            Ok(()) => {
+                self.pool.reclaim(&mut self.accounts[i]);
+                println!("{name} {how}; {} KiB of memory back", lent / 1024);
+            }
+            Err(e) => println!("{name} {how}; deleting it failed: {e:?}"),
+        }
+    }
+
+    /// A request on program `i`'s pager protocol: memory within its quota. Its page faults
+    /// never have an answer: everything it may touch was mapped before it asked.
+    fn sigma0(&mut self, i: usize) -> MsgTag {
+        match mr(0) {
+            sigma0::REQ_ANY => match self.pool.lend(&mut self.accounts[i], mr(1) as u32) {
+                Ok((at, order)) => {
+                    put_map_item(0, 0, Fpage::memory(at, order, Rights::from_bits_truncate(7)), false);
+                    MsgTag::new(0, 0, 1, 0)
+                }
+                Err(e) => MsgTag::error(e),
+            },
+            sigma0::REQ_INFO => {
+                set_mr(0, self.accounts[i].quota - self.accounts[i].used);
+                MsgTag::new(0, 1, 0, 0)
+            }
+            _ => MsgTag::error(Error::Perm),
+        }
     }
 }
 
@@ -123,44 +163,61 @@ fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights
     })
 }
 
-fn serve(script: &Script) -> ! {
-    let mut msg = wait(0);
-    loop {
-        let reply = match msg {
-            Ok((tag, label))
-                if tag.label() == parent::LABEL
-                    && tag.words() == 3
-                    && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT)
-                    && label > 0 =>
-            {
-                // Sent without waiting for a reply: nothing to answer.
-                ended(script, label as usize - 1, format_args!("exited with status {}", mr(2) as i32));
-                msg = wait(0);
-                continue;
-            }
-            Ok((tag, label)) if tag.label() == event::EXCEPTION && label > 0 => {
-                // We are the program's exception handler: it crashed. Deleting it is the answer.
-                let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
-                ended(script, label as usize - 1, format_args!("crashed: exception {trap} at ip {ip:#x}"));
-                msg = wait(0);
-                continue;
-            }
-            Ok((tag, label)) if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 => {
-                let program = label as usize - 1;
-                let mut buf = [0u8; namespace::NAME_MAX];
-                match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
-                    .and_then(|n| lookup(script, program, n))
+impl Moe {
+    fn serve(mut self) -> ! {
+        let mut msg = wait(0);
+        loop {
+            let reply = match msg {
+                Ok((tag, label))
+                    if tag.label() == parent::LABEL
+                        && tag.words() == 3
+                        && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT)
+                        && label > 0 =>
                 {
-                    Some((slot, rights)) => {
-                        put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
-                        MsgTag::new(0, 0, 1, 0)
-                    }
-                    None => MsgTag::error(Error::NoEnt),
+                    // Sent without waiting for a reply: nothing to answer.
+                    self.ended(label as usize - 1, format_args!("exited with status {}", mr(2) as i32));
+                    msg = wait(0);
+                    continue;
                 }
-            }
-            Ok(_) => MsgTag::error(Error::BadProto),
-            Err(_) => MsgTag::error(Error::Inval),
-        };
-        msg = reply_and_wait(reply, 0);
+                Ok((tag, label)) if tag.label() == event::EXCEPTION && label > 0 => {
+                    // We are the program's exception handler: it crashed. Deleting it is the answer.
+                    let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
+                    self.ended(label as usize - 1, format_args!("crashed: exception {trap} at ip {ip:#x}"));
+                    msg = wait(0);
+                    continue;
+                }
+                Ok((tag, label)) if tag.label() == event::PAGE_FAULT && label > 0 => {
+                    // We are its pager and lent it nothing there: a wild access.
+                    let (addr, ip) = (mr(0) & !0xfff, mr(1));
+                    self.ended(
+                        label as usize - 1,
+                        format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"),
+                    );
+                    msg = wait(0);
+                    continue;
+                }
+                Ok((tag, label)) if tag.label() == event::SIGMA0 && tag.words() >= 2 && label > 0 => {
+                    self.sigma0(label as usize - 1)
+                }
+                Ok((tag, label))
+                    if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 =>
+                {
+                    let program = label as usize - 1;
+                    let mut buf = [0u8; namespace::NAME_MAX];
+                    match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
+                        .and_then(|n| lookup(&self.script, program, n))
+                    {
+                        Some((slot, rights)) => {
+                            put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
+                            MsgTag::new(0, 0, 1, 0)
+                        }
+                        None => MsgTag::error(Error::NoEnt),
+                    }
+                }
+                Ok(_) => MsgTag::error(Error::BadProto),
+                Err(_) => MsgTag::error(Error::Inval),
+            };
+            msg = reply_and_wait(reply, 0);
+        }
     }
 }

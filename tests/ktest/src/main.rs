@@ -35,6 +35,7 @@ fn main(args: &str) -> i32 {
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
+        (Some("hog"), _) => ns::hog(),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
             match seed.parse() {

@@ -106,3 +106,31 @@ fn forward(line: &[u8]) {
         println!("[client] {}", core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
     }
 }
+
+/// Allocates until the heap says no (the script gave us a small quota); returns the exit status.
+pub fn hog() -> i32 {
+    const BLOCK: usize = 256 << 10;
+    let mut blocks: alloc::vec::Vec<alloc::vec::Vec<u8>> = alloc::vec::Vec::with_capacity(256);
+    loop {
+        let mut v = alloc::vec::Vec::new();
+        if v.try_reserve_exact(BLOCK).is_err() {
+            break;
+        }
+        v.resize(BLOCK, 0xa5);
+        blocks.push(v);
+        if blocks.len() == blocks.capacity() {
+            println!("FAILED: 64 MiB and no limit");
+            return 1;
+        }
+    }
+    println!("allocation refused after {} KiB", blocks.len() * BLOCK / 1024);
+    // What we hold is intact, and freed memory serves again.
+    let intact = blocks.iter().all(|b| b.iter().all(|&x| x == 0xa5));
+    blocks.pop();
+    let mut again = alloc::vec::Vec::<u8>::new();
+    if !intact || again.try_reserve_exact(BLOCK).is_err() {
+        println!("FAILED: memory lost after the refusal");
+        return 1;
+    }
+    0
+}

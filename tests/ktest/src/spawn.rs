@@ -16,7 +16,14 @@ pub fn run() -> R {
     let mut broken: Vec<u8> = hello.data.to_vec();
     check(broken.len() == hello.data.len(), "heap copy")?;
     broken[18] ^= 0xff; // e_machine
-    let r = spawn(&broken, "broken", "", Slots { task: CapIdx(90), thread: CapIdx(91) }, &[], 100);
+    let r = spawn(
+        &broken,
+        "broken",
+        "",
+        Slots { task: CapIdx(90), thread: CapIdx(91), pager: wk::PAGER },
+        &[],
+        100,
+    );
     println!("broken image: {}", r.map_or_else(|e| alloc::format!("{e}"), |_| "started?!".into()));
     check(matches!(r, Err(LoadError::BadElf(_))), "a corrupt ELF image is refused")?;
     let caps = [(wk::LOG, wk::LOG, Rights::RW), (wk::PLATFORM_CTL, wk::PLATFORM_CTL, Rights::RW)];
@@ -24,7 +31,7 @@ pub fn run() -> R {
         hello.data,
         "hello",
         "spawned by ktest",
-        Slots { task: CapIdx(92), thread: CapIdx(93) },
+        Slots { task: CapIdx(92), thread: CapIdx(93), pager: wk::PAGER },
         &caps,
         100,
     );

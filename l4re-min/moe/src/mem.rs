@@ -1,0 +1,85 @@
+//! Memory moe lends its programs through the sigma0 protocol, within each program's quota.
+//!
+//! moe maps chunks to a program and never grants them, so every chunk stays in moe's space
+//! (at `POOL_BASE` upwards) and outlives the program it was lent to: when that program ends,
+//! its chunks return to the pool and are zeroed before they are lent again.
+
+use abi::cap::well_known as wk;
+use abi::proto::{event, fpage::Fpage, sigma0};
+use abi::{Error, MsgTag, Rights};
+use alloc::vec::Vec;
+use l4::ipc::{call, set_br, set_mr};
+
+/// moe's window for lent memory (above its own heap at 0x10_0000_0000).
+const POOL_BASE: u64 = 0x20_0000_0000;
+const POOL_END: u64 = 0x40_0000_0000;
+/// Chunk sizes a program may ask for: one page to 4 MiB.
+const ORDERS: core::ops::RangeInclusive<u32> = 12..=22;
+
+/// A chunk: its address in our space and log2 size.
+pub type Chunk = (u64, u32);
+
+/// What one program holds.
+pub struct Account {
+    pub quota: u64,
+    pub used: u64,
+    chunks: Vec<Chunk>,
+}
+
+impl Account {
+    pub fn new(quota: u64) -> Self {
+        Account { quota, used: 0, chunks: Vec::new() }
+    }
+}
+
+pub struct Pool {
+    next: u64,
+    free: Vec<Chunk>,
+}
+
+impl Pool {
+    pub const fn new() -> Self {
+        Pool { next: POOL_BASE, free: Vec::new() }
+    }
+
+    /// Lends `a` a zeroed chunk of 2^`order` bytes: a returned one, else a fresh one from sigma0.
+    pub fn lend(&mut self, a: &mut Account, order: u32) -> Result<Chunk, Error> {
+        if !ORDERS.contains(&order) {
+            return Err(Error::Inval);
+        }
+        let size = 1u64 << order;
+        if a.used + size > a.quota {
+            return Err(Error::NoMem);
+        }
+        let chunk = match self.free.iter().position(|c| c.1 == order) {
+            Some(i) => {
+                let c = self.free.swap_remove(i);
+                // SAFETY: the chunk is mapped writable in our space (we never grant it away)
+                // and lent to nobody now: its last borrower's task is gone.
+                unsafe { core::ptr::write_bytes(c.0 as *mut u8, 0, size as usize) };
+                c
+            }
+            None => {
+                let at = self.next.next_multiple_of(size);
+                if at + size > POOL_END {
+                    return Err(Error::NoMem);
+                }
+                set_br(0, Fpage::memory(at, order, Rights::ALL).0);
+                set_mr(0, sigma0::REQ_ANY);
+                set_mr(1, order as u64);
+                call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
+                self.next = at + size;
+                (at, order)
+            }
+        };
+        a.used += size;
+        a.chunks.push(chunk);
+        Ok(chunk)
+    }
+
+    /// The program behind `a` is gone: its chunks come back.
+    pub fn reclaim(&mut self, a: &mut Account) {
+        self.free.append(&mut a.chunks);
+        a.used = 0;
+    }
+}
