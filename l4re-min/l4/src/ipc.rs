@@ -86,6 +86,18 @@ pub fn reply_and_wait(tag: MsgTag, timeouts: u64) -> Result<(MsgTag, u64), Error
     recv(CapSel::INVALID, Flags::SEND | Flags::RECV | Flags::OPEN_WAIT | Flags::REPLY, tag, timeouts)
 }
 
+/// A server's loop: hands each received message (or receive error) to `handle`, which returns
+/// the reply — or `None` for a message that wants none (then we just wait for the next).
+pub fn server_loop(mut handle: impl FnMut(Result<(MsgTag, u64), Error>) -> Option<MsgTag>) -> ! {
+    let mut msg = wait(0);
+    loop {
+        msg = match handle(msg) {
+            Some(reply) => reply_and_wait(reply, 0),
+            None => wait(0),
+        };
+    }
+}
+
 /// Reply to the last caller.
 pub fn reply(tag: MsgTag) -> Result<(), Error> {
     recv(CapSel::INVALID, Flags::SEND | Flags::REPLY, tag, 0).map(|_| ())

@@ -10,7 +10,7 @@ use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
 use alloc::vec::Vec;
 use bootscript::{Kernel, Script, Target};
-use l4::ipc::{factory, get_str, mr, put_map_item, reply_and_wait, set_mr, task, wait};
+use l4::ipc::{factory, get_str, mr, put_map_item, server_loop, set_mr, task};
 use l4::loader::{spawn, Slots};
 use l4::println;
 
@@ -165,59 +165,47 @@ fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights
 
 impl Moe {
     fn serve(mut self) -> ! {
-        let mut msg = wait(0);
-        loop {
-            let reply = match msg {
-                Ok((tag, label))
-                    if tag.label() == parent::LABEL
-                        && tag.words() == 3
-                        && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT)
-                        && label > 0 =>
-                {
+        server_loop(|msg| {
+            let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };
+            // Every gate we serve is a program's, labelled with its index + 1.
+            let Some(i) = (label as usize).checked_sub(1).filter(|i| *i < self.script.programs.len()) else {
+                return Some(MsgTag::error(Error::BadProto));
+            };
+            match tag.label() {
+                parent::LABEL if tag.words() == 3 && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT) => {
                     // Sent without waiting for a reply: nothing to answer.
-                    self.ended(label as usize - 1, format_args!("exited with status {}", mr(2) as i32));
-                    msg = wait(0);
-                    continue;
+                    self.ended(i, format_args!("exited with status {}", mr(2) as i32));
+                    None
                 }
-                Ok((tag, label)) if tag.label() == event::EXCEPTION && label > 0 => {
+                event::EXCEPTION => {
                     // We are the program's exception handler: it crashed. Deleting it is the answer.
                     let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
-                    self.ended(label as usize - 1, format_args!("crashed: exception {trap} at ip {ip:#x}"));
-                    msg = wait(0);
-                    continue;
+                    self.ended(i, format_args!("crashed: exception {trap} at ip {ip:#x}"));
+                    None
                 }
-                Ok((tag, label)) if tag.label() == event::PAGE_FAULT && label > 0 => {
+                event::PAGE_FAULT => {
                     // We are its pager and lent it nothing there: a wild access.
                     let (addr, ip) = (mr(0) & !0xfff, mr(1));
-                    self.ended(
-                        label as usize - 1,
-                        format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"),
-                    );
-                    msg = wait(0);
-                    continue;
+                    self.ended(i, format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"));
+                    None
                 }
-                Ok((tag, label)) if tag.label() == event::SIGMA0 && tag.words() >= 2 && label > 0 => {
-                    self.sigma0(label as usize - 1)
-                }
-                Ok((tag, label))
-                    if tag.label() == namespace::LABEL && mr(0) == namespace::QUERY && label > 0 =>
-                {
-                    let program = label as usize - 1;
+                event::SIGMA0 if tag.words() >= 2 => Some(self.sigma0(i)),
+                namespace::LABEL if mr(0) == namespace::QUERY => {
                     let mut buf = [0u8; namespace::NAME_MAX];
-                    match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
-                        .and_then(|n| lookup(&self.script, program, n))
-                    {
-                        Some((slot, rights)) => {
-                            put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
-                            MsgTag::new(0, 0, 1, 0)
-                        }
-                        None => MsgTag::error(Error::NoEnt),
-                    }
+                    Some(
+                        match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
+                            .and_then(|n| lookup(&self.script, i, n))
+                        {
+                            Some((slot, rights)) => {
+                                put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
+                                MsgTag::new(0, 0, 1, 0)
+                            }
+                            None => MsgTag::error(Error::NoEnt),
+                        },
+                    )
                 }
-                Ok(_) => MsgTag::error(Error::BadProto),
-                Err(_) => MsgTag::error(Error::Inval),
-            };
-            msg = reply_and_wait(reply, 0);
-        }
+                _ => Some(MsgTag::error(Error::BadProto)),
+            }
+        })
     }
 }

@@ -7,7 +7,7 @@
 use abi::kip::{SIGMA0_MEM_RANGES, SIGMA0_PHYS_OFFSET};
 use abi::proto::{event, fpage::Fpage, sigma0};
 use abi::{Error, MsgTag, Rights};
-use l4::ipc::{mr, put_map_item, reply_and_wait, set_mr, wait};
+use l4::ipc::{mr, put_map_item, server_loop, set_mr};
 
 l4::entry!(main);
 
@@ -90,14 +90,12 @@ fn main(_args: &str) -> i32 {
         pool.free_bytes() >> 20,
         pool.count
     );
-    let mut msg = wait(0);
-    loop {
-        let reply = match msg {
+    server_loop(|msg| {
+        Some(match msg {
             Ok((tag, _label)) => serve(&mut pool, tag),
             Err(_) => MsgTag::error(Error::Inval),
-        };
-        msg = reply_and_wait(reply, 0);
-    }
+        })
+    })
 }
 
 /// Handles one request; returns the reply tag (items already in the MRs).

@@ -28,15 +28,11 @@ const IDLE_TASKS: u64 = 1000;
 /// An echo server that also writes xmm0 for every request: with a client that does the same,
 /// every hand-off moves the FPU state (lazily, through #NM).
 extern "C" fn fpu_echo_server() -> ! {
-    let mut msg = ipc::wait(0);
-    loop {
+    ipc::server_loop(|msg| {
         // SAFETY: writes only xmm0, unused by the (soft-float) compiled code.
         unsafe { core::arch::asm!("movq xmm0, {}", in(reg) 7u64, out("xmm0") _) };
-        msg = ipc::reply_and_wait(
-            if msg.is_ok() { MsgTag::new(0, 1, 0, 0) } else { MsgTag::new(0, 0, 0, 0) },
-            0,
-        );
-    }
+        Some(MsgTag::new(0, if msg.is_ok() { 1 } else { 0 }, 0, 0))
+    })
 }
 
 /// Like `call_cost`, with the caller writing xmm0 before every call.
@@ -86,17 +82,15 @@ fn page() -> u64 {
 
 /// A pager that maps one page of ours at every fault address.
 extern "C" fn pager() -> ! {
-    let mut msg = ipc::wait(0);
-    loop {
-        let reply = match msg {
+    ipc::server_loop(|msg| {
+        Some(match msg {
             Ok((t, _)) if t.label() == abi::proto::event::PAGE_FAULT => {
                 put_map_item(0, mr(0) & !0xfff, Fpage::memory(page(), 12, Rights::ALL), false);
                 MsgTag::new(0, 0, 1, 0)
             }
             _ => MsgTag::new(0, 0, 0, 0),
-        };
-        msg = ipc::reply_and_wait(reply, 0);
-    }
+        })
+    })
 }
 
 static FAULT_CYCLES: AtomicU64 = AtomicU64::new(0);

@@ -63,9 +63,8 @@ pub fn log_proxy() -> R {
     println!("standing in for the log");
     let mut line = [0u8; 160];
     let mut n = 0;
-    let mut msg = ipc::wait(0);
-    loop {
-        let reply = match msg {
+    ipc::server_loop(|msg| {
+        Some(match msg {
             Ok((tag, _))
                 if tag.label() == log::LABEL && tag.words() >= 2 && mr(0) == log::Op::Write.code() =>
             {
@@ -94,9 +93,8 @@ pub fn log_proxy() -> R {
             }
             Ok(_) => MsgTag::error(Error::BadProto),
             Err(_) => MsgTag::error(Error::Inval),
-        };
-        msg = ipc::reply_and_wait(reply, 0);
-    }
+        })
+    })
 }
 
 fn forward(line: &[u8]) {

@@ -97,9 +97,8 @@ fn utcb(n: u64) -> u64 {
 
 /// An echo server: replies to every call with MR0 + 1 and the label it saw in MR1.
 pub extern "C" fn echo_server() -> ! {
-    let mut msg = ipc::wait(0);
-    loop {
-        let reply = match msg {
+    ipc::server_loop(|msg| {
+        Some(match msg {
             Ok((_, label)) => {
                 let v = mr(0);
                 set_mr(0, v + 1);
@@ -107,9 +106,8 @@ pub extern "C" fn echo_server() -> ! {
                 MsgTag::new(0, 2, 0, 0)
             }
             Err(_) => MsgTag::new(0, 0, 0, 0),
-        };
-        msg = ipc::reply_and_wait(reply, 0);
-    }
+        })
+    })
 }
 
 fn sigma0() -> R {
@@ -325,9 +323,8 @@ static EXC_SEEN: AtomicU64 = AtomicU64::new(0);
 
 /// Receives exceptions and resumes the thread after its 2-byte `ud2`.
 extern "C" fn exc_handler() -> ! {
-    let mut msg = ipc::wait(0);
-    loop {
-        let reply = match msg {
+    ipc::server_loop(|msg| {
+        Some(match msg {
             Ok((t, _)) if t.label() == proto::event::EXCEPTION => {
                 EXC_SEEN.store(mr(proto::exc_regs::TRAPNO), Ordering::SeqCst);
                 set_mr(proto::exc_regs::IP, mr(proto::exc_regs::IP) + 2);
@@ -335,9 +332,8 @@ extern "C" fn exc_handler() -> ! {
                 MsgTag::new(0, proto::exc_regs::WORDS as u64, 0, 0)
             }
             _ => MsgTag::new(0, 0, 0, 0),
-        };
-        msg = ipc::reply_and_wait(reply, 0);
-    }
+        })
+    })
 }
 
 static EXC_RESULT: AtomicU64 = AtomicU64::new(0);
