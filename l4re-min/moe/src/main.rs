@@ -106,11 +106,11 @@ struct Moe {
 }
 
 impl Moe {
-    /// Program `i` ended (`how`): report it, delete its task and thread (the kernel objects die
-    /// with our capabilities, the last ones) and take back the memory it was lent.
+    /// Program `i` ended (`how`): report it, delete its task, thread and gate (the kernel
+    /// objects die with our capabilities, the last ones) and take back the memory it was lent.
     fn ended(&mut self, i: usize, how: core::fmt::Arguments) {
         let s = slots(i);
-        let fps = [Fpage::object(s.task, 0, Rights::ALL), Fpage::object(s.thread, 0, Rights::ALL)];
+        let fps = [s.task, s.thread, s.pager].map(|c| Fpage::object(c, 0, Rights::ALL));
         let name = &self.script.programs[i].name;
         let lent = self.accounts[i].used;
         match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
