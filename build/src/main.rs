@@ -83,8 +83,10 @@ fn cmd_run(mut a: Args) -> Result<i32> {
     }
     if a.flag("--list") {
         a.finish()?;
-        for (name, what) in ktests::scenario_list() {
-            println!("{name:16} {what}");
+        let list = ktests::scenario_list();
+        let width = list.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        for (name, what) in list {
+            println!("{name:width$}  {what}");
         }
         return Ok(0);
     }
