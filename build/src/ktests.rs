@@ -72,9 +72,12 @@ start hello prio=50
     log = logs
 "#;
 
-/// A program that hits its memory quota, one that touches memory nobody lent it, and one that
-/// runs after both; below moe's priority, they run one after the other.
+/// A program that hits its memory quota, a second one that gets the first one's memory back,
+/// one that touches memory nobody lent it, and one that runs after them all; below moe's
+/// priority, the later ones run one after the other.
 const BOOT_CFG_QUOTA: &str = r#"start ktest prio=150 name=hog quota=2M
+    args "hog"
+start ktest prio=60 name=hog2 quota=2M
     args "hog"
 start ktest prio=50 name=wild
     args "fault page"
@@ -273,7 +276,8 @@ fn defs() -> Vec<Def> {
             forbidden: &["FAILED"],
             checks: vec![
                 ("refused", "hog: allocation refused after 1".into()),
-                ("hog-exits", "moe: hog exited with status 0; 2048 KiB of memory back".into()),
+                ("hog-exits", "moe: hog exited with status 0; 2048 KiB of memory back (0 KiB reused)".into()),
+                ("memory-reused", "moe: hog2 exited with status 0; 2048 KiB of memory back (2048 KiB reused)".into()),
                 ("wild-crash", "moe: wild crashed: page fault at 0xdead0000".into()),
                 ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
                 ("survivor-exits", "moe: survivor exited with status 1".into()),

@@ -112,11 +112,11 @@ impl Moe {
         let s = slots(i);
         let fps = [s.task, s.thread, s.pager].map(|c| Fpage::object(c, 0, Rights::ALL));
         let name = &self.script.programs[i].name;
-        let lent = self.accounts[i].used;
+        let (lent, reused) = (self.accounts[i].used, self.accounts[i].reused);
         match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
             Ok(()) => {
                 self.pool.reclaim(&mut self.accounts[i]);
-                println!("{name} {how}; {} KiB of memory back", lent / 1024);
+                println!("{name} {how}; {} KiB of memory back ({} KiB reused)", lent / 1024, reused / 1024);
             }
             Err(e) => println!("{name} {how}; deleting it failed: {e:?}"),
         }

@@ -23,12 +23,14 @@ pub type Chunk = (u64, u32);
 pub struct Account {
     pub quota: u64,
     pub used: u64,
+    /// Of `used`, the bytes that had served an ended program before (zeroed since).
+    pub reused: u64,
     chunks: Vec<Chunk>,
 }
 
 impl Account {
     pub fn new(quota: u64) -> Self {
-        Account { quota, used: 0, chunks: Vec::new() }
+        Account { quota, used: 0, reused: 0, chunks: Vec::new() }
     }
 }
 
@@ -57,6 +59,7 @@ impl Pool {
                 // SAFETY: the chunk is mapped writable in our space (we never grant it away)
                 // and lent to nobody now: its last borrower's task is gone.
                 unsafe { core::ptr::write_bytes(c.0 as *mut u8, 0, size as usize) };
+                a.reused += size;
                 c
             }
             None => {
@@ -80,6 +83,6 @@ impl Pool {
     /// The program behind `a` is gone: its chunks come back.
     pub fn reclaim(&mut self, a: &mut Account) {
         self.free.append(&mut a.chunks);
-        a.used = 0;
+        (a.used, a.reused) = (0, 0);
     }
 }
