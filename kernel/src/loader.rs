@@ -101,6 +101,7 @@ pub fn start_boot_tasks(range: PhysRange) {
 /// `SIGMA0_PHYS_OFFSET`, as roots of the mapping database, and describes it in the KIP.
 fn give_sigma0_memory(k: &mut Kernel<A>, thread: Id) {
     let Some(task) = k.threads.get(thread).and_then(|t| t.task) else { return };
+    let t0 = A::cycles();
     let free = with_frames(|fa| fa.free_frames() as u64 * PAGE_SIZE);
     let keep = (free / 2).max(KERNEL_MIN_RESERVE).min(free);
     let mut ranges: Vec<[u64; 2]> = Vec::new();
@@ -144,7 +145,15 @@ fn give_sigma0_memory(k: &mut Kernel<A>, thread: Id) {
         kip[16 + i * 16..24 + i * 16].copy_from_slice(&r[1].to_le_bytes());
     }
     A::write_phys(PhysAddr(k.kip.0 + 24), &kip);
-    log::info!("sigma0: {} MiB in {} ranges; kernel keeps {} MiB", given >> 20, ranges.len(), keep >> 20);
+    // The time it takes is a large part of booting (one mapping-database root per page).
+    let us = (A::cycles() - t0) * 1_000_000 / A::cycles_hz().max(1);
+    log::info!(
+        "sigma0: {} MiB in {} ranges ({} us); kernel keeps {} MiB",
+        given >> 20,
+        ranges.len(),
+        us,
+        keep >> 20
+    );
 }
 
 fn rights_of(flags: u32) -> u8 {
