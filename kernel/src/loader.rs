@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use arch_x86_64::frames::with_frames;
 use goblin::elf::{header, program_header, Elf};
 use kernel_core::hal::{Arch, ThreadStack, UserRegs};
-use kernel_core::kernel::memory::{MEM_ALL, MEM_R, MEM_W, MEM_X};
+use kernel_core::kernel::memory::{MEM_R, MEM_W, MEM_X};
 use kernel_core::kernel::Kernel;
 use kernel_core::kernel::{Factory, Gate, Obj, ThreadState};
 use kernel_core::mem::{PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
@@ -118,24 +118,12 @@ fn give_sigma0_memory(k: &mut Kernel<A>, thread: Id) {
             continue;
         };
         let va = SIGMA0_PHYS_OFFSET + pa.0;
-        let mut mapped = 0;
-        while mapped < run
-            && k.map_root(task, va + mapped * PAGE_SIZE, PhysAddr(pa.0 + mapped * PAGE_SIZE), MEM_ALL).is_ok()
-        {
-            mapped += 1;
-        }
-        if mapped < run {
-            with_frames(|fa| {
-                fa.free_contiguous(PhysAddr(pa.0 + mapped * PAGE_SIZE), (run - mapped) as usize)
-            });
-        }
-        if mapped == 0 {
-            break;
-        }
-        given += mapped * PAGE_SIZE;
+        // Mapped block by block when sigma0 first touches or maps it (`Kernel::materialize`).
+        k.add_lazy(task, va, pa, run * PAGE_SIZE);
+        given += run * PAGE_SIZE;
         match ranges.last_mut() {
-            Some(r) if r[1] == va => r[1] += mapped * PAGE_SIZE,
-            _ => ranges.push([va, va + mapped * PAGE_SIZE]),
+            Some(r) if r[1] == va => r[1] += run * PAGE_SIZE,
+            _ => ranges.push([va, va + run * PAGE_SIZE]),
         }
     }
     let mut kip = [0u8; 8 + SIGMA0_MEM_RANGES * 16];
@@ -145,10 +133,10 @@ fn give_sigma0_memory(k: &mut Kernel<A>, thread: Id) {
         kip[16 + i * 16..24 + i * 16].copy_from_slice(&r[1].to_le_bytes());
     }
     A::write_phys(PhysAddr(k.kip.0 + 24), &kip);
-    // The time it takes is a large part of booting (one mapping-database root per page).
+    // Once a large part of booting (one mapping-database root per page), now lazy.
     let us = (A::cycles() - t0) * 1_000_000 / A::cycles_hz().max(1);
     log::info!(
-        "sigma0: {} MiB in {} ranges ({} us); kernel keeps {} MiB",
+        "sigma0: {} MiB in {} range(s), mapped on first use ({} us); kernel keeps {} MiB",
         given >> 20,
         ranges.len(),
         us,

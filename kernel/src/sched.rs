@@ -183,6 +183,10 @@ pub fn syscall(f: &mut TrapFrame) {
 /// A user exception of the current thread: a message to its pager or exception handler, whose
 /// reply resolves it; without a handler the task is destroyed.
 pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
+    // sigma0 touching its memory for the first time: map it and retry the access.
+    if vector == 14 && with_kernel(|k| k.current_task().is_some_and(|t| k.materialize(t, addr))) {
+        return;
+    }
     let sent = with_kernel(|k| {
         let me = k.current?;
         k.raise_fault(me, vector, error, addr, f)

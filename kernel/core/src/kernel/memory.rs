@@ -15,6 +15,21 @@ pub const MEM_W: u8 = 2;
 pub const MEM_R: u8 = 4;
 pub const MEM_ALL: u8 = MEM_X | MEM_W | MEM_R;
 
+/// Pages a lazy range materializes at once (2 MiB): few faults, little work per fault.
+const LAZY_BLOCK: u64 = 512 * PAGE_SIZE;
+
+/// Physical memory given to a task (sigma0) without mapping it yet: at boot, mapping 100+ MiB
+/// page by page costs tens of milliseconds. A block becomes mapping-database roots and
+/// page-table entries when the task first touches it or maps from it, exactly once: a block it
+/// has since granted away is not conjured up again.
+pub struct Lazy {
+    pub task: Id,
+    pub va: u64,
+    pub pa: u64,
+    pub len: u64,
+    done: alloc::vec::Vec<bool>,
+}
+
 /// Largest flexpage the kernel processes in one item (1 GiB of memory, 2^16 slots).
 const MAX_MEM_ORDER: u32 = 30;
 const MAX_OBJ_ORDER: u32 = 16;
@@ -77,6 +92,35 @@ impl<A: Arch> Kernel<A> {
         Ok(())
     }
 
+    /// Gives `task` the physical memory `pa..pa + len` at `va`, materialized block by block on
+    /// first use (all three page-aligned).
+    pub fn add_lazy(&mut self, task: Id, va: u64, pa: PhysAddr, len: u64) {
+        let blocks = len.div_ceil(LAZY_BLOCK) as usize;
+        self.lazy.push(Lazy { task, va, pa: pa.0, len, done: alloc::vec![false; blocks] });
+    }
+
+    /// Materializes the lazy block of `task` holding `va`, if there is one not yet done.
+    /// Returns true if it did (a fault there is then resolved).
+    pub fn materialize(&mut self, task: Id, va: u64) -> bool {
+        let Some(r) = self.lazy.iter_mut().find(|r| r.task == task && va >= r.va && va - r.va < r.len) else {
+            return false;
+        };
+        let block = ((va - r.va) / LAZY_BLOCK) as usize;
+        if core::mem::replace(&mut r.done[block], true) {
+            return false;
+        }
+        let (va0, pa0) = (r.va + block as u64 * LAZY_BLOCK, r.pa + block as u64 * LAZY_BLOCK);
+        let end = (r.va + r.len).min(va0 + LAZY_BLOCK);
+        let mut off = 0;
+        while va0 + off < end {
+            if self.map_root(task, va0 + off, PhysAddr(pa0 + off), MEM_ALL).is_err() {
+                return false;
+            }
+            off += PAGE_SIZE;
+        }
+        true
+    }
+
     /// Maps (or grants) the flexpage `fp` of `src` into `dst` at the place `snd_base` selects
     /// inside `window`. Slots the source does not have are skipped, as in L4.
     pub fn map_fpage(
@@ -111,6 +155,9 @@ impl<A: Arch> Kernel<A> {
             off += unit;
             if unit == PAGE_SIZE && (dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR) {
                 return Err(Error::Inval);
+            }
+            if unit == PAGE_SIZE && self.memdb.get(sk).is_none() && !self.lazy.is_empty() {
+                self.materialize(src, sk.1);
             }
             if self.memdb.get(sk).is_none() && self.capdb.get(sk).is_none() {
                 continue;

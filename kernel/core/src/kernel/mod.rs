@@ -256,6 +256,8 @@ pub struct Kernel<A: Arch> {
     /// A thread became ready during this kernel entry: the caller may have to yield to it
     /// (see [`Kernel::take_preempt`]). Saves the ready-queue scan on the common path.
     readied: bool,
+    /// Memory handed to sigma0 but not yet mapped: see [`memory::Lazy`].
+    pub lazy: Vec<memory::Lazy>,
     /// How that resumption may leave: by sysret (rcx and r11 of the new context are its ip and
     /// flags, as at every upcall entry and after a user `syscall`) or only by iret.
     pub resume_by: Resume,
@@ -291,6 +293,7 @@ impl<A: Arch> Kernel<A> {
             reaping_objects: false,
             resume_current: false,
             readied: false,
+            lazy: Vec::new(),
             resume_by: Resume::Exception,
             timers: Vec::new(),
             fpu_owner: None,

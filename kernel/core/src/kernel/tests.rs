@@ -457,3 +457,30 @@ fn readying_a_higher_priority_thread_preempts_the_caller() {
     m.op(wk::SCHEDULER, proto::scheduler::LABEL, &[1, t.0, u64::from(root_prio), 1, 0]).unwrap();
     assert!(!m.k.take_preempt());
 }
+
+#[test]
+fn lazy_memory_is_mapped_block_by_block_and_once() {
+    let mut m = machine(1 << 20);
+    let task = m.k.current_task().unwrap();
+    let pa = Fake::with_frames(|f| f.alloc_contiguous(600)).unwrap();
+    let va = 0x100_0000_0000;
+    let at = |page: u64| (task.as_u64(), va + page * 4096);
+    m.k.add_lazy(task, va, pa, 600 * 4096);
+    assert!(m.k.memdb.get(at(0)).is_none(), "nothing is mapped up front");
+    // A touch in the second (short) block maps that block only, once.
+    assert!(m.k.materialize(task, va + 513 * 4096));
+    assert_eq!(m.k.memdb.get(at(599)).map(|e| e.0), Some(crate::mem::PhysAddr(pa.0 + 599 * 4096)));
+    assert!(m.k.memdb.get(at(511)).is_none());
+    assert!(!m.k.materialize(task, va + 520 * 4096));
+    // Mapping from an untouched block materializes it first.
+    let map = proto::task::Op::Map.code();
+    let fp = Fpage::memory(va, 12, Rights::RW).0;
+    m.op(wk::TASK, proto::task::LABEL, &[map, wk::TASK.0, fp, 0x20_0000]).unwrap();
+    assert!(m.k.memdb.get((task.as_u64(), 0x20_0000)).is_some());
+    // Granted away, a page is not conjured up again by a later touch.
+    m.op(wk::TASK, proto::task::LABEL, &[map, wk::TASK.0, fp, 0x30_0000 | proto::map::GRANT]).unwrap();
+    assert!(m.k.memdb.get(at(0)).is_none());
+    assert!(!m.k.materialize(task, va));
+    // Outside every lazy range nothing happens.
+    assert!(!m.k.materialize(task, va + 600 * 4096));
+}
