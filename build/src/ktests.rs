@@ -276,8 +276,8 @@ fn defs() -> Vec<Def> {
             forbidden: &["FAILED"],
             checks: vec![
                 ("refused", "hog: allocation refused after 1".into()),
-                ("hog-exits", "moe: hog exited with status 0; 2048 KiB of memory back (0 KiB reused)".into()),
-                ("memory-reused", "moe: hog2 exited with status 0; 2048 KiB of memory back (2048 KiB reused)".into()),
+                ("hog-exits", "moe: hog exited with status 0; memory back: 2048 KiB lent, ".into()),
+                ("memory-reused", "KiB image and stack, 2048 KiB of it reused".into()),
                 ("wild-crash", "moe: wild crashed: page fault at 0xdead0000".into()),
                 ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
                 ("survivor-exits", "moe: survivor exited with status 1".into()),

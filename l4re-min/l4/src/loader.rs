@@ -48,19 +48,36 @@ pub struct Slots {
     pub pager: CapIdx,
 }
 
-/// A zeroed page from sigma0 at the scratch window.
-fn scratch_page() -> Result<*mut u8, LoadError> {
-    set_br(0, Fpage::memory(SCRATCH, 12, Rights::ALL).0);
-    set_mr(0, sigma0::REQ_ANY);
-    set_mr(1, 12);
-    call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
-    Ok(SCRATCH as *mut u8)
+/// Where the loader's pages come from.
+pub trait PageSource {
+    /// A zeroed page, writable at the returned address in our space.
+    fn page(&mut self) -> Result<u64, LoadError>;
+    /// True if we keep the pages (the program gets mappings, so they can come back when it
+    /// ends); false if they are granted away.
+    fn keeps(&self) -> bool;
 }
 
-/// Moves the scratch page into `child` at `va` with memory rights `rights` (R=4, W=2, X=1).
-fn grant(child: CapIdx, va: u64, rights: u8) -> Result<(), LoadError> {
-    let fp = Fpage::memory(SCRATCH, 12, Rights::from_bits_truncate(rights));
-    task::map(child, wk::TASK, fp, va | map::GRANT)?;
+/// Pages straight from our pager (sigma0) through one scratch window, granted away.
+pub struct Sigma0Pages;
+
+impl PageSource for Sigma0Pages {
+    fn page(&mut self) -> Result<u64, LoadError> {
+        set_br(0, Fpage::memory(SCRATCH, 12, Rights::ALL).0);
+        set_mr(0, sigma0::REQ_ANY);
+        set_mr(1, 12);
+        call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
+        Ok(SCRATCH)
+    }
+
+    fn keeps(&self) -> bool {
+        false
+    }
+}
+
+/// Hands our page at `at` to `child` at `va` with memory rights `rights` (R=4, W=2, X=1).
+fn give(child: CapIdx, at: u64, va: u64, rights: u8, keep: bool) -> Result<(), LoadError> {
+    let fp = Fpage::memory(at, 12, Rights::from_bits_truncate(rights));
+    task::map(child, wk::TASK, fp, va | if keep { 0 } else { map::GRANT })?;
     Ok(())
 }
 
@@ -76,6 +93,7 @@ pub fn spawn(
     slots: Slots,
     caps: &[(CapIdx, CapIdx, Rights)],
     prio: u8,
+    src: &mut dyn PageSource,
 ) -> Result<u64, LoadError> {
     let e = Elf::parse(elf).map_err(|_| LoadError::BadElf("not an ELF file"))?;
     if !e.is_64 || e.header.e_machine != header::EM_X86_64 || e.header.e_type != header::ET_EXEC {
@@ -107,11 +125,12 @@ pub fn spawn(
     factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
     match task::set_name(slots.task, name)
         .map_err(LoadError::from)
-        .and_then(|()| fill(&e, elf, &pages, args, slots, caps, prio))
+        .and_then(|()| load_image(&e, elf, &pages, slots.task, src))
+        .and_then(|()| start(e.entry, args, slots, caps, prio, src))
     {
         Ok(()) => Ok((pages.len() as u64 + BOOT_STACK_SIZE / PAGE) * PAGE),
         Err(why) => {
-            // Deleting the task frees everything granted to it.
+            // Deleting the task frees everything granted to it (what `src` keeps, it keeps).
             let _ = task::unmap(
                 wk::TASK,
                 abi::proto::fpage::unmap_mask::DELETE_OBJ,
@@ -122,47 +141,60 @@ pub fn spawn(
     }
 }
 
-fn fill(
+/// Fills the image's pages from `elf` and hands them to `child`.
+fn load_image(
     e: &Elf,
     elf: &[u8],
     pages: &BTreeMap<u64, u8>,
-    args: &str,
-    slots: Slots,
-    caps: &[(CapIdx, CapIdx, Rights)],
-    prio: u8,
+    child: CapIdx,
+    src: &mut dyn PageSource,
 ) -> Result<(), LoadError> {
     for (&page, &rights) in pages {
-        let dst = scratch_page()?;
+        let at = src.page()?;
+        let dst = at as *mut u8;
         for ph in e.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
             let lo = page.max(ph.p_vaddr);
             let hi = (page + PAGE).min(ph.p_vaddr + ph.p_filesz);
             if lo < hi {
                 let off = (ph.p_offset + (lo - ph.p_vaddr)) as usize;
-                let src = &elf[off..off + (hi - lo) as usize];
-                // SAFETY: the scratch page is ours, mapped writable, and [lo-page, hi-page)
-                // lies inside it; `src` is a different (immutable) buffer.
+                let bytes = &elf[off..off + (hi - lo) as usize];
+                // SAFETY: the page is ours, mapped writable (`PageSource::page`), and
+                // [lo-page, hi-page) lies inside it; `bytes` is a different (immutable) buffer.
                 unsafe {
-                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst.add((lo - page) as usize), src.len())
+                    core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add((lo - page) as usize), bytes.len())
                 };
             }
         }
-        grant(slots.task, page, rights)?;
+        give(child, at, page, rights, src.keeps())?;
     }
-    // The stack; its top page carries the arguments and the start-up block.
+    Ok(())
+}
+
+/// The stack (its top page carries the arguments and the start-up block), the capabilities
+/// and the first thread, started at `entry`.
+fn start(
+    entry: u64,
+    args: &str,
+    slots: Slots,
+    caps: &[(CapIdx, CapIdx, Rights)],
+    prio: u8,
+    src: &mut dyn PageSource,
+) -> Result<(), LoadError> {
     let args_addr = (BOOT_STACK_TOP - args.len() as u64) & !15;
     let sp = (args_addr - 24) & !15;
     for i in 0..BOOT_STACK_SIZE / PAGE {
         let va = BOOT_STACK_TOP - (i + 1) * PAGE;
-        let dst = scratch_page()?;
+        let at = src.page()?;
         if i == 0 {
-            // SAFETY: the scratch page is ours and writable; both copies stay inside it.
+            let dst = at as *mut u8;
+            // SAFETY: the page is ours and writable; both copies stay inside it.
             unsafe {
                 core::ptr::copy_nonoverlapping(args.as_ptr(), dst.add((args_addr - va) as usize), args.len());
                 let block = [args_addr, args.len() as u64, KIP_ADDR];
                 core::ptr::copy_nonoverlapping(block.as_ptr(), dst.add((sp - va) as usize) as *mut u64, 3);
             }
         }
-        grant(slots.task, va, 6)?;
+        give(slots.task, at, va, 6, src.keeps())?;
     }
     let own = [(slots.task, wk::TASK, Rights::ALL), (slots.pager, wk::PAGER, Rights::RW | Rights::S)];
     for (ours, theirs, rights) in own.iter().chain(caps) {
@@ -178,7 +210,7 @@ fn fill(
         slots.task,
         BOOT_UTCB_ADDR,
     )?;
-    thread::ex_regs(slots.thread, e.entry, sp, 0)?;
+    thread::ex_regs(slots.thread, entry, sp, 0)?;
     scheduler::run_thread(wk::SCHEDULER, slots.thread, prio, 1, 0)?;
     Ok(())
 }

@@ -55,6 +55,9 @@ fn main(_args: &str) -> i32 {
         }
     }
     println!("starting {} programs", script.programs.len());
+    let mut pool = mem::Pool::new();
+    let mut accounts: Vec<mem::Account> =
+        script.programs.iter().map(|p| mem::Account::new(p.quota)).collect();
     let mut started = 0;
     for (i, p) in script.programs.iter().enumerate() {
         let Some(m) = img.modules().flatten().find(|m| m.name == p.module) else {
@@ -76,17 +79,20 @@ fn main(_args: &str) -> i32 {
                 None => (wk::LOG, wk::LOG, Rights::RW),
             },
         ];
-        match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio) {
+        let mut pages = mem::ImagePages { pool: &mut pool, account: &mut accounts[i] };
+        match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio, &mut pages) {
             Ok(bytes) => {
                 started += 1;
                 println!("{}: {} KiB of memory for image and stack", p.name, bytes / 1024);
             }
-            Err(e) => println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module),
+            Err(e) => {
+                pool.reclaim(&mut accounts[i]);
+                println!("boot.cfg: line {}: `{}` not started: {e}", p.line, p.module);
+            }
         }
     }
     println!("{started} of {} programs started", script.programs.len());
-    let accounts = script.programs.iter().map(|p| mem::Account::new(p.quota)).collect();
-    Moe { script, accounts, pool: mem::Pool::new() }.serve()
+    Moe { script, accounts, pool }.serve()
 }
 
 /// Where we keep program `i`'s task and thread capabilities; its gate is also its pager.
@@ -112,11 +118,12 @@ impl Moe {
         let s = slots(i);
         let fps = [s.task, s.thread, s.pager].map(|c| Fpage::object(c, 0, Rights::ALL));
         let name = &self.script.programs[i].name;
-        let (lent, reused) = (self.accounts[i].used, self.accounts[i].reused);
+        let a = &self.accounts[i];
+        let (lent, image, reused) = (a.used / 1024, a.image / 1024, a.reused / 1024);
         match task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps) {
             Ok(()) => {
                 self.pool.reclaim(&mut self.accounts[i]);
-                println!("{name} {how}; {} KiB of memory back ({} KiB reused)", lent / 1024, reused / 1024);
+                println!("{name} {how}; memory back: {lent} KiB lent, {image} KiB image and stack, {reused} KiB of it reused");
             }
             Err(e) => println!("{name} {how}; deleting it failed: {e:?}"),
         }

@@ -9,6 +9,7 @@ use abi::proto::{event, fpage::Fpage, sigma0};
 use abi::{Error, MsgTag, Rights};
 use alloc::vec::Vec;
 use l4::ipc::{call, set_br, set_mr};
+use l4::loader::{LoadError, PageSource};
 
 /// moe's window for lent memory (above its own heap at 0x10_0000_0000).
 const POOL_BASE: u64 = 0x20_0000_0000;
@@ -22,7 +23,10 @@ pub type Chunk = (u64, u32);
 /// What one program holds.
 pub struct Account {
     pub quota: u64,
+    /// Lent through the sigma0 protocol (counted against `quota`).
     pub used: u64,
+    /// Image and stack pages the loader took for it (not counted against `quota`).
+    pub image: u64,
     /// Of `used`, the bytes that had served an ended program before (zeroed since).
     pub reused: u64,
     chunks: Vec<Chunk>,
@@ -30,7 +34,7 @@ pub struct Account {
 
 impl Account {
     pub fn new(quota: u64) -> Self {
-        Account { quota, used: 0, reused: 0, chunks: Vec::new() }
+        Account { quota, used: 0, image: 0, reused: 0, chunks: Vec::new() }
     }
 }
 
@@ -44,15 +48,22 @@ impl Pool {
         Pool { next: POOL_BASE, free: Vec::new() }
     }
 
-    /// Lends `a` a zeroed chunk of 2^`order` bytes: a returned one, else a fresh one from sigma0.
+    /// Lends `a` a zeroed chunk of 2^`order` bytes within its quota.
     pub fn lend(&mut self, a: &mut Account, order: u32) -> Result<Chunk, Error> {
         if !ORDERS.contains(&order) {
             return Err(Error::Inval);
         }
-        let size = 1u64 << order;
-        if a.used + size > a.quota {
+        if a.used + (1u64 << order) > a.quota {
             return Err(Error::NoMem);
         }
+        let c = self.take(a, order)?;
+        a.used += 1 << order;
+        Ok(c)
+    }
+
+    /// A zeroed chunk for `a`: a returned one, else a fresh one from sigma0.
+    fn take(&mut self, a: &mut Account, order: u32) -> Result<Chunk, Error> {
+        let size = 1u64 << order;
         let chunk = match self.free.iter().position(|c| c.1 == order) {
             Some(i) => {
                 let c = self.free.swap_remove(i);
@@ -75,7 +86,6 @@ impl Pool {
                 (at, order)
             }
         };
-        a.used += size;
         a.chunks.push(chunk);
         Ok(chunk)
     }
@@ -83,6 +93,24 @@ impl Pool {
     /// The program behind `a` is gone: its chunks come back.
     pub fn reclaim(&mut self, a: &mut Account) {
         self.free.append(&mut a.chunks);
-        (a.used, a.reused) = (0, 0);
+        (a.used, a.image, a.reused) = (0, 0, 0);
+    }
+}
+
+/// The loader's pages for one program: lent from the pool (kept by moe, so they come back).
+pub struct ImagePages<'a> {
+    pub pool: &'a mut Pool,
+    pub account: &'a mut Account,
+}
+
+impl PageSource for ImagePages<'_> {
+    fn page(&mut self) -> Result<u64, LoadError> {
+        let (at, _) = self.pool.take(self.account, 12)?;
+        self.account.image += 1 << 12;
+        Ok(at)
+    }
+
+    fn keeps(&self) -> bool {
+        true
     }
 }

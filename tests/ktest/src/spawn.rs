@@ -6,7 +6,7 @@ use crate::objects::{check, R};
 use abi::cap::well_known as wk;
 use abi::{CapIdx, Rights};
 use alloc::vec::Vec;
-use l4::loader::{spawn, LoadError, Slots};
+use l4::loader::{spawn, LoadError, Sigma0Pages, Slots};
 use l4::println;
 
 pub fn run() -> R {
@@ -23,6 +23,7 @@ pub fn run() -> R {
         Slots { task: CapIdx(90), thread: CapIdx(91), pager: wk::PAGER },
         &[],
         100,
+        &mut Sigma0Pages,
     );
     println!("broken image: {}", r.map_or_else(|e| alloc::format!("{e}"), |_| "started?!".into()));
     check(matches!(r, Err(LoadError::BadElf(_))), "a corrupt ELF image is refused")?;
@@ -34,6 +35,7 @@ pub fn run() -> R {
         Slots { task: CapIdx(92), thread: CapIdx(93), pager: wk::PAGER },
         &caps,
         100,
+        &mut Sigma0Pages,
     );
     if let Err(e) = r {
         println!("spawn failed: {e}");
