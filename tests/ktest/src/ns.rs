@@ -114,6 +114,12 @@ pub fn hog() -> i32 {
         if v.try_reserve_exact(BLOCK).is_err() {
             break;
         }
+        // Fresh memory from our pager must not show an earlier program's bytes (a hog before
+        // us filled its blocks with 0xa5): probe one word per page before writing.
+        if (0..BLOCK / 4096).any(|p| probe(v.as_ptr() as u64 + p as u64 * 4096) != 0) {
+            println!("FAILED: lent memory was not zeroed");
+            return 1;
+        }
         v.resize(BLOCK, 0xa5);
         blocks.push(v);
         if blocks.len() == blocks.capacity() {
@@ -131,4 +137,12 @@ pub fn hog() -> i32 {
         return 1;
     }
     0
+}
+
+/// Reads the word at `addr` without Rust's rules on uninitialized memory (the asm is opaque).
+fn probe(addr: u64) -> u64 {
+    let v: u64;
+    // SAFETY: callers pass addresses of memory the heap just reserved for them (mapped).
+    unsafe { core::arch::asm!("mov {}, [{}]", out(reg) v, in(reg) addr, options(nostack, readonly)) };
+    v
 }
