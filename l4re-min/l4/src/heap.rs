@@ -2,16 +2,12 @@
 //! mapped at [`HEAP_BASE`] upwards; small blocks in power-of-two classes, larger ones in whole
 //! pages, freed pages reused first-fit. Registered as the global allocator.
 
-use crate::ipc::{call, mr, set_br, set_mr};
-use abi::cap::well_known as wk;
-use abi::proto::{event, fpage::Fpage, sigma0};
-use abi::{MsgTag, Rights};
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Where the heap grows from (above any program image, below the stacks and UTCBs).
 pub const HEAP_BASE: u64 = 0x10_0000_0000;
-const CHUNK_ORDER: u64 = 20;
+const CHUNK_ORDER: u32 = 20;
 const PAGE: usize = 4096;
 const CLASSES: usize = 8;
 const MIN_SHIFT: u32 = 4;
@@ -62,13 +58,9 @@ impl Default for Heap {
 /// One more chunk from sigma0 at the end of the heap.
 fn grow(s: &mut State) -> bool {
     let at = if s.end == 0 { HEAP_BASE as usize } else { s.end };
-    set_br(0, Fpage::memory(at as u64, CHUNK_ORDER as u32, Rights::ALL).0);
-    set_mr(0, sigma0::REQ_ANY);
-    set_mr(1, CHUNK_ORDER);
-    if call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0).is_err() {
+    if crate::ipc::sigma0::any(at as u64, CHUNK_ORDER).is_err() {
         return false;
     }
-    let _ = mr(0);
     if s.end == 0 || s.next == s.end {
         s.next = at;
     }

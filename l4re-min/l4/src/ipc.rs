@@ -300,6 +300,21 @@ pub mod icu {
     }
 }
 
+/// The sigma0 protocol as our pager (slot 4) serves it: sigma0 itself, or a root task that
+/// lends memory the same way.
+pub mod sigma0 {
+    use super::*;
+    use proto::{event, sigma0::REQ_ANY};
+
+    /// 2^`order` bytes of zeroed memory, mapped at `at` (aligned to its size) in our space.
+    pub fn any(at: u64, order: u32) -> Result<(), Error> {
+        set_br(0, Fpage::memory(at, order, abi::Rights::ALL).0);
+        set_mr(0, REQ_ANY);
+        set_mr(1, order as u64);
+        call(abi::cap::well_known::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0).map(|_| ())
+    }
+}
+
 pub mod namespace {
     use super::*;
     use proto::namespace::{LABEL, NAME_MAX, QUERY};

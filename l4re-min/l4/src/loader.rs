@@ -1,17 +1,17 @@
 //! Starting a program from its ELF image in a new task (feature `runtime`): what a root task
-//! does for each program of the boot script. Memory comes from sigma0 a page at a time through
-//! a scratch window and is granted into the new task; the program starts with the same start-up
-//! block the kernel gives boot tasks (`abi::kip`).
+//! does for each program of the boot script. Pages come from a `PageSource` (from sigma0
+//! through a scratch window and granted, or lent by the caller and kept); the program starts
+//! with the same start-up block the kernel gives boot tasks (`abi::kip`).
 
-use crate::ipc::{call, factory, scheduler, set_br, set_mr, task, thread};
+use crate::ipc::{factory, scheduler, task, thread};
 use abi::cap::well_known as wk;
 use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, USER_END};
-use abi::proto::{event, fpage::Fpage, map, sigma0, thread_control as tc};
-use abi::{CapIdx, Error, MsgTag, Rights};
+use abi::proto::{fpage::Fpage, map, thread_control as tc};
+use abi::{CapIdx, Error, Rights};
 use alloc::collections::BTreeMap;
 use goblin::elf::{header, program_header, Elf};
 
-/// Where pages are filled before they are granted away.
+/// Where `Sigma0Pages` fills pages before they are granted away.
 const SCRATCH: u64 = 0x20_0000_0000;
 const PAGE: u64 = 4096;
 
@@ -62,10 +62,7 @@ pub struct Sigma0Pages;
 
 impl PageSource for Sigma0Pages {
     fn page(&mut self) -> Result<u64, LoadError> {
-        set_br(0, Fpage::memory(SCRATCH, 12, Rights::ALL).0);
-        set_mr(0, sigma0::REQ_ANY);
-        set_mr(1, 12);
-        call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
+        crate::ipc::sigma0::any(SCRATCH, 12)?;
         Ok(SCRATCH)
     }
 
@@ -85,7 +82,7 @@ fn give(child: CapIdx, at: u64, va: u64, rights: u8, keep: bool) -> Result<(), L
 /// priority `prio` with argument string `args`. The task gets its own task and thread
 /// capabilities (slots 1 and 3), `slots.pager` as pager (slot 4), and `caps`: (our slot,
 /// its slot, rights). Its exceptions go to whatever `caps` puts in its parent slot (11); with
-/// none there, the kernel ends it. Returns the bytes of memory it was given (image and stack).
+/// none there, the kernel ends it.
 pub fn spawn(
     elf: &[u8],
     name: &str,
@@ -94,7 +91,7 @@ pub fn spawn(
     caps: &[(CapIdx, CapIdx, Rights)],
     prio: u8,
     src: &mut dyn PageSource,
-) -> Result<u64, LoadError> {
+) -> Result<(), LoadError> {
     let e = Elf::parse(elf).map_err(|_| LoadError::BadElf("not an ELF file"))?;
     if !e.is_64 || e.header.e_machine != header::EM_X86_64 || e.header.e_type != header::ET_EXEC {
         return Err(LoadError::BadElf("not a static x86_64 executable"));
@@ -123,22 +120,19 @@ pub fn spawn(
         return Err(LoadError::BadElf("no loadable segments"));
     }
     factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
-    match task::set_name(slots.task, name)
+    let r = task::set_name(slots.task, name)
         .map_err(LoadError::from)
         .and_then(|()| load_image(&e, elf, &pages, slots.task, src))
-        .and_then(|()| start(e.entry, args, slots, caps, prio, src))
-    {
-        Ok(()) => Ok((pages.len() as u64 + BOOT_STACK_SIZE / PAGE) * PAGE),
-        Err(why) => {
-            // Deleting the task frees everything granted to it (what `src` keeps, it keeps).
-            let _ = task::unmap(
-                wk::TASK,
-                abi::proto::fpage::unmap_mask::DELETE_OBJ,
-                &[Fpage::object(slots.task, 0, Rights::ALL)],
-            );
-            Err(why)
-        }
+        .and_then(|()| start(e.entry, args, slots, caps, prio, src));
+    if r.is_err() {
+        // Deleting the task frees everything granted to it (what `src` keeps, it keeps).
+        let _ = task::unmap(
+            wk::TASK,
+            abi::proto::fpage::unmap_mask::DELETE_OBJ,
+            &[Fpage::object(slots.task, 0, Rights::ALL)],
+        );
     }
+    r
 }
 
 /// Fills the image's pages from `elf` and hands them to `child`.

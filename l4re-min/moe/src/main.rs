@@ -64,12 +64,13 @@ fn main(_args: &str) -> i32 {
             println!("boot.cfg: line {}: no module `{}` in the boot image", p.line, p.module);
             continue;
         };
-        let ns = CapIdx(NAMESPACES + i as u64);
+        // One gate, labelled with the program, is its namespace, parent, pager and exception
+        // handler.
+        let ns = slots(i).pager;
         if let Err(e) = factory::gate(wk::FACTORY, ns, wk::THREAD, i as u64 + 1) {
             println!("boot.cfg: line {}: no namespace for `{}`: {e:?}", p.line, p.module);
             continue;
         }
-        // One gate serves both of the program's protocols: namespace and parent.
         let caps = [
             (ns, wk::NAMESPACE, Rights::RW | Rights::S),
             (ns, wk::PARENT, Rights::RW | Rights::S),
@@ -81,9 +82,9 @@ fn main(_args: &str) -> i32 {
         ];
         let mut pages = mem::ImagePages { pool: &mut pool, account: &mut accounts[i] };
         match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio, &mut pages) {
-            Ok(bytes) => {
+            Ok(()) => {
                 started += 1;
-                println!("{}: {} KiB of memory for image and stack", p.name, bytes / 1024);
+                println!("{}: {} KiB of memory for image and stack", p.name, accounts[i].image / 1024);
             }
             Err(e) => {
                 pool.reclaim(&mut accounts[i]);
@@ -102,6 +103,27 @@ fn slots(i: usize) -> Slots {
         thread: CapIdx(PROGRAMS + 2 * i as u64 + 1),
         pager: CapIdx(NAMESPACES + i as u64),
     }
+}
+
+/// The capability a program's name refers to: our slot and the rights it gets.
+fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights)> {
+    let cap = script.programs.get(program)?.caps.iter().find(|c| c.name == name)?;
+    Some(match cap.target {
+        // Clients may call through the gate; the server may also bind it (W).
+        Target::Gate { gate, server } => (
+            CapIdx(GATES + gate as u64),
+            if server { Rights::ALL - Rights::D } else { Rights::R | Rights::S },
+        ),
+        Target::Kernel(k) => (
+            match k {
+                Kernel::Log => wk::LOG,
+                Kernel::Platform => wk::PLATFORM_CTL,
+                Kernel::Scheduler => wk::SCHEDULER,
+                Kernel::Icu => wk::ICU,
+            },
+            Rights::RW,
+        ),
+    })
 }
 
 /// What moe serves from: the script and each program's memory account.
@@ -147,30 +169,7 @@ impl Moe {
             _ => MsgTag::error(Error::Perm),
         }
     }
-}
 
-/// The capability a program's name refers to: our slot and the rights it gets.
-fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights)> {
-    let cap = script.programs.get(program)?.caps.iter().find(|c| c.name == name)?;
-    Some(match cap.target {
-        // Clients may call through the gate; the server may also bind it (W).
-        Target::Gate { gate, server } => (
-            CapIdx(GATES + gate as u64),
-            if server { Rights::ALL - Rights::D } else { Rights::R | Rights::S },
-        ),
-        Target::Kernel(k) => (
-            match k {
-                Kernel::Log => wk::LOG,
-                Kernel::Platform => wk::PLATFORM_CTL,
-                Kernel::Scheduler => wk::SCHEDULER,
-                Kernel::Icu => wk::ICU,
-            },
-            Rights::RW,
-        ),
-    })
-}
-
-impl Moe {
     fn serve(mut self) -> ! {
         server_loop(|msg| {
             let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };

@@ -4,15 +4,13 @@
 //! (at `POOL_BASE` upwards) and outlives the program it was lent to: when that program ends,
 //! its chunks return to the pool and are zeroed before they are lent again.
 
-use abi::cap::well_known as wk;
-use abi::proto::{event, fpage::Fpage, sigma0};
-use abi::{Error, MsgTag, Rights};
+use abi::Error;
 use alloc::vec::Vec;
-use l4::ipc::{call, set_br, set_mr};
 use l4::loader::{LoadError, PageSource};
 
-/// moe's window for lent memory (above its own heap at 0x10_0000_0000).
-const POOL_BASE: u64 = 0x20_0000_0000;
+/// moe's window for lent memory (above its own heap at 0x10_0000_0000 and the loader's scratch
+/// page at 0x20_0000_0000).
+const POOL_BASE: u64 = 0x30_0000_0000;
 const POOL_END: u64 = 0x40_0000_0000;
 /// Chunk sizes a program may ask for: one page to 4 MiB.
 const ORDERS: core::ops::RangeInclusive<u32> = 12..=22;
@@ -78,10 +76,7 @@ impl Pool {
                 if at + size > POOL_END {
                     return Err(Error::NoMem);
                 }
-                set_br(0, Fpage::memory(at, order, Rights::ALL).0);
-                set_mr(0, sigma0::REQ_ANY);
-                set_mr(1, order as u64);
-                call(wk::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0)?;
+                l4::ipc::sigma0::any(at, order)?;
                 self.next = at + size;
                 (at, order)
             }

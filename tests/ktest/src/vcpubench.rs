@@ -23,43 +23,43 @@ const FAULT_PAGES: u64 = 256;
 
 core::arch::global_asm!(
     r#"
+    /* r13 = the time-stamp counter */
+    .macro ubench_start
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+    .endm
+    /* reports the cycles since ubench_start to the guest kernel (system call 3) */
+    .macro ubench_report
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r13
+    mov rdi, rax
+    mov eax, 3
+    syscall
+    .endm
+
     .section .text.ubench, "ax"
     .p2align 12
     .global ubench_entry
 ubench_entry:
     mov r12, rdi
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    mov r13, rax
+    ubench_start
 1:  mov eax, 9
     syscall
     dec r12
     jnz 1b
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    sub rax, r13
-    mov rdi, rax
-    mov eax, 3
-    syscall
+    ubench_report
     mov r12, rsi
     mov r15, 0x40000000
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    mov r13, rax
+    ubench_start
 2:  mov byte ptr [r15], 1
     add r15, 4096
     dec r12
     jnz 2b
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    sub rax, r13
-    mov rdi, rax
-    mov eax, 3
-    syscall
+    ubench_report
 3:  pause
     jmp 3b
     .p2align 12
