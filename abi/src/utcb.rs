@@ -40,3 +40,41 @@ const _: () = assert!(core::mem::offset_of!(Utcb, tcr) == TCR_OFFSET * 8);
 pub const fn mr_bytes_after(skip: usize) -> usize {
     (MR_COUNT - skip) * 8
 }
+
+/// Byte strings in message registers (`Log::Write`, `Task::SetName`, namespace names) are a
+/// length word followed by the bytes, packed little-endian eight to a word. Packs `bytes` into
+/// the start of `words` (which must have room) and returns how many words that took.
+pub fn pack_bytes(bytes: &[u8], words: &mut [u64]) -> usize {
+    debug_assert!(words.len() * 8 >= bytes.len(), "no room for the bytes");
+    for (w, c) in words.iter_mut().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        *w = u64::from_le_bytes(b);
+    }
+    bytes.len().div_ceil(8)
+}
+
+/// Fills `out` with the bytes [`pack_bytes`] put into `words` (which must hold them).
+pub fn unpack_bytes(words: &[u64], out: &mut [u8]) {
+    debug_assert!(words.len() * 8 >= out.len(), "the words do not hold the bytes");
+    for (c, w) in out.chunks_mut(8).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes()[..c.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_through_words() {
+        let text = b"hello, message registers";
+        let mut words = [0u64; 4];
+        assert_eq!(pack_bytes(text, &mut words), 3);
+        assert_eq!(words[0], u64::from_le_bytes(*b"hello, m"));
+        let mut out = [0u8; 24];
+        unpack_bytes(&words, &mut out);
+        assert_eq!(&out, text);
+        assert_eq!(pack_bytes(b"", &mut words), 0);
+    }
+}

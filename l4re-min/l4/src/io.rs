@@ -14,12 +14,8 @@ pub fn write(bytes: &[u8]) -> Result<(), abi::Error> {
         let mut words = [0u64; MR_COUNT];
         words[0] = vlog::Op::Write.code();
         words[1] = chunk.len() as u64;
-        for (i, c) in chunk.chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            words[2 + i] = u64::from_le_bytes(w);
-        }
-        crate::sys::call_words(well_known::LOG, vlog::LABEL, &words[..2 + chunk.len().div_ceil(8)])?;
+        let n = abi::utcb::pack_bytes(chunk, &mut words[2..]);
+        crate::sys::call_words(well_known::LOG, vlog::LABEL, &words[..2 + n])?;
     }
     Ok(())
 }

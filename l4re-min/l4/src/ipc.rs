@@ -4,6 +4,7 @@
 use crate::sys::{call_words, invoke_full, utcb};
 use abi::proto::{self, fpage::Fpage, Protocol};
 use abi::syscall::Flags;
+use abi::utcb::{pack_bytes, unpack_bytes, MR_COUNT};
 use abi::{CapIdx, CapSel, Error, MsgTag};
 
 /// Message register `i` of this thread.
@@ -16,13 +17,13 @@ pub fn mr(i: usize) -> u64 {
 /// Puts a string in the MRs from `at` on as length, then bytes packed little-endian; returns
 /// how many MRs it took. [`get_str`] reads it back.
 pub fn set_str(at: usize, s: &str) -> usize {
+    let mut words = [0u64; MR_COUNT];
+    let n = pack_bytes(s.as_bytes(), &mut words[..MR_COUNT - 1 - at]);
     set_mr(at, s.len() as u64);
-    for (i, c) in s.as_bytes().chunks(8).enumerate() {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        set_mr(at + 1 + i, u64::from_le_bytes(w));
+    for (i, &w) in words[..n].iter().enumerate() {
+        set_mr(at + 1 + i, w);
     }
-    1 + s.len().div_ceil(8)
+    1 + n
 }
 
 /// The string [`set_str`] put at `at`, if the message's `words` hold it, it is at most `max`
@@ -32,9 +33,11 @@ pub fn get_str(at: usize, words: usize, max: usize, buf: &mut [u8]) -> Option<&s
     if len > max || len > buf.len() || words < at + 1 + len.div_ceil(8) {
         return None;
     }
-    for (i, c) in buf[..len].chunks_mut(8).enumerate() {
-        c.copy_from_slice(&mr(at + 1 + i).to_le_bytes()[..c.len()]);
+    let mut packed = [0u64; MR_COUNT];
+    for (i, w) in packed[..len.div_ceil(8)].iter_mut().enumerate() {
+        *w = mr(at + 1 + i);
     }
+    unpack_bytes(&packed, &mut buf[..len]);
     core::str::from_utf8(&buf[..len]).ok()
 }
 

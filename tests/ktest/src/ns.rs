@@ -8,7 +8,7 @@ use crate::objects::{check, echo_server, expect_err, ok, R};
 use abi::cap::well_known as wk;
 use abi::proto::log;
 use abi::syscall::timeout;
-use abi::utcb::MR_COUNT;
+use abi::utcb::{unpack_bytes, MR_COUNT};
 use abi::{CapIdx, Error, MsgTag};
 use l4::ipc::{self, gate, mr, namespace, set_mr};
 use l4::println;
@@ -77,8 +77,9 @@ pub fn log_proxy() -> R {
                     for (i, w) in words.iter_mut().enumerate().take(len.div_ceil(8)) {
                         *w = mr(2 + i);
                     }
-                    for i in 0..len {
-                        let b = (words[i / 8] >> (8 * (i % 8))) as u8;
+                    let mut bytes = [0u8; MR_COUNT * 8];
+                    unpack_bytes(&words, &mut bytes[..len]);
+                    for &b in &bytes[..len] {
                         if b != b'\n' && n < line.len() {
                             line[n] = b;
                             n += 1;

@@ -172,9 +172,7 @@ impl<A: Arch> Kernel<A> {
         }
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
         let mut bytes = [0u8; MR_COUNT * 8];
-        for (i, w) in mrs.w[2..mrs.n].iter().enumerate() {
-            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-        }
+        abi::utcb::unpack_bytes(&mrs.w[2..mrs.n], &mut bytes[..len]);
         // Whole lines go out at once, each prefixed with the task's name.
         let mut line = [0u8; 64 + MR_COUNT * 8];
         let mut n = 0;
@@ -238,10 +236,10 @@ impl<A: Arch> Kernel<A> {
                 if len == 0 || len > proto::TASK_NAME_MAX || m.n < 2 + len.div_ceil(8) {
                     return Err(Error::Inval);
                 }
-                let bytes: Vec<u8> =
-                    m.w[2..2 + len.div_ceil(8)].iter().flat_map(|w| w.to_le_bytes()).take(len).collect();
-                let name = alloc::string::String::from_utf8(bytes).map_err(|_| Error::Inval)?;
-                self.tasks.get_mut(t).ok_or(Error::NoEnt)?.name = name;
+                let mut name = [0u8; proto::TASK_NAME_MAX];
+                abi::utcb::unpack_bytes(&m.w[2..m.n], &mut name[..len]);
+                let name = core::str::from_utf8(&name[..len]).map_err(|_| Error::Inval)?;
+                self.tasks.get_mut(t).ok_or(Error::NoEnt)?.name = name.into();
                 Ok(Vec::new())
             }
         }
