@@ -33,6 +33,8 @@ cargo xtask <command> [options]
         --rootfs CPIO     use your own (Buildroot) rootfs.cpio[.gz] instead of busybox + debs
   linux            build (or find cached) the reference Linux kernel; prints the bzImage path
       --uml             build upstream User-Mode Linux (ARCH=um) instead; prints the `linux` path
+      --l4              build L4Linux (ARCH=um, linux-patches/, os-L4 + lx-arch, freestanding);
+                        prints the `linux` path and `upstream lines changed: N`
   rootfs           assemble the guest initramfs; takes --overlay/--deb/--rootfs like run
   test             lint, host tests and QEMU tests; ends with `N passed, N failed`
       --filter TEXT     only tests whose name contains TEXT
