@@ -45,6 +45,11 @@ pub struct Kip {
     /// 0 if none. The root task finds its programs and boot script there.
     pub boot_image: u64,
     pub boot_image_size: u64,
+    /// Wall-clock time: nanoseconds since the Unix epoch (UTC, from the machine's real-time
+    /// clock, whole seconds) at the moment the time-stamp counter read `wallclock_tsc`; both 0
+    /// if the machine has no usable clock.
+    pub wallclock_ns: u64,
+    pub wallclock_tsc: u64,
 }
 
 /// Where boot tasks see the boot image (plus the image's offset within its first page).

@@ -237,6 +237,12 @@ pub mod namespace {
     /// Label of namespace requests (user protocols are positive).
     pub const LABEL: i64 = 0x4001;
     pub const QUERY: u64 = 0;
+    /// A boot module the script lets the program read (`file NAME`): `MR[1]` = byte offset,
+    /// `MR[2]` = log2 size of a chunk, `MR[3..]` = the name; `BR[0]` = where to receive it.
+    /// Reply: `MR[0]` = the module's size, plus a map item with a private copy of
+    /// `[offset, offset + 2^size)` (zero past the end) unless the offset is past the end.
+    /// The copy counts against the program's quota.
+    pub const FILE: u64 = 1;
     /// Longest name.
     pub const NAME_MAX: usize = 32;
 }
@@ -343,6 +349,14 @@ pub mod fpage {
     }
 
     /// Unmap masks (`MR[1]` of `task::Op::Unmap`), Fiasco's values.
+    /// Rights bits of a memory flexpage (Fiasco's L4_FPAGE_X/W/R); object flexpages use
+    /// `crate::Rights` instead.
+    pub mod mem_rights {
+        pub const X: u8 = 1;
+        pub const W: u8 = 2;
+        pub const R: u8 = 4;
+    }
+
     pub mod unmap_mask {
         /// Revoke only what was derived into other spaces.
         pub const OTHER_SPACES: u64 = 0;

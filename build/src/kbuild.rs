@@ -69,6 +69,9 @@ pub struct BootProgram {
     pub program: String,
     /// The contents of a data module (then `program` is unused).
     pub text: Option<String>,
+    /// A module read from this file (an ELF program if `program_file`, else data).
+    pub file: Option<PathBuf>,
+    pub program_file: bool,
     pub args: String,
     /// Started by the kernel.
     pub start: bool,
@@ -82,6 +85,8 @@ impl BootProgram {
             name: program.into(),
             program: program.into(),
             text: None,
+            file: None,
+            program_file: false,
             args: args.into(),
             start: true,
             sigma0: false,
@@ -96,6 +101,12 @@ impl BootProgram {
     /// A program module the kernel does not start (the runtime loads it).
     pub fn module(program: &str, args: &str) -> Self {
         BootProgram { start: false, ..Self::start(program, args) }
+    }
+
+    /// A module called `name` read from `path`: an ELF program the runtime loads
+    /// (`program`), or data.
+    pub fn from_file(name: &str, path: &std::path::Path, program: bool) -> Self {
+        BootProgram { file: Some(path.to_path_buf()), program_file: program, ..Self::module(name, "") }
     }
 
     /// The sigma0 program.
@@ -122,9 +133,13 @@ impl Artifacts {
     pub fn boot_image(&self, name: &str, programs: &[BootProgram]) -> Result<PathBuf> {
         let mut entries = Vec::new();
         for p in programs {
-            let (kind, data) = match &p.text {
-                Some(t) => (bootimage::KIND_DATA, t.clone().into_bytes()),
-                None => (bootimage::KIND_PROGRAM, std::fs::read(self.program(&p.program)?)?),
+            let (kind, data) = match (&p.text, &p.file) {
+                (Some(t), _) => (bootimage::KIND_DATA, t.clone().into_bytes()),
+                (None, Some(f)) => (
+                    if p.program_file { bootimage::KIND_PROGRAM } else { bootimage::KIND_DATA },
+                    std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?,
+                ),
+                (None, None) => (bootimage::KIND_PROGRAM, std::fs::read(self.program(&p.program)?)?),
             };
             entries.push(Entry {
                 name: p.name.clone(),

@@ -87,8 +87,11 @@ pub const L4LINUX: Flavor = Flavor {
 };
 
 /// The os-L4 sources (workspace-relative) and where they go in the Linux tree.
-const OS_L4_DIRS: [(&str, &str); 2] =
-    [("lx-arch/os-L4", "arch/um/os-L4"), ("lx-arch/os-L4-x86", "arch/x86/um/os-L4")];
+const OS_L4_DIRS: [(&str, &str); 3] = [
+    ("lx-arch/os-L4", "arch/um/os-L4"),
+    ("lx-stubs", "arch/um/os-L4/stubs"),
+    ("lx-arch/os-L4-x86", "arch/x86/um/os-L4"),
+];
 
 /// The `lx-arch` staticlib's target directory (workspace-relative) and file inside it.
 const LX_ARCH_TARGET_DIR: &str = "target/lx-arch";
@@ -372,9 +375,10 @@ fn dir_material(dir: &Path) -> Result<String> {
     Ok(s)
 }
 
-/// Makes `to` a copy of `from`: files `from` lacks are removed, changed files rewritten. Unchanged
-/// files keep their time stamps, so make recompiles only what changed.
-fn sync_dir(from: &Path, to: &Path) -> Result {
+/// Makes `to` a copy of `from`: files `from` lacks are removed (except the entries named in
+/// `keep`, filled from elsewhere), changed files rewritten. Unchanged files keep their time
+/// stamps, so make recompiles only what changed.
+fn sync_dir(from: &Path, to: &Path, keep: &[&str]) -> Result {
     if to.is_file() || to.is_symlink() {
         std::fs::remove_file(to)?;
     }
@@ -383,7 +387,7 @@ fn sync_dir(from: &Path, to: &Path) -> Result {
         std::fs::read_dir(from)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
     for e in std::fs::read_dir(to)? {
         let e = e?;
-        if !want.contains(&e.file_name()) {
+        if !want.contains(&e.file_name()) && !keep.iter().any(|k| e.file_name() == *k) {
             if e.path().is_dir() && !e.path().is_symlink() {
                 std::fs::remove_dir_all(e.path())?;
             } else {
@@ -394,7 +398,7 @@ fn sync_dir(from: &Path, to: &Path) -> Result {
     for name in want {
         let (f, t) = (from.join(&name), to.join(&name));
         if f.is_dir() {
-            sync_dir(&f, &t)?;
+            sync_dir(&f, &t, &[])?;
             continue;
         }
         if t.is_dir() && !t.is_symlink() {
@@ -414,12 +418,15 @@ fn sync_dir(from: &Path, to: &Path) -> Result {
 /// Builds the `lx-arch` staticlib for the freestanding link and returns its path. Flags are set
 /// explicitly (as in `kbuild`); LTO is off because it would merge this crate's small-code-model
 /// bitcode with the prebuilt `core`'s kernel-code-model bitcode, which LLVM refuses.
+/// Flags of the `lx-arch` staticlib: linked into Linux at 0x60000000, so the small code model.
+pub const LX_ARCH_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=small";
+
 fn build_lx_arch() -> Result<PathBuf> {
     step("linux (l4linux): building the lx-arch staticlib");
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(root())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C relocation-model=static -C code-model=small")
+        .env("RUSTFLAGS", LX_ARCH_RUSTFLAGS)
         .env("CARGO_PROFILE_RELEASE_LTO", "false")
         .args(["build", "--release", "-p", "lx-arch", "--target", crate::kbuild::TARGET, "--target-dir"])
         .arg(root().join(LX_ARCH_TARGET_DIR));
@@ -504,7 +511,10 @@ pub fn build(f: &Flavor) -> Result<Kernel> {
     prepare_source(&work, &src, &patch_list, &sha256_str(&source_material(&patch_shas))?)?;
     if f.l4 {
         for (from, to) in OS_L4_DIRS {
-            sync_dir(&root().join(from), &src.join(to))?;
+            // Directories synced into this one (lx-stubs into os-L4) are left to their own entry.
+            let nested: Vec<&str> =
+                OS_L4_DIRS.iter().filter_map(|(_, t)| t.strip_prefix(to)?.strip_prefix('/')).collect();
+            sync_dir(&root().join(from), &src.join(to), &nested)?;
         }
     }
 
@@ -759,13 +769,13 @@ diff --git a/new b/new\nnew file mode 100644\n--- /dev/null\n+++ b/new\n@@ -0,0 
         std::fs::create_dir_all(to.join("stale-dir")).unwrap();
         std::fs::write(to.join("stale.c"), "old").unwrap();
         std::fs::write(to.join("sub"), "a file where a directory belongs").unwrap();
-        sync_dir(&from, &to).unwrap();
+        sync_dir(&from, &to, &[]).unwrap();
         assert_eq!(files_under(&to).unwrap(), vec![PathBuf::from("a.c"), PathBuf::from("sub/b.c")]);
         assert_eq!(std::fs::read_to_string(to.join("sub/b.c")).unwrap(), "b");
         let before = std::fs::metadata(to.join("a.c")).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(from.join("sub/b.c"), "b2").unwrap();
-        sync_dir(&from, &to).unwrap();
+        sync_dir(&from, &to, &[]).unwrap();
         assert_eq!(std::fs::metadata(to.join("a.c")).unwrap().modified().unwrap(), before);
         assert_eq!(std::fs::read_to_string(to.join("sub/b.c")).unwrap(), "b2");
         let m = dir_material(&from).unwrap();

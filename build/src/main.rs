@@ -4,6 +4,7 @@
 mod bench;
 mod kbuild;
 mod ktests;
+mod l4linux;
 mod linux;
 mod qemu;
 mod reference;
@@ -83,6 +84,9 @@ fn cmd_run(mut a: Args) -> Result<i32> {
     if a.flag("--reference") {
         return reference::cmd_run(a);
     }
+    if a.flag("--l4linux") {
+        return l4linux::cmd_run(a);
+    }
     if a.flag("--list") {
         a.finish()?;
         let list = ktests::scenario_list();
@@ -122,6 +126,7 @@ fn lint(report: &mut report::Report) {
     let groups = [
         ("lint/clippy-kernel", "kernel", kbuild::kernel_rustflags(), &["kernel", "arch-x86_64"][..]),
         ("lint/clippy-user", "user", kbuild::user_rustflags(), kbuild::USER_PROGRAMS),
+        ("lint/clippy-lx-arch", "lx-arch", linux::LX_ARCH_RUSTFLAGS.to_string(), &["lx-arch"][..]),
     ];
     for (name, dir, flags, pkgs) in groups {
         let mut c = cargo();
@@ -150,11 +155,21 @@ fn cmd_test(mut a: Args) -> Result<i32> {
         let r = run(Command::new(env!("CARGO")).current_dir(root()).env_remove("RUSTFLAGS").arg("test"));
         report.check("host/cargo-test", r);
     }
-    match kbuild::build_all() {
-        Ok(art) => ktests::run_all(&art, &mut report, &wanted),
-        Err(e) => report.fail("build/kernel", &e.to_string()),
-    }
+    let art = match kbuild::build_all() {
+        Ok(art) => {
+            ktests::run_all(&art, &mut report, &wanted);
+            Some(art)
+        }
+        Err(e) => {
+            report.fail("build/kernel", &e.to_string());
+            None
+        }
+    };
     reference::run_tests(&mut report, &wanted);
+    match &art {
+        Some(art) => l4linux::run_tests(art, &mut report, &wanted),
+        None => report.skip("l4linux", "the kernel did not build"),
+    }
     println!("{}", report.summary());
     Ok(if report.failed() == 0 { 0 } else { 1 })
 }

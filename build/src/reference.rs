@@ -180,7 +180,7 @@ fn parse_summary(log: &str) -> Option<(usize, usize)> {
 
 /// Judges the suite against the tests put into the image: one verdict per expected test, plus
 /// unexpected names and a summary that disagrees with the lines.
-fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
+pub(crate) fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
     let results = parse_abi(log);
     let mut v = Vec::new();
     for name in expected {

@@ -23,6 +23,11 @@ pub fn init(tsc_hz: u64) {
     page[4..8].copy_from_slice(&abi::ABI_VERSION.to_le_bytes());
     page[8..16].copy_from_slice(&tsc_hz.to_le_bytes());
     page[16..24].copy_from_slice(&A::TICK_HZ.to_le_bytes());
+    if let Some(secs) = arch_x86_64::rtc::unix_seconds() {
+        let at = core::mem::offset_of!(abi::kip::Kip, wallclock_ns);
+        page[at..at + 8].copy_from_slice(&(secs * 1_000_000_000).to_le_bytes());
+        page[at + 8..at + 16].copy_from_slice(&A::cycles().to_le_bytes());
+    }
     A::write_phys(kip, &page);
     crate::init_kernel(Kernel::new(kip));
 }

@@ -16,6 +16,8 @@ pub enum Kernel {
     Platform,
     Scheduler,
     Icu,
+    /// A factory of the program's own (moe makes one per program, with a kernel-memory quota).
+    Factory,
 }
 
 /// What a named capability refers to.
@@ -46,6 +48,9 @@ pub struct Program {
     /// Memory it may draw through its pager beyond image and stack, in bytes.
     pub quota: u64,
     pub caps: Vec<Cap>,
+    /// Boot modules it may read (`file MODULE`): copied into memory it asks for, within its
+    /// quota.
+    pub files: Vec<String>,
     /// A gate (index into `Script::gates`) that stands in for the kernel log (interposition).
     pub log: Option<usize>,
     /// Line of its `start`, for messages.
@@ -168,6 +173,7 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                     args: String::new(),
                     prio: DEFAULT_PRIO,
                     caps: Vec::new(),
+                    files: Vec::new(),
                     log: None,
                     line: n,
                 };
@@ -227,11 +233,12 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                                 ("platform", 4) => Kernel::Platform,
                                 ("scheduler", 4) => Kernel::Scheduler,
                                 ("icu", 4) => Kernel::Icu,
+                                ("factory", 4) => Kernel::Factory,
                                 _ => {
                                     return err(
                                         n,
                                         format!(
-                                            "unknown kernel object `@{k}` (@log @platform @scheduler @icu)"
+                                            "unknown kernel object `@{k}` (@log @platform @scheduler @icu @factory)"
                                         ),
                                     )
                                 }
@@ -256,7 +263,13 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                         };
                         p.caps.push(Cap { name: w[1].clone(), target });
                     }
-                    other => return err(n, format!("unknown setting `{other}` (args, cap, log)")),
+                    "file" if w.len() == 2 && name_ok(&w[1]) => {
+                        if !p.files.contains(&w[1]) {
+                            p.files.push(w[1].clone());
+                        }
+                    }
+                    "file" => return err(n, "expected `file MODULE`"),
+                    other => return err(n, format!("unknown setting `{other}` (args, cap, log, file)")),
                 }
             }
             (other, false) => return err(n, format!("unknown command `{other}` (gate, start)")),
@@ -283,6 +296,8 @@ start ktest
     args "ns-client \"quoted\""
     cap hello = hello
     cap platform = @platform
+    cap factory = @factory
+    file rootfs.cpio
     log = hello
 "#;
 
@@ -305,6 +320,8 @@ start ktest
             ("ktest", DEFAULT_PRIO, "ns-client \"quoted\"")
         );
         assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
+        assert_eq!(b.caps[2].target, Target::Kernel(Kernel::Factory));
+        assert_eq!((a.files.len(), b.files.as_slice()), (0, ["rootfs.cpio".to_string()].as_slice()));
         assert_eq!((a.log, b.log), (None, Some(0)));
         assert_eq!((a.quota, b.quota), (2 << 20, DEFAULT_QUOTA));
     }
@@ -314,6 +331,7 @@ start ktest
         let cases = [
             ("start x\n    cap a = nogate\n", 2, "unknown gate `nogate`"),
             ("gate g\ngate g\nstart x\n", 2, "declared twice"),
+            ("start x\n    file\n", 2, "expected `file MODULE`"),
             ("start x prio=300\n", 1, "priority `300`"),
             ("start x quota=lots\n", 1, "`lots` is not a size"),
             ("start x mem=4M\n", 1, "unknown setting `mem=4M`"),

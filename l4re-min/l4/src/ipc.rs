@@ -320,7 +320,7 @@ pub mod sigma0 {
 
 pub mod namespace {
     use super::*;
-    use proto::namespace::{LABEL, NAME_MAX, QUERY};
+    use proto::namespace::{FILE, LABEL, NAME_MAX, QUERY};
 
     /// Asks the namespace `ns` for the capability called `name`; it lands in our slot `into`.
     pub fn query(ns: CapIdx, name: &str, into: CapIdx) -> Result<(), Error> {
@@ -331,5 +331,21 @@ pub mod namespace {
         set_mr(0, QUERY);
         let words = set_str(1, name);
         call(ns, MsgTag::new(LABEL, 1 + words as u64, 0, 0), 0).map(|_| ())
+    }
+
+    /// Boot module `name` (the script's `file NAME`): its size, and with `at` a private copy
+    /// of its bytes `[offset, offset + 2^order)` mapped at `at` (aligned to that size).
+    pub fn file(ns: CapIdx, name: &str, offset: u64, at: Option<(u64, u32)>) -> Result<u64, Error> {
+        if name.len() > NAME_MAX {
+            return Err(Error::Inval);
+        }
+        let (window, order) = at.map_or((0, 12), |(a, o)| (Fpage::memory(a, o, abi::Rights::ALL).0, o));
+        set_br(0, window);
+        set_mr(0, FILE);
+        set_mr(1, if at.is_some() { offset } else { u64::MAX });
+        set_mr(2, order as u64);
+        let words = set_str(3, name);
+        call(ns, MsgTag::new(LABEL, 3 + words as u64, 0, 0), 0)?;
+        Ok(mr(0))
     }
 }

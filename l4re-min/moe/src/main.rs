@@ -22,6 +22,10 @@ l4::entry!(main);
 const GATES: u64 = 100;
 const PROGRAMS: u64 = 300;
 const NAMESPACES: u64 = 700;
+/// Per program granted `@factory`: its own factory.
+const FACTORIES: u64 = 1000;
+/// Kernel memory a program's own factory may spend (page tables, objects): Linux's processes.
+const FACTORY_QUOTA: u64 = 32 << 20;
 
 fn main(_args: &str) -> i32 {
     let Some(img) = l4::sys::boot_image() else {
@@ -80,6 +84,12 @@ fn main(_args: &str) -> i32 {
                 None => (wk::LOG, wk::LOG, Rights::RW),
             },
         ];
+        if p.caps.iter().any(|c| c.target == Target::Kernel(Kernel::Factory)) {
+            if let Err(e) = factory::factory(wk::FACTORY, CapIdx(FACTORIES + i as u64), FACTORY_QUOTA) {
+                println!("boot.cfg: line {}: no factory for `{}`: {e:?}", p.line, p.module);
+                continue;
+            }
+        }
         let mut pages = mem::ImagePages { pool: &mut pool, account: &mut accounts[i] };
         match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio, &mut pages) {
             Ok(()) => {
@@ -93,7 +103,7 @@ fn main(_args: &str) -> i32 {
         }
     }
     println!("{started} of {} programs started", script.programs.len());
-    Moe { script, accounts, pool }.serve()
+    Moe { script, accounts, pool, img }.serve()
 }
 
 /// Where we keep program `i`'s task and thread capabilities; its gate is also its pager.
@@ -120,8 +130,9 @@ fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights
                 Kernel::Platform => wk::PLATFORM_CTL,
                 Kernel::Scheduler => wk::SCHEDULER,
                 Kernel::Icu => wk::ICU,
+                Kernel::Factory => CapIdx(FACTORIES + program as u64),
             },
-            Rights::RW,
+            Rights::RW | Rights::S,
         ),
     })
 }
@@ -131,6 +142,8 @@ struct Moe {
     script: Script,
     accounts: Vec<mem::Account>,
     pool: mem::Pool,
+    /// The boot image, for the modules programs read (`file`).
+    img: abi::bootimage::BootImage<'static>,
 }
 
 impl Moe {
@@ -138,7 +151,8 @@ impl Moe {
     /// objects die with our capabilities, the last ones) and take back the memory it was lent.
     fn ended(&mut self, i: usize, how: core::fmt::Arguments) {
         let s = slots(i);
-        let fps = [s.task, s.thread, s.pager].map(|c| Fpage::object(c, 0, Rights::ALL));
+        let own_factory = CapIdx(FACTORIES + i as u64);
+        let fps = [s.task, s.thread, s.pager, own_factory].map(|c| Fpage::object(c, 0, Rights::ALL));
         let name = &self.script.programs[i].name;
         let a = &self.accounts[i];
         let (lent, image, reused) = (a.used / 1024, a.image / 1024, a.reused / 1024);
@@ -210,8 +224,43 @@ impl Moe {
                         },
                     )
                 }
+                namespace::LABEL if mr(0) == namespace::FILE && tag.words() >= 4 => Some(self.file(i, tag)),
                 _ => Some(MsgTag::error(Error::BadProto)),
             }
         })
+    }
+
+    /// A `namespace::FILE` request of program `i`: a private copy of part of a module it may
+    /// read, lent from the pool within its quota.
+    fn file(&mut self, i: usize, tag: MsgTag) -> MsgTag {
+        let (offset, order) = (mr(1), mr(2) as u32);
+        let mut buf = [0u8; namespace::NAME_MAX];
+        let Some(name) = get_str(3, tag.words(), namespace::NAME_MAX, &mut buf) else {
+            return MsgTag::error(Error::Inval);
+        };
+        if !self.script.programs[i].files.iter().any(|f| f == name) {
+            return MsgTag::error(Error::NoEnt);
+        }
+        let Some(m) = self.img.modules().flatten().find(|m| m.name == name) else {
+            return MsgTag::error(Error::NoEnt);
+        };
+        let size = m.data.len() as u64;
+        set_mr(0, size);
+        if offset >= size {
+            return MsgTag::new(0, 1, 0, 0);
+        }
+        match self.pool.lend(&mut self.accounts[i], order) {
+            Ok((at, order)) => {
+                let n = (size - offset).min(1 << order) as usize;
+                // SAFETY: the chunk is ours, mapped writable, 2^order >= n bytes, zeroed, and
+                // lent to nobody but this program (which cannot run while we serve it).
+                unsafe {
+                    core::ptr::copy_nonoverlapping(m.data[offset as usize..].as_ptr(), at as *mut u8, n)
+                };
+                put_map_item(1, 0, Fpage::memory(at, order, Rights::from_bits_truncate(7)), false);
+                MsgTag::new(0, 1, 1, 0)
+            }
+            Err(e) => MsgTag::error(e),
+        }
     }
 }

@@ -117,8 +117,11 @@ pub fn init() {
             *gate = Gate::new(stubs + 16 * v as u64, kcode.0, if v == 8 { 1 } else { 0 });
         }
         // `int 0x80` is allowed from user mode (Linux's old system-call gate): it arrives as an
-        // exception with that vector.
-        t.idt.0[INT80].attrs |= 0x60;
+        // exception with that vector. So are `int3` and `into` (#BP, #OF), as on every x86 OS:
+        // debuggers' breakpoints must arrive as #BP, not as a #GP for the gate's privilege.
+        for v in [3, 4, INT80] {
+            t.idt.0[v].attrs |= 0x60;
+        }
         x86_64::instructions::tables::lidt(&DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: VirtAddr::from_ptr(&raw const t.idt),

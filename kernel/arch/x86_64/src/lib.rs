@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod frames;
 pub mod paging;
 pub mod pvh;
+pub mod rtc;
 pub mod serial;
 pub mod trap;
 

@@ -390,6 +390,11 @@ fn vcpu_resume_and_upcall() {
         (trap::IRQ, 0, 0x99),
         "the pending IRQ upcalls at resume"
     );
+    assert_eq!(
+        w[off::SAVED_STATE],
+        state::USER_MODE | state::IRQ,
+        "the upcall reports the resumed context's flags, so the handler knows it was a user's"
+    );
     assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
     assert_eq!(m.k.self_check(), Ok(()));
 }

@@ -158,6 +158,9 @@ impl<A: Arch> Kernel<A> {
                     set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
                 }
                 self.vcpu_upcall(me, trap::IRQ, 0, 0, Some(label), false);
+                // The context in the area is the one being resumed: its flags (USER_MODE
+                // above all) are those the handler asked for, not the handler's own.
+                set_word::<A>(&area, off::SAVED_STATE, resumed);
                 return Ok(());
             }
             set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);

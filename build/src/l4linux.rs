@@ -1,0 +1,162 @@
+//! L4Linux: Linux 6.12 `ARCH=um` with the os-L4 host layer ([`crate::linux::L4LINUX`]) as a
+//! program of our runtime: moe starts it from the boot script with its memory, command line and
+//! initramfs (the same image [`crate::rootfs`] builds for the reference guest), on our kernel,
+//! in QEMU. Used by `run` (the default: a shell), `run --exec`, and `test` (`l4linux/...`).
+
+use crate::kbuild::{Artifacts, BootProgram};
+use crate::qemu::{Machine, Scenario};
+use crate::report::Report;
+use crate::rootfs::{Image, Spec};
+use crate::util::{step, Result};
+use std::time::Duration;
+
+/// The first line /init prints inside L4Linux (`L4RS_SYSTEM=l4linux` on Linux's command line).
+pub const INIT_MARKER: &str = "l4rs-init: start in l4linux";
+/// Linux's first line.
+pub const BANNER: &str = "Linux version 6.12";
+/// QEMU's memory: our kernel keeps half for itself; the other half holds Linux's RAM
+/// ([`LINUX_MIB`]), its copy of the initramfs and the runtime.
+const MEMORY_MIB: u32 = 1024;
+/// Linux's RAM (`mem=`), as the reference guest's processes need it.
+const LINUX_MIB: u32 = 384;
+
+/// The boot script: Linux with its RAM within its quota (plus its copy of the initramfs), a
+/// factory for its processes' tasks and its timer, and the platform to power off with its
+/// status.
+fn boot_cfg(mode: &str, initrd_mib: u64) -> String {
+    let quota = LINUX_MIB as u64 + initrd_mib + 8;
+    format!(
+        "start linux quota={quota}M\n    \
+         args \"mem={LINUX_MIB}M initrd=rootfs.cpio.gz console=ttyL0 l4rs.mode={mode} L4RS_SYSTEM=l4linux\"\n    \
+         cap factory = @factory\n    \
+         cap platform = @platform\n    \
+         file rootfs.cpio.gz\n"
+    )
+}
+
+/// The machine booting L4Linux in `mode` (`shell`, `test`, `bench`, `exec`) on `image`.
+pub fn machine(art: &Artifacts, image: &Image, mode: &str) -> Result<Machine> {
+    let linux = crate::linux::build(&crate::linux::L4LINUX)?;
+    let initrd_mib = std::fs::metadata(&image.initrd)?.len().div_ceil(1 << 20);
+    let programs = [
+        BootProgram::sigma0(),
+        BootProgram::start("moe", ""),
+        BootProgram::from_file("linux", &linux.image, true),
+        BootProgram::from_file("rootfs.cpio.gz", &image.initrd, false),
+        BootProgram::data("boot.cfg", &boot_cfg(mode, initrd_mib)),
+    ];
+    let mut m = art.machine(&format!("l4linux-{mode}"), &programs, "")?;
+    m.memory_mib = MEMORY_MIB;
+    Ok(m)
+}
+
+/// A scenario: L4Linux boots and /init starts; Linux must not panic.
+pub fn scenario(name: &str, m: Machine, limit: Duration) -> Scenario {
+    let mut s = Scenario::new(name, m);
+    s.markers = vec![BANNER.into(), INIT_MARKER.into()];
+    s.forbidden = vec!["Kernel panic".into(), "os-L4: the Linux kernel stopped".into()];
+    s.timeout = limit;
+    s
+}
+
+/// `cargo xtask run --l4linux [--exec CMD] [--overlay DIR]... [--deb NAME]... [--rootfs CPIO]`.
+pub fn cmd_run(mut a: crate::util::Args) -> Result<i32> {
+    let exec = a.value("--exec")?;
+    let spec = crate::rootfs::spec_from_args(&mut a)?;
+    let mut extra = a.values("--qemu-arg")?;
+    extra.extend(a.rest());
+    a.finish()?;
+    crate::setup::ensure()?;
+    let art = crate::kbuild::build_all()?;
+    let base = crate::rootfs::assemble(&spec, "l4linux")?;
+    let image = match &exec {
+        Some(cmd) => crate::rootfs::with_exec(&base, cmd, "l4linux-exec")?,
+        None => base,
+    };
+    let mut m = machine(&art, &image, if exec.is_some() { "exec" } else { "shell" })?;
+    m.extra = extra;
+    crate::qemu::run_interactive(&m, false)
+}
+
+/// `cargo xtask test`'s part: L4Linux boots and runs the ABI suite (`l4linux/abi/<name>`, the same
+/// tests and verdicts as the reference guest's), and a command's status reaches the host
+/// (`l4linux/exec-status`).
+pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
+    let names = crate::rootfs::abi_test_names().unwrap_or_default();
+    let abi_wanted = |n: &str| wanted(&format!("l4linux/abi/{n}"));
+    let abi = wanted("l4linux/abi") || names.iter().any(|n| abi_wanted(n));
+    let exec = wanted("l4linux/exec-status");
+    if !abi && !exec {
+        return;
+    }
+    step("L4Linux: build, ABI suite, exit status");
+    let base = match crate::rootfs::assemble(&Spec::default(), "test") {
+        Ok(i) => i,
+        Err(e) => return report.fail("l4linux/rootfs", &e.to_string()),
+    };
+    if let Err(e) = crate::linux::build(&crate::linux::L4LINUX) {
+        report.fail("l4linux/build", &e.to_string());
+        return report.skip("l4linux/abi", "L4Linux did not build");
+    }
+    if abi {
+        abi_boot(art, report, &base, &abi_wanted);
+    }
+    if exec {
+        let r = crate::rootfs::with_exec(&base, "echo exec-ok; exit 3", "l4linux-exec")
+            .and_then(|image| machine(art, &image, "exec"));
+        match r {
+            Err(e) => report.fail("l4linux/exec-status", &e.to_string()),
+            Ok(m) => {
+                let mut s = scenario("l4linux/exec-status", m, Duration::from_secs(120));
+                s.markers.extend(["exec-ok".into(), "l4rs-init: exit 3".into()]);
+                s.expect_status = Some(3);
+                match crate::qemu::run_scenario(&s) {
+                    Ok(o) => report.scenario("l4linux/exec-status", &o),
+                    Err(e) => report.fail("l4linux/exec-status", &e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn(&str) -> bool) {
+    let m = match machine(art, image, "test") {
+        Ok(m) => m,
+        Err(e) => return report.fail("l4linux/abi/boot", &e.to_string()),
+    };
+    let mut s = scenario("l4linux/abi", m, Duration::from_secs(600));
+    s.markers.push(" passed, ".into());
+    let o = match crate::qemu::run_scenario(&s) {
+        Ok(o) => o,
+        Err(e) => return report.fail("l4linux/abi/boot", &e.to_string()),
+    };
+    if !o.log.contains(INIT_MARKER) {
+        let why = o.failure.as_deref().unwrap_or("no /init line");
+        report.fail("l4linux/boot", &format!("L4Linux did not reach its /init: {why}"));
+        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(40));
+        return report.skip("l4linux/abi", "L4Linux did not boot");
+    }
+    if let Some(why) = &o.failure {
+        println!("l4linux/abi boot: {why} (log {})", o.log_path.display());
+    }
+    let mut any_failed = false;
+    // The kernel console prefixes each line with the program's name.
+    let log: String =
+        o.log.lines().map(|l| format!("{}\n", l.strip_prefix("linux: ").unwrap_or(l))).collect();
+    for (name, verdict) in crate::reference::judge_abi(&image.abi_tests, &log) {
+        if !wanted(&name) {
+            continue;
+        }
+        let full = format!("l4linux/abi/{name}");
+        match verdict {
+            None => report.pass(&full, ""),
+            Some(why) => {
+                any_failed = true;
+                report.fail(&full, &why);
+            }
+        }
+    }
+    if any_failed {
+        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(30));
+    }
+}

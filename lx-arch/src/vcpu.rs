@@ -1,0 +1,392 @@
+//! The vCPU Linux runs on: its state area, the interrupt flag that UML's `signals_enabled`
+//! mirrors, interrupts taken as messages, and resuming either Linux itself (after an interrupt
+//! upcall) or one of its processes.
+//!
+//! The C half owns the control flow (UML's signal emulation, the `userspace()` loop with
+//! setjmp/longjmp); this half owns the state area's layout (`abi::vcpu`) and the system calls.
+
+use abi::cap::well_known as wk;
+use abi::kip::BOOT_UTCB_ADDR;
+use abi::proto::{self, thread::Op};
+use abi::syscall::{timeout, Flags};
+use abi::vcpu::{state, sticky, trap, VcpuState};
+use abi::{CapSel, MsgTag};
+use core::ffi::c_int;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// The state area: the second 1 KiB slot of our UTCB area (the first is the thread's UTCB).
+const STATE: u64 = BOOT_UTCB_ADDR + 1024;
+
+/// Interrupt sources as bits (`LX_IRQ_*` in lx_arch.h); the Irq label is the bit number + 1.
+pub const IRQ_TIMER: u32 = 1 << 0;
+
+/// Events `lx_upcall_kind` and `lx_user_event` report (`LX_EV_*` in lx_arch.h).
+const EV_IRQ: c_int = 1;
+const EV_USER: c_int = 2;
+const EV_FAULT: c_int = 3;
+const EV_SYSCALL: c_int = 4;
+const EV_GONE: c_int = 5;
+
+/// Set once the thread is a vCPU; before that the interrupt flag is meaningless.
+static READY: AtomicBool = AtomicBool::new(false);
+
+fn area() -> *mut VcpuState {
+    STATE as *mut VcpuState
+}
+
+fn read(f: impl FnOnce(*mut VcpuState) -> *mut u64) -> u64 {
+    // SAFETY: the state area lies in our UTCB area, mapped read-write for the task's life; the
+    // kernel writes it only while this thread is not running, so a volatile read suffices.
+    unsafe { f(area()).read_volatile() }
+}
+
+fn write(f: impl FnOnce(*mut VcpuState) -> *mut u64, v: u64) {
+    // SAFETY: as in `read`.
+    unsafe { f(area()).write_volatile(v) }
+}
+
+fn state_word(s: *mut VcpuState) -> *mut u64 {
+    // SAFETY: only the field's address is computed, inside the area.
+    unsafe { &raw mut (*s).state }
+}
+
+fn sticky_word(s: *mut VcpuState) -> *mut u64 {
+    // SAFETY: as in `state_word`.
+    unsafe { &raw mut (*s).sticky }
+}
+
+/// Clears the interrupt flag; returns whether it was set.
+pub fn disable() -> bool {
+    if !READY.load(Ordering::Relaxed) {
+        return false;
+    }
+    let s = read(state_word);
+    write(state_word, s & !state::IRQ);
+    s & state::IRQ != 0
+}
+
+extern "C" {
+    /// C half: UML's `unblock_signals` after `signals_enabled` was cleared, i.e. take what
+    /// became pending while the flag was off, then set it again.
+    fn lx_irqs_back();
+}
+
+/// Runs `f` with interrupts held off (see the crate doc); what arrived meanwhile is handled
+/// afterwards, as UML does with signals that came while they were blocked.
+pub fn held<R>(f: impl FnOnce() -> R) -> R {
+    let was_on = disable();
+    let r = f();
+    if was_on {
+        // SAFETY: a plain C function of the os-L4 half, callable in any context where the
+        // flag was on (normal kernel context, not an upcall).
+        unsafe { lx_irqs_back() };
+    }
+    r
+}
+
+fn irq_bit(label: u64) -> u32 {
+    match label {
+        1..=32 => 1 << (label - 1),
+        _ => 0,
+    }
+}
+
+/// Takes every interrupt that is pending as a message (the flag must be off).
+fn drain() -> u32 {
+    let mut bits = 0;
+    while let Ok((_, label)) = l4::ipc::wait(timeout::pack(0, timeout::ZERO)) {
+        bits |= irq_bit(label);
+    }
+    bits
+}
+
+/// `lx_vcpu_init`: makes this thread a vCPU whose upcalls enter `entry` on stack `sp`.
+#[no_mangle]
+pub extern "C" fn lx_vcpu_init(entry: u64, sp: u64) -> c_int {
+    if let Err(e) = l4::sys::call_words(wk::THREAD, proto::thread::LABEL, &[Op::VcpuControl.code(), STATE]) {
+        l4::println!("cannot become a vCPU: {e:?}");
+        return -1;
+    }
+    write(
+        // SAFETY: only the field's address is computed.
+        |s| unsafe { &raw mut (*s).entry_ip },
+        entry,
+    );
+    // SAFETY: as above.
+    write(|s| unsafe { &raw mut (*s).entry_sp }, sp & !15);
+    write(state_word, 0);
+    READY.store(true, Ordering::Relaxed);
+    0
+}
+
+/// `lx_irq_disable`: UML's `block_signals`.
+#[no_mangle]
+pub extern "C" fn lx_irq_disable() {
+    disable();
+}
+
+/// `lx_irq_enable`: sets the interrupt flag unless interrupts are pending; then it takes them
+/// (as messages) and returns their bits with the flag still off, for the caller to handle
+/// before it calls again. 0 means the flag is on.
+#[no_mangle]
+pub extern "C" fn lx_irq_enable() -> u32 {
+    if !READY.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let mut bits = 0;
+    loop {
+        if read(sticky_word) & sticky::IRQ_PENDING != 0 {
+            // Cleared before draining: one that arrives during the drain sets it again.
+            write(sticky_word, 0);
+            bits |= drain();
+            continue;
+        }
+        if bits != 0 {
+            return bits;
+        }
+        write(state_word, read(state_word) | state::IRQ);
+        // One that came between the check and the flag is pending, not delivered.
+        if read(sticky_word) & sticky::IRQ_PENDING == 0 {
+            return 0;
+        }
+        write(state_word, read(state_word) & !state::IRQ);
+    }
+}
+
+/// `lx_idle_wait`: blocks until an interrupt arrives (the flag is off, so it comes as a
+/// message) and returns the bits of all that are pending.
+#[no_mangle]
+pub extern "C" fn lx_idle_wait() -> u32 {
+    write(sticky_word, 0);
+    let mut bits = match l4::ipc::wait(0) {
+        Ok((_, label)) => irq_bit(label),
+        Err(_) => 0,
+    };
+    bits |= drain();
+    bits
+}
+
+/// `lx_upcall_kind`: what the upcall being handled is: `EV_USER` (an event of a process,
+/// details through `lx_user_event`), `EV_IRQ` with `*bits` (an interrupt of Linux itself), or
+/// `EV_FAULT` (anything else in Linux's own context: a bug).
+///
+/// # Safety
+/// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
+/// stated sizes, or null where the function checks.
+#[no_mangle]
+pub unsafe extern "C" fn lx_upcall_kind(bits: *mut u32) -> c_int {
+    // SAFETY: only field addresses are computed.
+    let saved = read(|s| unsafe { &raw mut (*s).saved_state });
+    if saved & state::USER_MODE != 0 {
+        return EV_USER;
+    }
+    // SAFETY: as above.
+    let trapno = read(|s| unsafe { &raw mut (*s).regs.trapno });
+    if trapno == trap::IRQ {
+        // SAFETY: as above.
+        let label = read(|s| unsafe { &raw mut (*s).irq_label });
+        if !bits.is_null() {
+            // SAFETY: the C caller passes a valid pointer (checked non-null).
+            unsafe { *bits = irq_bit(label) };
+        }
+        return EV_IRQ;
+    }
+    EV_FAULT
+}
+
+/// `lx_kernel_context`: the interrupted context of Linux itself (ip, sp) for messages.
+///
+/// # Safety
+/// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
+/// stated sizes, or null where the function checks.
+#[no_mangle]
+pub unsafe extern "C" fn lx_kernel_context(out: *mut u64) {
+    if out.is_null() {
+        return;
+    }
+    // SAFETY: the area is mapped (see `read`); out has room for 5 words (lx_arch.h).
+    unsafe {
+        let r = &(*area()).regs;
+        let v = [r.rip, r.rsp, r.trapno, r.err, r.pfa];
+        core::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len());
+    }
+}
+
+/// Resumes with what is in the state area; only returns if the kernel refuses.
+fn resume() -> c_int {
+    l4::ipc::set_mr(0, Op::VcpuResume.code());
+    let r = l4::sys::invoke(
+        CapSel::from_idx(wk::THREAD),
+        Flags::CALL,
+        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+    );
+    match r.result() {
+        Ok(_) => 0,
+        Err(e) => -(e as c_int),
+    }
+}
+
+/// `lx_resume_kernel`: continues the context of Linux an upcall interrupted.
+#[no_mangle]
+pub extern "C" fn lx_resume_kernel() -> ! {
+    let e = resume();
+    l4::println!("cannot resume its own context ({e})");
+    lx_fatal()
+}
+
+fn lx_fatal() -> ! {
+    l4::sys::exit(134)
+}
+
+/// Register slots of UML's `regs->gp`, which follows the Linux x86_64 ptrace ABI
+/// (`struct user_regs_struct`); the C half checks them against `HOST_*` at compile time.
+pub mod gp {
+    pub const R15: usize = 0;
+    pub const R14: usize = 1;
+    pub const R13: usize = 2;
+    pub const R12: usize = 3;
+    pub const RBP: usize = 4;
+    pub const RBX: usize = 5;
+    pub const R11: usize = 6;
+    pub const R10: usize = 7;
+    pub const R9: usize = 8;
+    pub const R8: usize = 9;
+    pub const RAX: usize = 10;
+    pub const RCX: usize = 11;
+    pub const RDX: usize = 12;
+    pub const RSI: usize = 13;
+    pub const RDI: usize = 14;
+    pub const ORIG_RAX: usize = 15;
+    pub const RIP: usize = 16;
+    pub const EFLAGS: usize = 18;
+    pub const RSP: usize = 19;
+    pub const FS_BASE: usize = 21;
+    pub const GS_BASE: usize = 22;
+    pub const COUNT: usize = 27;
+}
+
+/// User-settable flags (CF PF AF ZF SF TF DF OF, AC, ID); IF is always on in user mode.
+const USER_FLAGS: u64 = 0x0025_0dd5;
+
+/// An FXSAVE image, aligned as the instruction needs (UML's `regs->fp` is not).
+#[repr(C, align(16))]
+struct Fx([u8; 512]);
+struct FxCell(core::cell::UnsafeCell<Fx>);
+// SAFETY: used only by the vCPU thread, with interrupts off (resume and event paths).
+unsafe impl Sync for FxCell {}
+static FX: FxCell = FxCell(core::cell::UnsafeCell::new(Fx([0; 512])));
+
+/// `lx_resume_user`: runs process task `task` with registers `gp` (27 words, ptrace order) and
+/// FPU image `fp` (FXSAVE layout, 512 bytes); its next event comes back as an upcall. Returns
+/// only if the kernel refuses (a negative error).
+///
+/// # Safety
+/// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
+/// stated sizes, or null where the function checks.
+#[no_mangle]
+pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const u8) -> c_int {
+    // SAFETY: the C half passes UML's regs->gp (27 words) and regs->fp (>= 512 bytes).
+    let g = unsafe { core::slice::from_raw_parts(gp, gp::COUNT) };
+    // SAFETY: FX is ours alone (see FxCell); fp has 512 readable bytes; FXRSTOR loads a
+    // 16-byte aligned image, and a corrupt one raises #GP in our own context — the C half
+    // only passes images it took with FXSAVE or built from the default state.
+    unsafe {
+        let fx = &mut *FX.0.get();
+        core::ptr::copy_nonoverlapping(fp, fx.0.as_mut_ptr(), 512);
+        // MXCSR reserved bits would make FXRSTOR fault: keep the defined ones.
+        let mxcsr = u32::from_le_bytes([fx.0[24], fx.0[25], fx.0[26], fx.0[27]]) & 0xffff;
+        fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        core::arch::asm!("fxrstor64 [{}]", in(reg) fx.0.as_ptr(), options(nostack, readonly));
+    }
+    // SAFETY: the state area is ours while we run (see `read`).
+    unsafe {
+        let s = area();
+        let r = &mut (*s).regs;
+        r.rax = g[gp::RAX];
+        r.rbx = g[gp::RBX];
+        r.rcx = g[gp::RCX];
+        r.rdx = g[gp::RDX];
+        r.rsi = g[gp::RSI];
+        r.rdi = g[gp::RDI];
+        r.rbp = g[gp::RBP];
+        r.r8 = g[gp::R8];
+        r.r9 = g[gp::R9];
+        r.r10 = g[gp::R10];
+        r.r11 = g[gp::R11];
+        r.r12 = g[gp::R12];
+        r.r13 = g[gp::R13];
+        r.r14 = g[gp::R14];
+        r.r15 = g[gp::R15];
+        r.rip = g[gp::RIP];
+        r.rsp = g[gp::RSP];
+        r.rflags = (g[gp::EFLAGS] & USER_FLAGS) | 0x202;
+        r.fs_base = g[gp::FS_BASE];
+        r.gs_base = g[gp::GS_BASE];
+        (&raw mut (*s).user_task).write_volatile(task as u64);
+        (&raw mut (*s).saved_state).write_volatile(state::USER_MODE | state::IRQ);
+    }
+    resume()
+}
+
+/// `lx_user_event`: after an upcall from a process: its registers into `gp` and `fp`, the trap
+/// into `fault` (error code, address, trap number) and the kind of event as result
+/// (`EV_SYSCALL`, `EV_FAULT`, `EV_IRQ` with `*bits`, `EV_GONE`).
+///
+/// # Safety
+/// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
+/// stated sizes, or null where the function checks.
+#[no_mangle]
+pub unsafe extern "C" fn lx_user_event(gp: *mut u64, fp: *mut u8, fault: *mut u64, bits: *mut u32) -> c_int {
+    // SAFETY: as in lx_resume_user; `fault` has 3 words, `bits` one (lx_arch.h).
+    let (g, f) = unsafe {
+        (core::slice::from_raw_parts_mut(gp, gp::COUNT), core::slice::from_raw_parts_mut(fault, 3))
+    };
+    // SAFETY: FX is ours (see FxCell); FXSAVE stores the process's FPU registers, which are
+    // still the vCPU thread's (nothing in Linux or here uses the FPU).
+    unsafe {
+        let fx = &mut *FX.0.get();
+        core::arch::asm!("fxsave64 [{}]", in(reg) fx.0.as_mut_ptr(), options(nostack));
+        core::ptr::copy_nonoverlapping(fx.0.as_ptr(), fp, 512);
+    }
+    // SAFETY: the state area is ours while we run.
+    let (r, label) = unsafe { ((*area()).regs, (&raw const (*area()).irq_label).read_volatile()) };
+    g[gp::RAX] = r.rax;
+    g[gp::RBX] = r.rbx;
+    g[gp::RCX] = r.rcx;
+    g[gp::RDX] = r.rdx;
+    g[gp::RSI] = r.rsi;
+    g[gp::RDI] = r.rdi;
+    g[gp::RBP] = r.rbp;
+    g[gp::R8] = r.r8;
+    g[gp::R9] = r.r9;
+    g[gp::R10] = r.r10;
+    g[gp::R11] = r.r11;
+    g[gp::R12] = r.r12;
+    g[gp::R13] = r.r13;
+    g[gp::R14] = r.r14;
+    g[gp::R15] = r.r15;
+    g[gp::RIP] = r.rip;
+    g[gp::RSP] = r.rsp;
+    g[gp::EFLAGS] = r.rflags;
+    g[gp::FS_BASE] = r.fs_base;
+    g[gp::GS_BASE] = r.gs_base;
+    g[gp::ORIG_RAX] = u64::MAX;
+    f[0] = r.err;
+    f[1] = r.pfa;
+    f[2] = r.trapno;
+    match r.trapno {
+        trap::SYSCALL => {
+            g[gp::ORIG_RAX] = r.rax;
+            EV_SYSCALL
+        }
+        trap::IRQ => {
+            if !bits.is_null() {
+                // SAFETY: checked non-null; the C caller passes a valid pointer.
+                unsafe { *bits = irq_bit(label) };
+            }
+            EV_IRQ
+        }
+        trap::TASK_GONE => EV_GONE,
+        _ => EV_FAULT,
+    }
+}
