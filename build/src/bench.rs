@@ -77,7 +77,7 @@ pub const LINUX_WORKLOADS: &[&str] = &[
 pub const LINUX_SYSTEMS: &[&str] = &["linux-ref", "uml", "l4linux"];
 
 /// Every system `cargo xtask bench` measures, for `--only`.
-pub const SYSTEMS: &[&str] = &["kernel", "linux-ref", "uml"];
+pub const SYSTEMS: &[&str] = &["kernel", "linux-ref", "uml", "l4linux"];
 
 /// The systems of `--only a,b`: each must be one of [`SYSTEMS`].
 pub fn parse_systems(list: &str) -> Result<Vec<String>> {

@@ -3,6 +3,7 @@
 //! initramfs (the same image [`crate::rootfs`] builds for the reference guest), on our kernel,
 //! in QEMU. Used by `run` (the default: a shell), `run --exec`, and `test` (`l4linux/...`).
 
+use crate::bench::{median, Metric};
 use crate::kbuild::{Artifacts, BootProgram};
 use crate::qemu::{Machine, Scenario};
 use crate::report::Report;
@@ -140,10 +141,7 @@ fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn
         println!("l4linux/abi boot: {why} (log {})", o.log_path.display());
     }
     let mut any_failed = false;
-    // The kernel console prefixes each line with the program's name.
-    let log: String =
-        o.log.lines().map(|l| format!("{}\n", l.strip_prefix("linux: ").unwrap_or(l))).collect();
-    for (name, verdict) in crate::reference::judge_abi(&image.abi_tests, &log) {
+    for (name, verdict) in crate::reference::judge_abi(&image.abi_tests, &console(&o.log)) {
         if !wanted(&name) {
             continue;
         }
@@ -159,4 +157,51 @@ fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn
     if any_failed {
         println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(30));
     }
+}
+
+/// Linux's console output from the serial log: the kernel console prefixes each line of a
+/// program with its name.
+fn console(log: &str) -> String {
+    log.lines().map(|l| format!("{}\n", l.strip_prefix("linux: ").unwrap_or(l))).collect()
+}
+
+/// Boots per benchmark run, as for the reference guest.
+const BENCH_BOOTS: usize = 3;
+
+/// `cargo xtask bench`'s part for L4Linux (system `l4linux`): the reference guest's workloads
+/// in [`BENCH_BOOTS`] boots, medians across boots; boot_to_shell from QEMU's start to /init's
+/// first line, as for the reference guest.
+pub fn metrics(art: &Artifacts, base: &Image) -> Result<Vec<Metric>> {
+    let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut add = |name: &str, v: f64| match samples.iter_mut().find(|(n, _)| n == name) {
+        Some((_, vs)) => vs.push(v),
+        None => samples.push((name.to_string(), vec![v])),
+    };
+    for boot in 1..=BENCH_BOOTS {
+        step(format!("l4linux: benchmark boot {boot}/{BENCH_BOOTS}"));
+        let s = scenario(
+            &format!("l4linux-bench-{boot}"),
+            machine(art, base, "bench")?,
+            Duration::from_secs(1800),
+        );
+        let o = crate::qemu::run_scenario(&s)?;
+        if let Some(why) = &o.failure {
+            return crate::util::err(format!("l4linux benchmark boot {boot}: {why}\n{}", o.tail(20)));
+        }
+        for (name, v) in crate::reference::parse_bench(&console(&o.log)) {
+            add(&name, v);
+        }
+        if let Some(t) = o.marker_times.get(1) {
+            add("boot_to_shell", t.as_secs_f64() * 1000.0);
+        }
+    }
+    let mut out = Vec::new();
+    for w in crate::bench::LINUX_WORKLOADS {
+        let Some((_, vs)) = samples.iter_mut().find(|(n, _)| n == w) else {
+            return crate::util::err(format!("l4linux: no result for benchmark {w}"));
+        };
+        let unit = if *w == "boot_to_shell" { "ms" } else { "ns" };
+        out.push(Metric::new(w, "l4linux", median(vs).expect("at least one sample"), unit));
+    }
+    Ok(out)
 }

@@ -195,8 +195,8 @@ fn cmd_bench(mut a: Args) -> Result<i32> {
         let art = kbuild::build_all()?;
         metrics.extend(ktests::kernel_metrics(&art, 3)?);
     }
-    // One image for both Linux systems.
-    let image = (want("linux-ref") || want("uml"))
+    // One image for all Linux systems.
+    let image = (want("linux-ref") || want("uml") || want("l4linux"))
         .then(|| rootfs::assemble(&rootfs::Spec::default(), "bench"))
         .transpose()?;
     if let Some(image) = &image {
@@ -208,6 +208,14 @@ fn cmd_bench(mut a: Args) -> Result<i32> {
                 Ok(m) => metrics.extend(m),
                 // The other systems' results stay useful; asked for alone, UML's failure is the result.
                 Err(e) if only.is_none() => step(format!("uml: not available: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        if want("l4linux") {
+            let art = kbuild::build_all()?;
+            match l4linux::metrics(&art, image) {
+                Ok(m) => metrics.extend(m),
+                Err(e) if only.is_none() => step(format!("l4linux: not available: {e}")),
                 Err(e) => return Err(e),
             }
         }

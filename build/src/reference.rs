@@ -304,7 +304,7 @@ fn abi_boot(report: &mut Report, guest: &Guest, wanted: &dyn Fn(&str) -> bool) {
 }
 
 /// `BENCH name value ns` lines.
-fn parse_bench(log: &str) -> Vec<(String, f64)> {
+pub(crate) fn parse_bench(log: &str) -> Vec<(String, f64)> {
     log.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
