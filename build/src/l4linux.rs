@@ -37,18 +37,76 @@ fn boot_cfg(mode: &str, initrd_mib: u64) -> String {
 
 /// The machine booting L4Linux in `mode` (`shell`, `test`, `bench`, `exec`) on `image`.
 pub fn machine(art: &Artifacts, image: &Image, mode: &str) -> Result<Machine> {
+    machine_with(art, image, &format!("l4linux-{mode}"), |initrd_mib| boot_cfg(mode, initrd_mib), &[])
+}
+
+/// A machine with L4Linux, `image` and `extra` programs as modules, and the boot script
+/// `script(initrd MiB)`.
+fn machine_with(
+    art: &Artifacts,
+    image: &Image,
+    name: &str,
+    script: impl Fn(u64) -> String,
+    extra: &[BootProgram],
+) -> Result<Machine> {
     let linux = crate::linux::build(&crate::linux::L4LINUX)?;
     let initrd_mib = std::fs::metadata(&image.initrd)?.len().div_ceil(1 << 20);
-    let programs = [
+    let mut programs = vec![
         BootProgram::sigma0(),
         BootProgram::start("moe", ""),
         BootProgram::from_file("linux", &linux.image, true),
         BootProgram::from_file("rootfs.cpio.gz", &image.initrd, false),
-        BootProgram::data("boot.cfg", &boot_cfg(mode, initrd_mib)),
+        BootProgram::data("boot.cfg", &script(initrd_mib)),
     ];
-    let mut m = art.machine(&format!("l4linux-{mode}"), &programs, "")?;
+    programs.extend_from_slice(extra);
+    let mut m = art.machine(name, &programs, "")?;
     m.memory_mib = MEMORY_MIB;
     Ok(m)
+}
+
+/// Boot scripts with a mistake, and what the user is told.
+type Mistake = (&'static str, fn(String) -> String, &'static str);
+const MISTAKES: &[Mistake] = &[
+    (
+        "l4linux/error-quota",
+        |s| {
+            s.lines()
+                .map(|l| {
+                    if l.starts_with("start linux") {
+                        "start linux quota=64M\n".into()
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect()
+        },
+        "raise quota= in the boot script",
+    ),
+    (
+        "l4linux/error-no-initramfs",
+        |s| s.replace("    file rootfs.cpio.gz\n", ""),
+        "cannot read `rootfs.cpio.gz`",
+    ),
+];
+
+/// Linux panics (no init: `rdinit=` and `init=` name nothing) while a native program runs
+/// beside it: the runtime reports Linux's end, and the other program goes on.
+fn panic_scenario(art: &Artifacts, image: &Image) -> Result<Scenario> {
+    let script = |initrd_mib| {
+        boot_cfg("shell", initrd_mib).replace("L4RS_SYSTEM=l4linux", "rdinit=/none init=/none")
+            + "start ktest prio=90 name=beside\n    args \"outlive 8000\"\n    cap platform = @platform\n"
+    };
+    let m = machine_with(art, image, "l4linux-panic", script, &[BootProgram::module("ktest", "")])?;
+    let mut s = Scenario::new("l4linux/panic-reported", m);
+    s.markers = vec![
+        BANNER.into(),
+        "Kernel panic".into(),
+        "os-L4: the Linux kernel stopped".into(),
+        "moe: linux exited with status 134".into(),
+        "beside: still running after 8000 ms".into(),
+    ];
+    s.timeout = Duration::from_secs(120);
+    Ok(s)
 }
 
 /// A scenario: L4Linux boots and /init starts; Linux must not panic.
@@ -87,7 +145,9 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
     let abi_wanted = |n: &str| wanted(&format!("l4linux/abi/{n}"));
     let abi = wanted("l4linux/abi") || names.iter().any(|n| abi_wanted(n));
     let exec = wanted("l4linux/exec-status");
-    if !abi && !exec {
+    let panic = wanted("l4linux/panic-reported");
+    let mistakes = MISTAKES.iter().any(|(n, ..)| wanted(n));
+    if !abi && !exec && !panic && !mistakes {
         return;
     }
     step("L4Linux: build, ABI suite, exit status");
@@ -101,6 +161,29 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
     }
     if abi {
         abi_boot(art, report, &base, &abi_wanted);
+    }
+    for (name, broken, said) in MISTAKES {
+        if !wanted(name) {
+            continue;
+        }
+        let script = |initrd_mib| broken(boot_cfg("shell", initrd_mib));
+        let r = machine_with(art, &base, &name.replace('/', "-"), script, &[]).and_then(|m| {
+            let mut s = Scenario::new(*name, m);
+            s.markers = vec![said.to_string()];
+            s.expect_status = None;
+            s.timeout = Duration::from_secs(60);
+            crate::qemu::run_scenario(&s)
+        });
+        match r {
+            Ok(o) => report.scenario(name, &o),
+            Err(e) => report.fail(name, &e.to_string()),
+        }
+    }
+    if panic {
+        match panic_scenario(art, &base).and_then(|s| crate::qemu::run_scenario(&s)) {
+            Ok(o) => report.scenario("l4linux/panic-reported", &o),
+            Err(e) => report.fail("l4linux/panic-reported", &e.to_string()),
+        }
     }
     if exec {
         let r = crate::rootfs::with_exec(&base, "echo exec-ok; exit 3", "l4linux-exec")

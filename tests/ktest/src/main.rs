@@ -11,6 +11,7 @@ mod intertask;
 mod ns;
 mod objects;
 mod spawn;
+mod terminal;
 mod vcpu;
 mod vcpubench;
 
@@ -32,6 +33,7 @@ fn main(args: &str) -> i32 {
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("spawn"), _) => finish(spawn::run()),
+        (Some("terminal"), _) => finish(terminal::run()),
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
@@ -50,6 +52,7 @@ fn main(args: &str) -> i32 {
             println!("survivor still running after the faults");
             finish(Ok(()))
         }
+        (Some("outlive"), Some(ms)) => outlive(ms.parse().unwrap_or(5000)),
         (Some("spin"), _) => {
             println!("spinning without system calls");
             #[allow(clippy::empty_loop)]
@@ -130,6 +133,20 @@ fn spin_for_ms(ms: u64) {
     while cycles() < end {
         core::hint::spin_loop();
     }
+}
+
+/// A program beside another that dies (L4Linux's panic): sleeps `ms`, says it still runs, and
+/// powers off with 0 through the `platform` capability its boot script grants.
+fn outlive(ms: u64) -> i32 {
+    let _ = l4::ipc::namespace::query(
+        abi::cap::well_known::NAMESPACE,
+        "platform",
+        abi::cap::well_known::PLATFORM_CTL,
+    );
+    // Nobody sends to us: the receive ends by its timeout (microseconds).
+    let _ = l4::ipc::wait(abi::syscall::timeout::pack(0, (ms * 1000).min(u32::MAX as u64 - 1) as u32));
+    println!("still running after {ms} ms");
+    finish(Ok(()))
 }
 
 /// Raises the named fault; the kernel reports it and destroys this task.
