@@ -2,7 +2,7 @@
 //! Linux's RAM by `Task::Map` as UML's page-table sync asks (`map`/`unmap`/`protect`), deleted
 //! with the mm. UML keeps the task's capability slot as the mm's "pid" (>= 2).
 
-use crate::mem::{map_range, unmap_range};
+use crate::mem::{chunk_order, map_range, rights, unmap_range};
 use crate::slot;
 use crate::vcpu::held;
 use abi::cap::well_known as wk;
@@ -59,6 +59,10 @@ pub extern "C" fn lx_task_create() -> c_int {
 #[no_mangle]
 pub extern "C" fn lx_task_delete(task: c_int) {
     let Some(c) = cap(task) else { return };
+    let b = batch();
+    if b.task == c.0 {
+        b.n = 0;
+    }
     let r =
         held(|| l4::ipc::task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(c, 0, Rights::ALL)]));
     if let Err(e) = r {
@@ -67,21 +71,102 @@ pub extern "C" fn lx_task_delete(task: c_int) {
     free(c.0);
 }
 
+/// Map items for one process task that wait for its next resume, which carries them (one
+/// kernel entry instead of one `Task::Map` each): UML's page-table sync runs right before it.
+/// Anything that must not be reordered with them (an unmap, a map into another task, a full
+/// batch) sends them first with `Task::Map`. Only the vCPU thread, with interrupts off during
+/// the sync, touches this.
+struct Batch {
+    task: u64,
+    n: usize,
+    items: [(u64, Fpage); MAX_ITEMS],
+}
+
+/// Items in one resume message: MR[0] is the opcode, each item takes two words.
+const MAX_ITEMS: usize = (abi::utcb::MR_COUNT - 1) / 2;
+
+struct BatchCell(core::cell::UnsafeCell<Batch>);
+// SAFETY: only the vCPU thread uses it (see Batch).
+unsafe impl Sync for BatchCell {}
+static BATCH: BatchCell =
+    BatchCell(core::cell::UnsafeCell::new(Batch { task: 0, n: 0, items: [(0, Fpage(0)); MAX_ITEMS] }));
+
+fn batch() -> &'static mut Batch {
+    // SAFETY: see BatchCell; no reference to it outlives the calls below.
+    unsafe { &mut *BATCH.0.get() }
+}
+
+/// Sends the waiting items with `Task::Map` (their task is not the one resumed next).
+fn flush() -> c_int {
+    let b = batch();
+    let (task, n) = (b.task, core::mem::take(&mut b.n));
+    held(|| {
+        for &(virt, fp) in &b.items[..n] {
+            if let Err(e) = l4::ipc::task::map(CapIdx(task), wk::TASK, fp, virt) {
+                return -(e as c_int);
+            }
+        }
+        0
+    })
+}
+
 /// `lx_task_map`: our page(s) `[src, src+len)` at `virt` in the process with `prot`; `prot` 0
-/// unmaps (UML maps not-yet-accessed pages with no access to see the first touch).
+/// unmaps (UML maps not-yet-accessed pages with no access to see the first touch). Queued for
+/// the process's next resume.
 #[no_mangle]
 pub extern "C" fn lx_task_map(task: c_int, virt: u64, src: u64, len: u64, prot: c_int) -> c_int {
-    match cap(task) {
-        Some(c) => map_range(c, virt, src, len, prot),
-        None => -22,
+    let Some(c) = cap(task) else { return -22 };
+    if prot & 7 == 0 || !virt.is_multiple_of(4096) || !src.is_multiple_of(4096) || !len.is_multiple_of(4096) {
+        let e = flush();
+        return if e != 0 { e } else { map_range(c, virt, src, len, prot) };
     }
+    let r = rights(prot);
+    let mut off = 0;
+    while off < len {
+        let b = batch();
+        if b.n > 0 && (b.task != c.0 || b.n == MAX_ITEMS) {
+            let e = flush();
+            if e != 0 {
+                return e;
+            }
+        }
+        let o = chunk_order(virt + off, src + off, virt + len, 22);
+        let b = batch();
+        b.task = c.0;
+        b.items[b.n] = (virt + off, Fpage::memory(src + off, o, r));
+        b.n += 1;
+        off += 1 << o;
+    }
+    0
 }
 
 /// `lx_task_unmap`: removes `[virt, virt+len)` from the process.
 #[no_mangle]
 pub extern "C" fn lx_task_unmap(task: c_int, virt: u64, len: u64) -> c_int {
-    match cap(task) {
-        Some(c) => unmap_range(c, virt, len, true),
-        None => -22,
+    let Some(c) = cap(task) else { return -22 };
+    let e = flush();
+    if e != 0 {
+        return e;
     }
+    unmap_range(c, virt, len, true)
+}
+
+/// Puts the items waiting for `task` into the message registers from MR[1] for its resume;
+/// items for another task go out now. Returns how many it put.
+pub fn items_for_resume(task: u64) -> Result<u64, c_int> {
+    let b = batch();
+    if b.n == 0 {
+        return Ok(0);
+    }
+    if b.task != task {
+        return match flush() {
+            0 => Ok(0),
+            e => Err(e),
+        };
+    }
+    let n = core::mem::take(&mut b.n);
+    for (i, &(virt, fp)) in b.items[..n].iter().enumerate() {
+        l4::ipc::put_map_item(1 + 2 * i, virt, fp, false);
+    }
+    Ok(n as u64)
 }

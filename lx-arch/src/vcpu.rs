@@ -212,13 +212,14 @@ pub unsafe extern "C" fn lx_kernel_context(out: *mut u64) {
     }
 }
 
-/// Resumes with what is in the state area; only returns if the kernel refuses.
-fn resume() -> c_int {
+/// Resumes with what is in the state area and `items` map items (MR[1..], into the user task);
+/// only returns if the kernel refuses.
+fn resume(items: u64) -> c_int {
     l4::ipc::set_mr(0, Op::VcpuResume.code());
     let r = l4::sys::invoke(
         CapSel::from_idx(wk::THREAD),
         Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+        MsgTag::new(proto::thread::LABEL, 1, items, 0),
     );
     match r.result() {
         Ok(_) => 0,
@@ -229,7 +230,7 @@ fn resume() -> c_int {
 /// `lx_resume_kernel`: continues the context of Linux an upcall interrupted.
 #[no_mangle]
 pub extern "C" fn lx_resume_kernel() -> ! {
-    let e = resume();
+    let e = resume(0);
     l4::println!("cannot resume its own context ({e})");
     lx_fatal()
 }
@@ -325,7 +326,11 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
         (&raw mut (*s).user_task).write_volatile(task as u64);
         (&raw mut (*s).saved_state).write_volatile(state::USER_MODE | state::IRQ);
     }
-    resume()
+    // Pages UML's sync just mapped into this process go with the resume.
+    match crate::task::items_for_resume(task as u64) {
+        Ok(items) => resume(items),
+        Err(e) => e,
+    }
 }
 
 /// `lx_user_event`: after an upcall from a process: its registers into `gp` and `fp`, the trap
