@@ -12,6 +12,9 @@ pub const APIC_PHYS: u64 = 0xfee0_0000;
 const REG_EOI: usize = 0xb0;
 const REG_SPURIOUS: usize = 0xf0;
 const REG_LVT_TIMER: usize = 0x320;
+const REG_LVT_LINT0: usize = 0x350;
+/// LVT delivery mode ExtINT: the interrupt's vector comes from the PIC (virtual-wire mode).
+const DELIVERY_EXTINT: u32 = 0b111 << 8;
 const REG_TIMER_INIT: usize = 0x380;
 const REG_TIMER_CURRENT: usize = 0x390;
 const REG_TIMER_DIVIDE: usize = 0x3e0;
@@ -88,10 +91,12 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(1);
 static APIC_HZ: AtomicU64 = AtomicU64::new(1);
 
 /// Enables the local APIC with its timer in one-shot mode; the first interrupt comes after
-/// one tick (`tick_hz`), later ones when the kernel asks ([`set_deadline`]).
+/// one tick (`tick_hz`), later ones when the kernel asks ([`set_deadline`]). The PIC's lines
+/// (all masked until unmasked one by one) reach the CPU through LINT0 in virtual-wire mode.
 pub fn init(tick_hz: u64) -> Clocks {
     disable_pic();
     write(REG_SPURIOUS, 0x100 | SPURIOUS_VECTOR as u32);
+    write(REG_LVT_LINT0, DELIVERY_EXTINT);
     let (tsc_hz, apic_hz) = calibrate();
     TSC_HZ.store(tsc_hz.max(1), Ordering::Relaxed);
     APIC_HZ.store(apic_hz.max(1), Ordering::Relaxed);
