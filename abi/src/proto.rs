@@ -107,10 +107,23 @@ protocols! {
         /// makes the thread a vCPU.
         VcpuControl = 7,
     }
-    /// The kernel console (Fiasco's Vlog / vcon).
+    /// The kernel console (Fiasco's Vlog / vcon): output, and input for one terminal task.
     log: Log = -13 {
-        /// `MR[1]` = length in bytes, `MR[2..]` = the bytes, packed little-endian.
+        /// `MR[1]` = length in bytes, `MR[2..]` = the bytes, packed little-endian
+        /// (`utcb::pack_bytes`). Each line gets the task's name as prefix, except the terminal's
+        /// output, which goes out exactly as written.
         Write = 0,
+        /// Needs W. `MR[1]` = an Irq capability slot of the caller (0: none), or
+        /// `TERMINAL_RELEASE`. Makes the caller's task the console's terminal: its output goes
+        /// out raw and the Irq is triggered whenever input arrives (at once if some waits).
+        /// The terminal keeps the role until it releases it or its task dies; meanwhile other
+        /// tasks get `Error::Exists`. The terminal calls again to change its Irq; releasing
+        /// when not the terminal is `Error::Perm`.
+        Terminal = 1,
+        /// Terminal only (others: `Error::Perm`), never blocks. `MR[1]` (optional) = most bytes
+        /// wanted (absent or larger: `LOG_READ_MAX`). Reply: `MR[0]` = number of bytes n
+        /// (0: none waiting), `MR[1..]` = the bytes, packed as for `Write`.
+        Read = 2,
     }
     /// The scheduler.
     scheduler: Scheduler = -14 {
@@ -229,6 +242,16 @@ pub mod map {
 
 /// Longest task name (`task::Op::SetName`).
 pub const TASK_NAME_MAX: usize = 32;
+
+/// `MR[1]` of `log::Op::Terminal`: the terminal gives up its role.
+pub const TERMINAL_RELEASE: u64 = u64::MAX;
+
+/// Most bytes one `log::Op::Read` returns: what fits in `MR[1..]`.
+pub const LOG_READ_MAX: usize = crate::utcb::mr_bytes_after(1);
+
+/// Bytes of console input the kernel buffers for the terminal; more input than that, unread,
+/// is dropped (the newest bytes, as a UART overrun would) and counted.
+pub const CONSOLE_INPUT_BUFFER: usize = 4096;
 
 /// The namespace protocol, served by the root task: a program asks for a capability by name.
 /// `MR[0]` = `QUERY`, `MR[1]` = name length, `MR[2..]` = the name's bytes; the reply maps the

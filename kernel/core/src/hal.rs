@@ -121,8 +121,17 @@ pub trait Arch: Sized + 'static {
     /// Copies `n` words between two disjoint UTCB-sized areas (the IPC fast path).
     fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize);
 
-    /// Writes to the kernel console.
+    /// Writes to the kernel console (as text: a line end may become the device's).
     fn console_write(bytes: &[u8]);
+    /// Writes exactly these bytes to the kernel console (the terminal's output).
+    fn console_write_raw(bytes: &[u8]);
+    /// The hardware interrupt line of console input, which the kernel keeps for itself (`None`:
+    /// the console has no input). Like every line it is masked when it fires; the kernel
+    /// unmasks it once it has drained the device.
+    const CONSOLE_LINE: Option<u8>;
+    /// Moves received console input into `buf`; returns the number of bytes. Fewer than
+    /// `buf.len()` means the device has nothing more (its interrupt condition is cleared).
+    fn console_read(buf: &mut [u8]) -> usize;
     /// The kernel stack the next entry from user mode uses.
     fn set_kernel_stack(top: u64);
     /// The thread-pointer base user mode sees (the UTCB on x86_64).

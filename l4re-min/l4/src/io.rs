@@ -1,14 +1,17 @@
-//! Console output through the kernel's Log object: `print!`, `println!` and a `log` backend.
+//! The console through the kernel's Log object: output (`print!`, `println!`, a `log` backend)
+//! and, for the one terminal task, input ([`terminal`], [`read`]).
 
 use abi::cap::well_known;
 use abi::proto::log as vlog;
 use abi::utcb::MR_COUNT;
+use abi::CapIdx;
 use core::fmt::Write;
 
 /// Bytes one Log::Write carries: MR[2..].
 const CHUNK: usize = (MR_COUNT - 2) * 8;
 
-/// Writes bytes to the console (lines get our task name as prefix from the kernel).
+/// Writes bytes to the console (lines get our task name as prefix from the kernel, unless we are
+/// the terminal: then they go out exactly as given).
 pub fn write(bytes: &[u8]) -> Result<(), abi::Error> {
     for chunk in bytes.chunks(CHUNK) {
         let mut words = [0u64; MR_COUNT];
@@ -18,6 +21,35 @@ pub fn write(bytes: &[u8]) -> Result<(), abi::Error> {
         crate::sys::call_words(well_known::LOG, vlog::LABEL, &words[..2 + n])?;
     }
     Ok(())
+}
+
+/// Makes our task the console's terminal (`Log::Terminal`): our output goes out raw, and `irq`
+/// (an Irq capability of ours) is triggered whenever input arrives — at once if some is waiting.
+/// Calling again changes the Irq. `Error::Exists` while another task is the terminal.
+pub fn terminal(irq: Option<CapIdx>) -> Result<(), abi::Error> {
+    let arg = irq.map_or(0, |c| c.0);
+    crate::sys::call_words(well_known::LOG, vlog::LABEL, &[vlog::Op::Terminal.code(), arg]).map(|_| ())
+}
+
+/// Gives up the terminal role (`Log::Terminal` with `TERMINAL_RELEASE`).
+pub fn release_terminal() -> Result<(), abi::Error> {
+    let words = [vlog::Op::Terminal.code(), abi::proto::TERMINAL_RELEASE];
+    crate::sys::call_words(well_known::LOG, vlog::LABEL, &words).map(|_| ())
+}
+
+/// Takes waiting console input into `buf` (`Log::Read`, terminal only, never blocks); returns
+/// the number of bytes, 0 if none are waiting. At most `abi::proto::LOG_READ_MAX` per call; no
+/// byte is lost to a short `buf`.
+pub fn read(buf: &mut [u8]) -> Result<usize, abi::Error> {
+    let want = buf.len().min(abi::proto::LOG_READ_MAX);
+    crate::sys::call_words(well_known::LOG, vlog::LABEL, &[vlog::Op::Read.code(), want as u64])?;
+    let n = (crate::ipc::mr(0) as usize).min(want);
+    let mut words = [0u64; MR_COUNT - 1];
+    for (i, w) in words.iter_mut().enumerate().take(n.div_ceil(8)) {
+        *w = crate::ipc::mr(1 + i);
+    }
+    abi::utcb::unpack_bytes(&words, &mut buf[..n]);
+    Ok(n)
 }
 
 pub struct Console;

@@ -308,12 +308,13 @@ fn irqs() -> R {
     expect_err(ipc::receive(slot::IRQ, timeout::pack(0, timeout::ZERO)), Error::Timeout, "nothing left")?;
     expect_err(ipc::receive(wk::LOG, 0), Error::Inval, "receive from a non-partner")?;
     check(ok(icu::info(wk::ICU), "icu info")? == 16, "16 lines")?;
-    ok(icu::bind(wk::ICU, 4, slot::IRQ), "bind line 4")?;
-    expect_err(icu::bind(wk::ICU, 4, slot::IRQ), Error::Exists, "bind twice")?;
+    expect_err(icu::bind(wk::ICU, 4, slot::IRQ), Error::Exists, "bind the console's line (the kernel's)")?;
+    ok(icu::bind(wk::ICU, 3, slot::IRQ), "bind line 3")?;
+    expect_err(icu::bind(wk::ICU, 3, slot::IRQ), Error::Exists, "bind twice")?;
     expect_err(icu::bind(wk::ICU, 0, slot::IRQ), Error::Inval, "bind the timer line")?;
     expect_err(icu::bind(wk::ICU, 99, slot::IRQ), Error::Inval, "bind a missing line")?;
-    ok(icu::unbind(wk::ICU, 4), "unbind")?;
-    expect_err(icu::unbind(wk::ICU, 4), Error::NoEnt, "unbind twice")?;
+    ok(icu::unbind(wk::ICU, 3), "unbind")?;
+    expect_err(icu::unbind(wk::ICU, 3), Error::NoEnt, "unbind twice")?;
     ok(irq::detach(slot::IRQ), "detach again")?;
     println!("irq and icu ok");
     Ok(())

@@ -95,6 +95,16 @@ impl Arch for X86_64 {
         serial::with_console(|s| s.write_bytes(bytes));
     }
 
+    fn console_write_raw(bytes: &[u8]) {
+        serial::with_console(|s| s.write_raw(bytes));
+    }
+
+    const CONSOLE_LINE: Option<u8> = Some(serial::LINE);
+
+    fn console_read(buf: &mut [u8]) -> usize {
+        serial::with_console(|s| s.read_bytes(buf))
+    }
+
     fn set_kernel_stack(top: u64) {
         cpu::set_kernel_stack(top)
     }
@@ -184,6 +194,9 @@ extern "C" fn arch_boot(start_info: u32) -> ! {
     paging::init(&[apic::APIC_PHYS & !0x1f_ffff]);
     cpu::init();
     let clocks = apic::init(TICK_HZ);
+    // Console input: the kernel owns the UART's line (the PIC came up with every line masked).
+    apic::pic_unmask(serial::LINE);
+    serial::enable_input();
     TSC_HZ.store(clocks.tsc_hz, Ordering::Relaxed);
     let image = PhysRange::new(0x100000, paging::image_phys(&raw const __kernel_end).0);
     // SAFETY: kernel_main is defined by the kernel binary with exactly this signature.

@@ -7,7 +7,7 @@ use crate::hal::{Arch, MapError, Resume, ThreadStack, UserRegs, IO_BITMAP_BYTES}
 use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::cell::{Cell, RefCell};
@@ -29,6 +29,12 @@ thread_local! {
     pub static TIMER: Cell<u64> = const { Cell::new(0) };
     /// Everything written to the console.
     pub static CONSOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// What went to the console raw (`console_write_raw`), also in `CONSOLE`.
+    pub static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Console input the device holds, not yet read by the kernel.
+    pub static CONSOLE_IN: RefCell<VecDeque<u8>> = const { RefCell::new(VecDeque::new()) };
+    /// Lines unmasked, in order.
+    pub static UNMASKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn fresh_frames() -> FrameAllocator<'static> {
@@ -42,6 +48,24 @@ fn fresh_frames() -> FrameAllocator<'static> {
 pub fn reset() {
     FRAMES.with(|f| *f.borrow_mut() = fresh_frames());
     PHYS.with(|m| m.borrow_mut().fill(0));
+    RAW.with(|r| r.borrow_mut().clear());
+    CONSOLE_IN.with(|c| c.borrow_mut().clear());
+    UNMASKED.with(|u| u.borrow_mut().clear());
+}
+
+/// Bytes arrive at the console device (the kernel takes them when its line fires).
+pub fn type_input(bytes: &[u8]) {
+    CONSOLE_IN.with(|c| c.borrow_mut().extend(bytes));
+}
+
+/// Everything written raw so far.
+pub fn raw() -> String {
+    RAW.with(|r| String::from_utf8_lossy(&r.borrow()).into_owned())
+}
+
+/// Lines unmasked so far, in order.
+pub fn unmasked() -> Vec<u8> {
+    UNMASKED.with(|u| u.borrow().clone())
 }
 
 /// Advances the fake cycle counter.
@@ -282,6 +306,24 @@ impl Arch for Fake {
         CONSOLE.with(|c| c.borrow_mut().extend_from_slice(bytes));
     }
 
+    fn console_write_raw(bytes: &[u8]) {
+        CONSOLE.with(|c| c.borrow_mut().extend_from_slice(bytes));
+        RAW.with(|r| r.borrow_mut().extend_from_slice(bytes));
+    }
+
+    const CONSOLE_LINE: Option<u8> = Some(4);
+
+    fn console_read(buf: &mut [u8]) -> usize {
+        CONSOLE_IN.with(|c| {
+            let mut c = c.borrow_mut();
+            let n = buf.len().min(c.len());
+            for (b, x) in buf.iter_mut().zip(c.drain(..n)) {
+                *b = x;
+            }
+            n
+        })
+    }
+
     fn set_kernel_stack(_: u64) {}
 
     fn set_user_gs(_: u64) {}
@@ -302,5 +344,7 @@ impl Arch for Fake {
 
     fn line_mask(_: u8) {}
 
-    fn line_unmask(_: u8) {}
+    fn line_unmask(line: u8) {
+        UNMASKED.with(|u| u.borrow_mut().push(line));
+    }
 }

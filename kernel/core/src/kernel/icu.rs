@@ -1,5 +1,7 @@
 //! The interrupt controller object: legacy PIC lines 0..16 bound to Irq objects. A line is
-//! masked when it fires and unmasked again by `Irq::Unmask`.
+//! masked when it fires and unmasked again by `Irq::Unmask`. The console's input line
+//! (`Arch::CONSOLE_LINE`) is the kernel's: it cannot be bound, and the kernel unmasks it itself
+//! after draining the device (`console.rs`).
 
 use crate::hal::Arch;
 use crate::kernel::Kernel;
@@ -13,8 +15,13 @@ pub fn valid_line(line: u64) -> Option<u8> {
 }
 
 impl<A: Arch> Kernel<A> {
-    /// A hardware line fired: raise its Irq (it stays masked until unmasked).
+    /// A hardware line fired: raise its Irq (it stays masked until unmasked), or take console
+    /// input.
     pub fn line_fired(&mut self, line: u8) {
+        if Some(line) == A::CONSOLE_LINE {
+            self.console_input();
+            return;
+        }
         match self.lines[line as usize] {
             Some(irq) => {
                 let _ = self.trigger_irq(irq);

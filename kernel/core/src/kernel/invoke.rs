@@ -130,6 +130,8 @@ impl<A: Arch> Kernel<A> {
         let r = match cap.obj {
             Obj::Log => match proto::log::Op::from_code(op) {
                 Some(proto::log::Op::Write) => self.log_write(task, &mrs).map(|_| Vec::new()),
+                Some(proto::log::Op::Terminal) => self.log_terminal(task, cap.rights, &mrs),
+                Some(proto::log::Op::Read) => self.log_read(task, &mrs),
                 None => Err(Error::NoSys),
             },
             Obj::PlatformCtl => match proto::platform_ctl::Op::from_code(op) {
@@ -164,15 +166,24 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
-    /// `Log::Write`: prints bytes, each line prefixed with the task's name.
+    /// `Log::Write`: prints bytes, each line prefixed with the task's name — or, from the
+    /// console's terminal, exactly the bytes.
     fn log_write(&mut self, task: Id, mrs: &Mrs) -> Result<(), Error> {
         let len = mrs.get(1)? as usize;
         if len > mrs.n.saturating_sub(2) * 8 {
             return Err(Error::Inval);
         }
+        let raw = self.console.terminal_task() == Some(task);
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
         let mut bytes = [0u8; MR_COUNT * 8];
         abi::utcb::unpack_bytes(&mrs.w[2..mrs.n], &mut bytes[..len]);
+        if raw {
+            A::console_write_raw(&bytes[..len]);
+            if let Some(&last) = bytes[..len].last() {
+                t.log_at_line_start = last == b'\n';
+            }
+            return Ok(());
+        }
         // Whole lines go out at once, each prefixed with the task's name.
         let mut line = [0u8; 64 + MR_COUNT * 8];
         let mut n = 0;
@@ -194,6 +205,53 @@ impl<A: Arch> Kernel<A> {
         }
         A::console_write(&line[..n]);
         Ok(())
+    }
+
+    /// `Log::Terminal`: the caller's task becomes (or stays, with a new Irq) the console's
+    /// terminal, or gives the role up.
+    fn log_terminal(&mut self, task: Id, rights: Rights, m: &Mrs) -> Result<Vec<u64>, Error> {
+        need(rights, Rights::W)?;
+        let arg = m.get(1)?;
+        let holder = self.console.terminal_task();
+        if arg == proto::TERMINAL_RELEASE {
+            if holder != Some(task) {
+                return Err(Error::Perm);
+            }
+            self.console.terminal = None;
+            return Ok(Vec::new());
+        }
+        if holder.is_some_and(|h| h != task) {
+            return Err(Error::Exists);
+        }
+        let irq = match arg {
+            0 => None,
+            i => match self.cap(task, CapIdx(i)).ok_or(Error::NoEnt)?.obj {
+                Obj::Irq(i) => Some(i),
+                _ => return Err(Error::Inval),
+            },
+        };
+        self.console.terminal = Some(crate::kernel::console::Terminal { task, irq });
+        if self.console.waiting() > 0 {
+            self.console_notify();
+        }
+        Ok(Vec::new())
+    }
+
+    /// `Log::Read`: the terminal takes waiting console input, without blocking.
+    fn log_read(&mut self, task: Id, m: &Mrs) -> Result<Vec<u64>, Error> {
+        if self.console.terminal_task() != Some(task) {
+            return Err(Error::Perm);
+        }
+        let want = match m.get(1) {
+            Ok(w) => usize::try_from(w).unwrap_or(usize::MAX).min(proto::LOG_READ_MAX),
+            Err(_) => proto::LOG_READ_MAX,
+        };
+        let mut bytes = [0u8; proto::LOG_READ_MAX];
+        let n = self.console.take(&mut bytes[..want]);
+        let mut words = alloc::vec![0u64; 1 + n.div_ceil(8)];
+        words[0] = n as u64;
+        abi::utcb::pack_bytes(&bytes[..n], &mut words[1..]);
+        Ok(words)
     }
 
     fn task_op(&mut self, me: Id, t: Id, rights: Rights, op: u64, m: &Mrs) -> Result<Vec<u64>, Error> {
@@ -603,6 +661,10 @@ impl<A: Arch> Kernel<A> {
             proto::icu::Op::Info => Ok(alloc::vec![crate::kernel::icu::LINES as u64]),
             proto::icu::Op::Bind => {
                 let line = crate::kernel::icu::valid_line(m.get(1)?).ok_or(Error::Inval)?;
+                if Some(line) == A::CONSOLE_LINE {
+                    // The kernel console's input line is the kernel's own.
+                    return Err(Error::Exists);
+                }
                 let irq = match self.cap(me, CapIdx(m.get(2)?)).ok_or(Error::NoEnt)?.obj {
                     Obj::Irq(i) => i,
                     _ => return Err(Error::Inval),

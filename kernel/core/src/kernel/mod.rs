@@ -7,6 +7,7 @@
 //! capability and every user mapping is also a node of a mapping database, so that unmapping
 //! revokes everything derived from it and deleting an object removes every capability to it.
 
+pub mod console;
 pub mod fastpath;
 pub mod icu;
 pub mod invoke;
@@ -267,6 +268,8 @@ pub struct Kernel<A: Arch> {
     pub fpu_owner: Option<Id>,
     /// When the next scheduling tick is due (time-slice accounting).
     pub next_tick: u64,
+    /// Console input and the terminal task.
+    pub console: console::Console,
 }
 
 impl<A: Arch> Kernel<A> {
@@ -298,6 +301,7 @@ impl<A: Arch> Kernel<A> {
             timers: Vec::new(),
             fpu_owner: None,
             next_tick: 0,
+            console: console::Console::new(),
         }
     }
 
@@ -426,6 +430,7 @@ impl<A: Arch> Kernel<A> {
                         }
                     }
                     self.timers.retain(|(t, _, _)| *t != id);
+                    self.console_irq_gone(id);
                     if let Some(l) = irq.line {
                         self.lines[l as usize] = None;
                         A::line_mask(l);
@@ -456,6 +461,7 @@ impl<A: Arch> Kernel<A> {
     /// caller must then reschedule instead of returning to user mode.
     pub fn destroy_task(&mut self, id: Id) {
         self.vcpu_task_gone(id);
+        self.console_task_gone(id);
         let Some(task) = self.tasks.get(id) else { return };
         let threads = task.threads.clone();
         for t in threads {
@@ -608,6 +614,14 @@ impl<A: Arch> Kernel<A> {
         for (_, g) in self.gates.iter() {
             if g.thread.is_some_and(|t| self.threads.get(t).is_none()) {
                 return Err("gate bound to a dead thread");
+            }
+        }
+        if let Some(t) = self.console.terminal {
+            if self.tasks.get(t.task).is_none() {
+                return Err("the console's terminal is a dead task");
+            }
+            if t.irq.is_some_and(|i| self.irqs.get(i).is_none()) {
+                return Err("the console's terminal has a dead Irq");
             }
         }
         Ok(())

@@ -12,6 +12,8 @@ use abi::syscall::{timeout, Flags};
 use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
 use proptest::prelude::*;
 
+mod console;
+
 const UTCB: u64 = 0x7fff_ffe0_0000;
 
 struct M {
