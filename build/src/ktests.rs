@@ -25,6 +25,9 @@ struct Def {
     forbidden: &'static [&'static str],
     /// Guest exit status; `None`: the scenario never powers off and ends once all checks passed.
     status: Option<i32>,
+    /// `(after, text)`: serial input, typed at once if `after` is empty, else once the serial
+    /// line showed `after`.
+    input: &'static [(&'static str, &'static str)],
 }
 
 /// A boot image whose root task moe starts `modules` as `script` says.
@@ -110,6 +113,7 @@ fn defs() -> Vec<Def> {
                 ("ring3-syscall-print", "hello: Hello from ring 3 (args: from the boot image)".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "syscall",
@@ -125,6 +129,7 @@ fn defs() -> Vec<Def> {
                 ("round-trip", "ktest: syscall round trip".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "user-faults",
@@ -149,6 +154,7 @@ fn defs() -> Vec<Def> {
                 ("kernel-survives", "ktest: survivor still running after the faults".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "preempt",
@@ -164,6 +170,7 @@ fn defs() -> Vec<Def> {
                 ("preempted", "ktest: ran while the spinner spins".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "objects",
@@ -186,6 +193,7 @@ fn defs() -> Vec<Def> {
                 ("all", "ktest: all kernel object checks passed".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "vcpu",
@@ -195,6 +203,7 @@ fn defs() -> Vec<Def> {
             forbidden: &[],
             checks: vec![("mini-os", "ktest: vcpu mini-OS ok".into())],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "spawn",
@@ -208,6 +217,29 @@ fn defs() -> Vec<Def> {
                 ("runs", "hello: Hello from ring 3 (args: spawned by ktest)".into()),
             ],
             status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "terminal",
+            what: "console input: ktest becomes the terminal, echoes a line typed at boot and one typed later, unprefixed",
+            programs: vec![BootProgram::start("ktest", "terminal")],
+            append: "",
+            // A prefixed echo would mean the terminal's output was not raw.
+            forbidden: &["ktest: echo", "ktest: terminal ready", "FAILED"],
+            checks: vec![
+                ("read-needs-terminal", "ktest: terminal: read before Terminal -> Perm ok".into()),
+                // Unprefixed: each starts its line.
+                ("irq-at-terminal", "\ninput was waiting: the Irq came with Terminal".into()),
+                ("echo-early-input", "\necho: early line typed at boot".into()),
+                ("ready", "\nterminal ready".into()),
+                ("echo-later-input", "\necho: late line typed after the ready marker\n".into()),
+                ("prefixed-after-release", "ktest: terminal released".into()),
+            ],
+            status: Some(0),
+            input: &[
+                ("", "early line typed at boot\n"),
+                ("terminal ready", "late line typed after the ready marker\r"),
+            ],
         },
         Def {
             name: "bootscript",
@@ -222,6 +254,7 @@ fn defs() -> Vec<Def> {
                 ("client-called", "client: hello answered 42".into()),
             ],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "bootscript-exit",
@@ -236,6 +269,7 @@ fn defs() -> Vec<Def> {
                 ("exit-reported", "moe: hello exited with status 1".into()),
             ],
             status: None,
+            input: &[],
         },
         Def {
             name: "bootscript-crash",
@@ -252,6 +286,7 @@ fn defs() -> Vec<Def> {
                 ("exit-reported", "moe: survivor exited with status 1".into()),
             ],
             status: None,
+            input: &[],
         },
         Def {
             name: "bootscript-proxy",
@@ -267,6 +302,7 @@ fn defs() -> Vec<Def> {
                 ("exit-reported", "moe: hello exited with status 1".into()),
             ],
             status: None,
+            input: &[],
         },
         Def {
             name: "bootscript-quota",
@@ -283,6 +319,7 @@ fn defs() -> Vec<Def> {
                 ("survivor-exits", "moe: survivor exited with status 1".into()),
             ],
             status: None,
+            input: &[],
         },
         Def {
             name: "bootscript-missing",
@@ -296,6 +333,7 @@ fn defs() -> Vec<Def> {
                 ("server-bound", "server: serving `hello`".into()),
             ],
             status: None,
+            input: &[],
         },
         Def {
             name: "fuzz",
@@ -305,6 +343,7 @@ fn defs() -> Vec<Def> {
             forbidden: &[],
             checks: vec![("survived", "kernel self-check passed".into())],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "ipc-trace",
@@ -314,6 +353,7 @@ fn defs() -> Vec<Def> {
             forbidden: &[],
             checks: vec![],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "vcpu-bench",
@@ -323,6 +363,7 @@ fn defs() -> Vec<Def> {
             forbidden: &[],
             checks: vec![("reflect", "BENCH vcpu_syscall_reflect".into())],
             status: Some(0),
+            input: &[],
         },
         Def {
             name: "kernel-fault",
@@ -336,6 +377,7 @@ fn defs() -> Vec<Def> {
                 ("fault-address", "cr2=0x".into()),
             ],
             status: Some(KERNEL_FAILURE_STATUS),
+            input: &[],
         },
     ]
 }
@@ -405,6 +447,12 @@ pub fn run_all(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bo
         s.expect_status = d.status;
         s.forbidden = d.forbidden.iter().map(|f| f.to_string()).collect();
         s.timeout = Duration::from_secs(60);
+        for (after, text) in d.input {
+            match *after {
+                "" => s.input.get_or_insert_with(String::new).push_str(text),
+                after => s.input_after.push((after.to_string(), text.to_string())),
+            }
+        }
         match run_scenario(&s) {
             Ok(o) => {
                 for (check, marker) in &d.checks {

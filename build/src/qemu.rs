@@ -96,6 +96,9 @@ pub struct Scenario {
     pub timeout: Duration,
     /// Written to the guest's serial input once QEMU has started.
     pub input: Option<String>,
+    /// `(marker, text)`: `text` is written to the guest's serial input once `marker` appeared
+    /// on the serial line (in this order), for input that must come after the guest is ready.
+    pub input_after: Vec<(String, String)>,
 }
 
 impl Scenario {
@@ -108,6 +111,7 @@ impl Scenario {
             expect_status: Some(0),
             timeout: Duration::from_secs(60),
             input: None,
+            input_after: Vec::new(),
         }
     }
 }
@@ -138,17 +142,26 @@ impl Outcome {
 pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
     let start = Instant::now();
     let mut cmd = s.machine.command(false);
-    cmd.stdin(if s.input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let typed = s.input.is_some() || !s.input_after.is_empty();
+    cmd.stdin(if typed { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-    if let (Some(input), Some(mut stdin)) = (&s.input, child.stdin.take()) {
-        let input = input.clone();
+    // The guest's serial input: a writer keeps stdin open (closing it would end the guest's
+    // console input) until this function returns and drops `input_tx`.
+    let (input_tx, input_rx) = mpsc::channel::<String>();
+    if let Some(mut stdin) = child.stdin.take() {
         std::thread::spawn(move || {
-            let _ = stdin.write_all(input.as_bytes());
-            // Keep stdin open: closing it would end the guest's console input.
-            std::thread::sleep(Duration::from_secs(3600));
+            for text in input_rx {
+                if stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()).is_err() {
+                    break;
+                }
+            }
         });
     }
+    if let Some(input) = &s.input {
+        let _ = input_tx.send(input.clone());
+    }
+    let mut next_input = 0;
     let (tx, rx) = mpsc::channel::<String>();
     for pipe in [
         child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
@@ -194,6 +207,13 @@ pub fn run_scenario(s: &Scenario) -> Result<Outcome> {
                 while next_marker < s.markers.len() && log.contains(s.markers[next_marker].as_str()) {
                     marker_times.push(start.elapsed());
                     next_marker += 1;
+                }
+                while let Some((marker, text)) = s.input_after.get(next_input) {
+                    if !log.contains(marker.as_str()) {
+                        break;
+                    }
+                    let _ = input_tx.send(text.clone());
+                    next_input += 1;
                 }
                 if s.expect_status.is_none() && next_marker == s.markers.len() {
                     break;
