@@ -8,8 +8,6 @@ use crate::report::Report;
 use crate::util::{err, step, Result};
 use std::time::Duration;
 
-pub const DEFAULT_SCENARIO: &str = "bootscript";
-
 /// The guest status the kernel reports when it dies (`kernel/src/panic.rs`).
 const KERNEL_FAILURE_STATUS: i32 = abi::kip::KERNEL_FAILURE_STATUS as i32;
 

@@ -64,6 +64,33 @@ fn machine_with(
     Ok(m)
 }
 
+/// The interactive shell on the console: a typed command runs (its output appears, computed by
+/// the shell, not echoed), a child runs and ends, Ctrl-C interrupts a foreground `sleep`, the
+/// shell goes on, and its exit status powers the machine off.
+fn shell_scenario(m: Machine) -> Scenario {
+    let mut s = scenario("l4linux/shell-input", m, Duration::from_secs(120));
+    s.input_after = vec![
+        ("l4rs-init: shell".into(), "echo typed-$((6*7))\n".into()),
+        ("typed-42".into(), "sleep 1; echo slept-$?\n".into()),
+        ("slept-0".into(), "echo start-$((3*3)); sleep 100; echo not-$((2+3))-interrupted\n".into()),
+        // Typed once the shell runs the line (its output, not the echo of the typing).
+        ("start-9".into(), "\x03".into()),
+        // ash drops the rest of a command line whose job died of SIGINT; the shell goes on.
+        ("^C".into(), "echo alive-$((1+1))\n".into()),
+        ("alive-2".into(), "exit 5\n".into()),
+    ];
+    s.markers.extend([
+        "typed-42".into(),
+        "slept-0".into(),
+        "^C".into(),
+        "alive-2".into(),
+        "l4rs-init: exit 5".into(),
+    ]);
+    s.forbidden.push("not-5-interrupted".into());
+    s.expect_status = Some(5);
+    s
+}
+
 /// Boot scripts with a mistake, and what the user is told.
 type Mistake = (&'static str, fn(String) -> String, &'static str);
 const MISTAKES: &[Mistake] = &[
@@ -118,8 +145,9 @@ pub fn scenario(name: &str, m: Machine, limit: Duration) -> Scenario {
     s
 }
 
-/// `cargo xtask run --l4linux [--exec CMD] [--overlay DIR]... [--deb NAME]... [--rootfs CPIO]`.
-pub fn cmd_run(mut a: crate::util::Args) -> Result<i32> {
+/// `cargo xtask run [--exec CMD] [--overlay DIR]... [--deb NAME]... [--rootfs CPIO]`: L4Linux
+/// to a shell on the terminal, or running CMD and ending with its status.
+pub fn cmd_run(mut a: crate::util::Args, gdb: bool) -> Result<i32> {
     let exec = a.value("--exec")?;
     let spec = crate::rootfs::spec_from_args(&mut a)?;
     let mut extra = a.values("--qemu-arg")?;
@@ -134,7 +162,7 @@ pub fn cmd_run(mut a: crate::util::Args) -> Result<i32> {
     };
     let mut m = machine(&art, &image, if exec.is_some() { "exec" } else { "shell" })?;
     m.extra = extra;
-    crate::qemu::run_interactive(&m, false)
+    crate::qemu::run_interactive(&m, gdb)
 }
 
 /// `cargo xtask test`'s part: L4Linux boots and runs the ABI suite (`l4linux/abi/<name>`, the same
@@ -145,9 +173,10 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
     let abi_wanted = |n: &str| wanted(&format!("l4linux/abi/{n}"));
     let abi = wanted("l4linux/abi") || names.iter().any(|n| abi_wanted(n));
     let exec = wanted("l4linux/exec-status");
+    let shell = wanted("l4linux/shell-input");
     let panic = wanted("l4linux/panic-reported");
     let mistakes = MISTAKES.iter().any(|(n, ..)| wanted(n));
-    if !abi && !exec && !panic && !mistakes {
+    if !abi && !exec && !shell && !panic && !mistakes {
         return;
     }
     step("L4Linux: build, ABI suite, exit status");
@@ -177,6 +206,12 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
         match r {
             Ok(o) => report.scenario(name, &o),
             Err(e) => report.fail(name, &e.to_string()),
+        }
+    }
+    if shell {
+        match machine(art, &base, "shell").and_then(|m| crate::qemu::run_scenario(&shell_scenario(m))) {
+            Ok(o) => report.scenario("l4linux/shell-input", &o),
+            Err(e) => report.fail("l4linux/shell-input", &e.to_string()),
         }
     }
     if panic {

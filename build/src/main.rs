@@ -21,8 +21,13 @@ cargo xtask <command> [options]
 
   setup            install what is missing (QEMU, Debian packages, Rust targets); idempotent
   build            build the kernel and the user programs
-  run              build and boot the default scenario in QEMU, serial console on the terminal
-      --scenario NAME   boot another scenario (see `cargo xtask run --list`)
+  run              build and boot L4Linux on the microkernel in QEMU to a busybox shell, serial
+                   console on the terminal (Ctrl-A X quits QEMU)
+      --exec CMD        run CMD in L4Linux instead, print its output, exit with its status
+      --overlay DIR     add a directory tree on top of the rootfs (repeatable)
+      --deb NAME        add a Debian package and its library dependencies (repeatable)
+      --rootfs CPIO     use your own (Buildroot) rootfs.cpio[.gz] instead of busybox + debs
+      --scenario NAME   boot a microkernel scenario instead (see `cargo xtask run --list`)
       --list            list the scenarios
       --gdb             wait for a debugger on :1234 before starting
       --qemu-arg ARG    extra QEMU argument (repeatable); or put them after `--`
@@ -84,9 +89,6 @@ fn cmd_run(mut a: Args) -> Result<i32> {
     if a.flag("--reference") {
         return reference::cmd_run(a);
     }
-    if a.flag("--l4linux") {
-        return l4linux::cmd_run(a);
-    }
     if a.flag("--list") {
         a.finish()?;
         let list = ktests::scenario_list();
@@ -97,7 +99,10 @@ fn cmd_run(mut a: Args) -> Result<i32> {
         return Ok(0);
     }
     let gdb = a.flag("--gdb");
-    let scenario = a.value("--scenario")?.unwrap_or_else(|| ktests::DEFAULT_SCENARIO.to_string());
+    // The default: L4Linux to a shell (or `--exec`).
+    let Some(scenario) = a.value("--scenario")? else {
+        return l4linux::cmd_run(a, gdb);
+    };
     let mut extra = a.values("--qemu-arg")?;
     extra.extend(a.rest());
     a.finish()?;

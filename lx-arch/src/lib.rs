@@ -37,6 +37,8 @@ pub(crate) mod slot {
     pub const FACTORY: CapIdx = CapIdx(20);
     /// The timer Irq.
     pub const TIMER: CapIdx = CapIdx(21);
+    /// The console-input Irq.
+    pub const CONSOLE: CapIdx = CapIdx(22);
     /// The first of the slots for process tasks ([`crate::task`]).
     pub const FIRST_TASK: u64 = 1024;
 }
@@ -50,6 +52,7 @@ fn main(args: &str) -> i32 {
     }
     // Optional: with it, Linux halting powers the machine off with Linux's status.
     let platform = l4::ipc::namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL).is_ok();
+    take_terminal();
     let (argc, argv) = args::argv(args);
     // SAFETY: argv holds argc NUL-terminated strings followed by a null pointer, in static
     // storage that lives for the program (see `args`); linux_main expects exactly that.
@@ -87,9 +90,29 @@ pub unsafe extern "C" fn lx_console_write(s: *const u8, n: usize) {
 /// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
 /// stated sizes, or null where the function checks.
 #[no_mangle]
-pub unsafe extern "C" fn lx_console_read(_buf: *mut u8, _n: usize) -> c_int {
-    // The kernel console has no input path yet (see lx-arch/README.md).
-    0
+pub unsafe extern "C" fn lx_console_read(buf: *mut u8, n: usize) -> c_int {
+    if buf.is_null() {
+        return -22;
+    }
+    // SAFETY: the C half passes a buffer of n writable bytes.
+    let buf = unsafe { core::slice::from_raw_parts_mut(buf, n) };
+    match vcpu::held(|| l4::io::read(buf)) {
+        Ok(n) => n as c_int,
+        Err(e) => -(e as c_int),
+    }
+}
+
+/// Makes Linux the console's terminal: its output goes out as written (no name prefix) and
+/// input raises the console Irq, which reaches the vCPU as `LX_IRQ_CONSOLE`. Without it Linux
+/// still runs, with output only.
+fn take_terminal() {
+    let label = vcpu::IRQ_CONSOLE.trailing_zeros() as u64 + 1;
+    let r = l4::ipc::factory::irq(slot::FACTORY, slot::CONSOLE)
+        .and_then(|()| l4::ipc::irq::attach(slot::CONSOLE, wk::THREAD, label))
+        .and_then(|()| l4::io::terminal(Some(slot::CONSOLE)));
+    if let Err(e) = r {
+        l4::println!("no console input ({e:?}): another program is the terminal?");
+    }
 }
 
 /// `lx_exit`: the end of the Linux program (after halt/reboot, or a fatal error).

@@ -19,6 +19,7 @@ const STATE: u64 = BOOT_UTCB_ADDR + 1024;
 
 /// Interrupt sources as bits (`LX_IRQ_*` in lx_arch.h); the Irq label is the bit number + 1.
 pub const IRQ_TIMER: u32 = 1 << 0;
+pub const IRQ_CONSOLE: u32 = 1 << 1;
 
 /// Events `lx_upcall_kind` and `lx_user_event` report (`LX_EV_*` in lx_arch.h).
 const EV_IRQ: c_int = 1;
