@@ -25,10 +25,16 @@ const LINUX_MIB: u32 = 384;
 /// factory for its processes' tasks and its timer, and the platform to power off with its
 /// status.
 fn boot_cfg(mode: &str, initrd_mib: u64) -> String {
+    boot_cfg_with(mode, initrd_mib, "")
+}
+
+/// [`boot_cfg`] with `append` added to Linux's command line.
+fn boot_cfg_with(mode: &str, initrd_mib: u64, append: &str) -> String {
+    let extra = if append.is_empty() { String::new() } else { format!(" {append}") };
     let quota = LINUX_MIB as u64 + initrd_mib + 8;
     format!(
         "start linux quota={quota}M\n    \
-         args \"mem={LINUX_MIB}M initrd=rootfs.cpio.gz console=ttyL0 l4rs.mode={mode} L4RS_SYSTEM=l4linux\"\n    \
+         args \"mem={LINUX_MIB}M initrd=rootfs.cpio.gz console=ttyL0 l4rs.mode={mode} L4RS_SYSTEM=l4linux{extra}\"\n    \
          cap factory = @factory\n    \
          cap platform = @platform\n    \
          file rootfs.cpio.gz\n"
@@ -37,7 +43,13 @@ fn boot_cfg(mode: &str, initrd_mib: u64) -> String {
 
 /// The machine booting L4Linux in `mode` (`shell`, `test`, `bench`, `exec`) on `image`.
 pub fn machine(art: &Artifacts, image: &Image, mode: &str) -> Result<Machine> {
-    machine_with(art, image, &format!("l4linux-{mode}"), |initrd_mib| boot_cfg(mode, initrd_mib), &[])
+    machine_appending(art, image, mode, "")
+}
+
+/// [`machine`] with `append` added to Linux's command line.
+fn machine_appending(art: &Artifacts, image: &Image, mode: &str, append: &str) -> Result<Machine> {
+    let script = |initrd_mib| boot_cfg_with(mode, initrd_mib, append);
+    machine_with(art, image, &format!("l4linux-{mode}"), script, &[])
 }
 
 /// A machine with L4Linux, `image` and `extra` programs as modules, and the boot script
@@ -149,6 +161,7 @@ pub fn scenario(name: &str, m: Machine, limit: Duration) -> Scenario {
 /// to a shell on the terminal, or running CMD and ending with its status.
 pub fn cmd_run(mut a: crate::util::Args, gdb: bool) -> Result<i32> {
     let exec = a.value("--exec")?;
+    let append = a.value("--append")?.unwrap_or_default();
     let spec = crate::rootfs::spec_from_args(&mut a)?;
     let mut extra = a.values("--qemu-arg")?;
     extra.extend(a.rest());
@@ -160,7 +173,7 @@ pub fn cmd_run(mut a: crate::util::Args, gdb: bool) -> Result<i32> {
         Some(cmd) => crate::rootfs::with_exec(&base, cmd, "l4linux-exec")?,
         None => base,
     };
-    let mut m = machine(&art, &image, if exec.is_some() { "exec" } else { "shell" })?;
+    let mut m = machine_appending(&art, &image, if exec.is_some() { "exec" } else { "shell" }, &append)?;
     m.extra = extra;
     crate::qemu::run_interactive(&m, gdb)
 }

@@ -27,6 +27,8 @@ cargo xtask <command> [options]
       --overlay DIR     add a directory tree on top of the rootfs (repeatable)
       --deb NAME        add a Debian package and its library dependencies (repeatable)
       --rootfs CPIO     use your own (Buildroot) rootfs.cpio[.gz] instead of busybox + debs
+      --append TEXT     add TEXT to Linux's command line (e.g. `lx.profile`: os-L4's time per
+                        process event, printed at power-off)
       --scenario NAME   boot a microkernel scenario instead (see `cargo xtask run --list`)
       --list            list the scenarios
       --gdb             wait for a debugger on :1234 before starting

@@ -52,6 +52,9 @@ fn main(args: &str) -> i32 {
     }
     // Optional: with it, Linux halting powers the machine off with Linux's status.
     let platform = l4::ipc::namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL).is_ok();
+    if args.split_ascii_whitespace().any(|a| a == "lx.profile") {
+        vcpu::PROFILE.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
     take_terminal();
     let (argc, argv) = args::argv(args);
     // SAFETY: argv holds argc NUL-terminated strings followed by a null pointer, in static
@@ -60,6 +63,10 @@ fn main(args: &str) -> i32 {
     vcpu::disable();
     // SAFETY: a plain int Linux writes before it returns; nothing else runs by now.
     let status = unsafe { uml_exitcode };
+    if vcpu::PROFILE.load(core::sync::atomic::Ordering::Relaxed) {
+        let (n, c) = vcpu::profile();
+        l4::println!("os-L4 profile: {n} process events, {c} cycles each in Linux from upcall to resume");
+    }
     if platform {
         l4::println!("halted with status {status}; powering off");
         l4::sys::shutdown(status as u64);

@@ -12,7 +12,7 @@ use abi::syscall::{timeout, Flags};
 use abi::vcpu::{state, sticky, trap, VcpuState};
 use abi::{CapSel, MsgTag};
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The state area: the second 1 KiB slot of our UTCB area (the first is the thread's UTCB).
 const STATE: u64 = BOOT_UTCB_ADDR + 1024;
@@ -30,6 +30,19 @@ const EV_GONE: c_int = 5;
 
 /// Set once the thread is a vCPU; before that the interrupt flag is meaningless.
 static READY: AtomicBool = AtomicBool::new(false);
+
+/// `lx.profile` on the command line: how long Linux takes from a process's upcall to resuming
+/// a process (cycles, summed over events), printed when Linux halts.
+pub static PROFILE: AtomicBool = AtomicBool::new(false);
+static PROFILE_T0: AtomicU64 = AtomicU64::new(0);
+static PROFILE_SUM: AtomicU64 = AtomicU64::new(0);
+static PROFILE_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The profile's result: (events, cycles in Linux per event).
+pub fn profile() -> (u64, u64) {
+    let n = PROFILE_EVENTS.load(Ordering::Relaxed);
+    (n, PROFILE_SUM.load(Ordering::Relaxed) / n.max(1))
+}
 
 fn area() -> *mut VcpuState {
     STATE as *mut VcpuState
@@ -179,6 +192,9 @@ pub unsafe extern "C" fn lx_upcall_kind(bits: *mut u32) -> c_int {
     // SAFETY: only field addresses are computed.
     let saved = read(|s| unsafe { &raw mut (*s).saved_state });
     if saved & state::USER_MODE != 0 {
+        if PROFILE.load(Ordering::Relaxed) {
+            PROFILE_T0.store(l4::sys::cycles(), Ordering::Relaxed);
+        }
         return EV_USER;
     }
     // SAFETY: as above.
@@ -326,6 +342,11 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
         r.gs_base = g[gp::GS_BASE];
         (&raw mut (*s).user_task).write_volatile(task as u64);
         (&raw mut (*s).saved_state).write_volatile(state::USER_MODE | state::IRQ);
+    }
+    let t0 = PROFILE_T0.swap(0, Ordering::Relaxed);
+    if t0 != 0 {
+        PROFILE_SUM.fetch_add(l4::sys::cycles() - t0, Ordering::Relaxed);
+        PROFILE_EVENTS.fetch_add(1, Ordering::Relaxed);
     }
     // Pages UML's sync just mapped into this process go with the resume.
     match crate::task::items_for_resume(task as u64) {
