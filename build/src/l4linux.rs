@@ -271,23 +271,7 @@ fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn
     if let Some(why) = &o.failure {
         println!("l4linux/abi boot: {why} (log {})", o.log_path.display());
     }
-    let mut any_failed = false;
-    for (name, verdict) in crate::reference::judge_abi(&image.abi_tests, &console(&o.log)) {
-        if !wanted(&name) {
-            continue;
-        }
-        let full = format!("l4linux/abi/{name}");
-        match verdict {
-            None => report.pass(&full, ""),
-            Some(why) => {
-                any_failed = true;
-                report.fail(&full, &why);
-            }
-        }
-    }
-    if any_failed {
-        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(30));
-    }
+    crate::reference::report_abi(report, "l4linux", &image.abi_tests, &console(&o.log), &o, wanted);
 }
 
 /// Linux's console output from the serial log: the kernel console prefixes each line of a

@@ -180,7 +180,7 @@ fn parse_summary(log: &str) -> Option<(usize, usize)> {
 
 /// Judges the suite against the tests put into the image: one verdict per expected test, plus
 /// unexpected names and a summary that disagrees with the lines.
-pub(crate) fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
+fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
     let results = parse_abi(log);
     let mut v = Vec::new();
     for name in expected {
@@ -284,12 +284,25 @@ fn abi_boot(report: &mut Report, guest: &Guest, wanted: &dyn Fn(&str) -> bool) {
         // The suite's own failures show below; this line says whether the boot itself went wrong.
         println!("{p}/abi boot: {why} (log {})", o.log_path.display());
     }
+    report_abi(report, p, &guest.image.abi_tests, &o.log, &o, wanted);
+}
+
+/// Records the ABI suite's verdicts in `log` (the guest's console) as `<system>/abi/<name>`, the
+/// `wanted` ones; after a failure shows the end of the boot's log.
+pub(crate) fn report_abi(
+    report: &mut Report,
+    system: &str,
+    expected: &[String],
+    log: &str,
+    o: &qemu::Outcome,
+    wanted: &dyn Fn(&str) -> bool,
+) {
     let mut any_failed = false;
-    for (name, verdict) in judge_abi(&guest.image.abi_tests, &o.log) {
+    for (name, verdict) in judge_abi(expected, log) {
         if !wanted(&name) {
             continue;
         }
-        let full = format!("{p}/abi/{name}");
+        let full = format!("{system}/abi/{name}");
         match verdict {
             None => report.pass(&full, ""),
             Some(why) => {
