@@ -16,6 +16,9 @@
 pub const KIP_ADDR: u64 = 0x7fff_fff0_0000;
 /// User address of a boot task's UTCB area (16 KiB: 16 UTCBs); the first is its first thread's.
 pub const BOOT_UTCB_ADDR: u64 = 0x7fff_ffe0_0000;
+/// log2 size of a program's UTCB area at [`BOOT_UTCB_ADDR`]: 16 KiB, 16 UTCBs of 1 KiB (the
+/// first is the main thread's).
+pub const UTCB_AREA_ORDER: u32 = 14;
 /// Initial stack pointer of a boot task.
 pub const BOOT_STACK_TOP: u64 = 0x7fff_ff00_0000;
 /// Bytes of stack mapped for a boot task below [`BOOT_STACK_TOP`].

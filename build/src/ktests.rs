@@ -49,6 +49,16 @@ start ktest name=client
     cap platform = @platform
 "#;
 
+/// Threads: one program may make them (factory and scheduler granted), one may not.
+const BOOT_CFG_THREADS: &str = r#"start ktest prio=110 name=denied
+    args "threads-denied"
+start ktest name=threads
+    args "threads"
+    cap factory = @factory
+    cap scheduler = @scheduler
+    cap platform = @platform
+"#;
+
 /// A program that ends: moe hears of it and deletes its task.
 const BOOT_CFG_EXIT: &str = r#"start hello
     args "as a child of moe"
@@ -250,6 +260,20 @@ fn defs() -> Vec<Def> {
                 ("started", "moe: 2 of 2 programs started".into()),
                 ("server-bound", "server: serving `hello`".into()),
                 ("client-called", "client: hello answered 42".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "threads",
+            what: "l4::thread in programs moe starts: with @factory and @scheduler threads run and join; without, NoEnt",
+            programs: under_moe(&["ktest"], BOOT_CFG_THREADS),
+            append: "",
+            forbidden: &["FAILED"],
+            checks: vec![
+                ("denied", "denied: threads denied".into()),
+                ("results", "threads: threads returned [499500, 999000, 1498500], counter 3000".into()),
+                ("all-slots", "threads: threads ok".into()),
             ],
             status: Some(0),
             input: &[],

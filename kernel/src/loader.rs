@@ -26,7 +26,7 @@ use kernel_core::slab::Id;
 const BOOT_PRIO: u8 = 100;
 const SIGMA0_PRIO: u8 = 200;
 /// Pages of a boot task's UTCB area (4 UTCBs each).
-const BOOT_UTCB_PAGES: u64 = 4;
+const BOOT_UTCB_PAGES: u64 = (1 << abi::kip::UTCB_AREA_ORDER) / 4096;
 /// Memory the kernel keeps for itself when sigma0 takes the rest (at least this much).
 const KERNEL_MIN_RESERVE: u64 = 32 << 20;
 

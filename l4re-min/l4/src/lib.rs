@@ -18,6 +18,8 @@ pub mod ipc;
 #[cfg(feature = "runtime")]
 pub mod loader;
 pub mod sys;
+#[cfg(feature = "runtime")]
+pub mod thread;
 
 pub use sys::{invoke, kip, shutdown};
 

@@ -5,7 +5,7 @@
 
 use crate::ipc::{factory, scheduler, task, thread};
 use abi::cap::well_known as wk;
-use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, USER_END};
+use abi::kip::{BOOT_STACK_SIZE, BOOT_STACK_TOP, BOOT_UTCB_ADDR, KIP_ADDR, USER_END, UTCB_AREA_ORDER};
 use abi::proto::{fpage::Fpage, map, thread_control as tc};
 use abi::{CapIdx, Error, Rights};
 use alloc::collections::BTreeMap;
@@ -119,7 +119,7 @@ pub fn spawn(
     if pages.is_empty() {
         return Err(LoadError::BadElf("no loadable segments"));
     }
-    factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, 12, Rights::ALL))?;
+    factory::task(wk::FACTORY, slots.task, Fpage::memory(BOOT_UTCB_ADDR, UTCB_AREA_ORDER, Rights::ALL))?;
     let r = task::set_name(slots.task, name)
         .map_err(LoadError::from)
         .and_then(|()| load_image(&e, elf, &pages, slots.task, src))

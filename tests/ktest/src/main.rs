@@ -12,6 +12,7 @@ mod ns;
 mod objects;
 mod spawn;
 mod terminal;
+mod threads;
 mod vcpu;
 mod vcpubench;
 
@@ -34,6 +35,14 @@ fn main(args: &str) -> i32 {
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("spawn"), _) => finish(spawn::run()),
         (Some("terminal"), _) => finish(terminal::run()),
+        (Some("threads"), _) => finish(threads::run()),
+        (Some("threads-denied"), _) => match threads::denied() {
+            Ok(()) => 0,
+            Err(why) => {
+                println!("FAILED: {why}");
+                1
+            }
+        },
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
