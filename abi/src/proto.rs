@@ -76,6 +76,11 @@ protocols! {
         Bind = 0x10,
         /// Reply: `MR[0]` = the gate's label, `MR[1]` = 1 if bound.
         GetInfo = 0x11,
+        /// Needs W. `MR[1]` = an Irq capability slot of the caller (0: stop watching). The Irq is
+        /// triggered when the gate's capabilities fall to one — the server's own: its client
+        /// dropped its copy or ended — and at once if only one is left already. How a server
+        /// learns that the client of a session gate is gone.
+        Watch = 0x12,
     }
     /// A task: an address space plus a capability table.
     task: Task = -11 {

@@ -49,6 +49,18 @@ start ktest name=client
     cap platform = @platform
 "#;
 
+/// A session server and its client, wired by the script's gate `hello`.
+const BOOT_CFG_SESSION: &str = r#"gate hello
+start ktest prio=120 name=server
+    args "session-server"
+    cap hello = hello server
+    cap factory = @factory
+    cap platform = @platform
+start ktest name=client
+    args "session-client"
+    cap hello = hello
+"#;
+
 /// Threads: one program may make them (factory and scheduler granted), one may not.
 const BOOT_CFG_THREADS: &str = r#"start ktest prio=110 name=denied
     args "threads-denied"
@@ -260,6 +272,20 @@ fn defs() -> Vec<Def> {
                 ("started", "moe: 2 of 2 programs started".into()),
                 ("server-bound", "server: serving `hello`".into()),
                 ("client-called", "client: hello answered 42".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "session",
+            what: "a client opens a session with a server; when it ends the server hears of it (IpcGate::Watch) and frees it",
+            programs: under_moe(&["ktest"], BOOT_CFG_SESSION),
+            append: "",
+            forbidden: &["FAILED"],
+            checks: vec![
+                ("opened", "server: session opened".into()),
+                ("used", "client: session answered 42; leaving".into()),
+                ("server-told", "server: session closed: its client is gone; freeing it".into()),
             ],
             status: Some(0),
             input: &[],

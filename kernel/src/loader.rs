@@ -71,7 +71,7 @@ pub fn start_boot_tasks(range: PhysRange) {
             if let Some(t) = k.threads.get(s0).and_then(|t| t.task).and_then(|t| k.tasks.get_mut(t)) {
                 t.io_root = true;
             }
-            let gate = k.gates.insert(Gate { thread: Some(s0), label: 0, factory: None });
+            let gate = k.gates.insert(Gate { thread: Some(s0), label: 0, factory: None, watch: None });
             for s in started.iter().filter(|s| !s.sigma0) {
                 let Some(task) = k.threads.get(s.thread).and_then(|t| t.task) else { continue };
                 if k.install_cap(task, wk::PAGER, Obj::Gate(gate), Rights::RW | Rights::S).is_ok() {

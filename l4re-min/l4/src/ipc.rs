@@ -231,6 +231,12 @@ pub mod gate {
         let [l, b] = results::<2>();
         Ok((l, b != 0))
     }
+
+    /// Triggers `irq` when only one capability to `gate` is left (ours: the client's copy went);
+    /// `None` stops watching. Call it after handing out the client's copy.
+    pub fn watch(gate: CapIdx, irq: Option<CapIdx>) -> Result<(), Error> {
+        call_words(gate, LABEL, &[Op::Watch.code(), irq.map_or(0, |c| c.0)]).map(|_| ())
+    }
 }
 
 pub mod irq {

@@ -10,6 +10,7 @@ mod fuzz;
 mod intertask;
 mod ns;
 mod objects;
+mod session;
 mod spawn;
 mod terminal;
 mod threads;
@@ -36,6 +37,14 @@ fn main(args: &str) -> i32 {
         (Some("spawn"), _) => finish(spawn::run()),
         (Some("terminal"), _) => finish(terminal::run()),
         (Some("threads"), _) => finish(threads::run()),
+        (Some("session-server"), _) => finish(session::server()),
+        (Some("session-client"), _) => match session::client() {
+            Ok(()) => 0,
+            Err(why) => {
+                println!("FAILED: {why}");
+                1
+            }
+        },
         (Some("threads-denied"), _) => match threads::denied() {
             Ok(()) => 0,
             Err(why) => {

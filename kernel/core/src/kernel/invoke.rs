@@ -417,7 +417,7 @@ impl<A: Arch> Kernel<A> {
                 };
                 let label = m.get(4)?;
                 self.charge(fac, cost::SMALL)?;
-                Obj::Gate(self.gates.insert(Gate { thread: th, label, factory: fac }))
+                Obj::Gate(self.gates.insert(Gate { thread: th, label, factory: fac, watch: None }))
             }
             Protocol::Irq => {
                 self.charge(fac, cost::SMALL)?;
@@ -522,6 +522,21 @@ impl<A: Arch> Kernel<A> {
             proto::ipc_gate::Op::GetInfo => {
                 let gate = self.gates.get(g).ok_or(Error::NoEnt)?;
                 Ok(alloc::vec![gate.label, gate.thread.is_some() as u64])
+            }
+            proto::ipc_gate::Op::Watch => {
+                need(rights, Rights::W)?;
+                let irq = match m.get(1)? {
+                    0 => None,
+                    i => match self.cap(me, CapIdx(i)).ok_or(Error::NoEnt)?.obj {
+                        Obj::Irq(i) => Some(i),
+                        _ => return Err(Error::Inval),
+                    },
+                };
+                self.gates.get_mut(g).ok_or(Error::NoEnt)?.watch = irq;
+                if let (Some(i), true) = (irq, self.cap_refs.get(&Obj::Gate(g)).copied().unwrap_or(0) <= 1) {
+                    self.trigger_irq(i)?;
+                }
+                Ok(Vec::new())
             }
         }
     }

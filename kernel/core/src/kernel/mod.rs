@@ -192,6 +192,8 @@ pub struct Gate {
     pub thread: Option<Id>,
     pub label: u64,
     pub factory: Option<Id>,
+    /// `IpcGate::Watch`: the Irq raised when only one capability to the gate is left.
+    pub watch: Option<Id>,
 }
 
 pub struct Irq {
@@ -357,6 +359,12 @@ impl<A: Arch> Kernel<A> {
                 }
                 None => 0,
             };
+            if let (1, Obj::Gate(g)) = (left, e.value) {
+                if let Some(irq) = self.gates.get(g).and_then(|g| g.watch) {
+                    // The Irq may be gone (ids are never reused): then nobody listens.
+                    let _ = self.trigger_irq(irq);
+                }
+            }
             if left == 0 {
                 self.cap_refs.remove(&e.value);
                 if !matches!(e.value, Obj::Scheduler | Obj::Log | Obj::Icu | Obj::PlatformCtl) {

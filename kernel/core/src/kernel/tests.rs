@@ -491,3 +491,57 @@ fn lazy_memory_is_mapped_block_by_block_and_once() {
     // Outside every lazy range nothing happens.
     assert!(!m.k.materialize(task, va + 600 * 4096));
 }
+
+#[test]
+fn a_watched_gate_tells_its_server_when_the_client_copy_goes() {
+    let mut m = machine(4 << 20);
+    let me = m.k.current_task().unwrap();
+    // A session gate (ours, slot 30), a client task (31) with a copy of it, an Irq (32) pending
+    // on nobody: its `pending` flag shows each trigger.
+    m.gate(CapIdx(30), CapIdx(0), 5);
+    m.op(
+        wk::FACTORY,
+        proto::factory::LABEL,
+        &[0, Protocol::Task.label() as u64, 31, Fpage::memory(UTCB, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    m.op(wk::FACTORY, proto::factory::LABEL, &[0, Protocol::Irq.label() as u64, 32]).unwrap();
+    let irq = match m.k.cap(me, CapIdx(32)).unwrap().obj {
+        Obj::Irq(i) => i,
+        _ => unreachable!(),
+    };
+    let pending = |m: &mut M| core::mem::replace(&mut m.k.irqs.get_mut(irq).unwrap().pending, false);
+    let watch = proto::ipc_gate::Op::Watch.code();
+    // Only our capability so far: the watch fires at once.
+    m.op(CapIdx(30), proto::ipc_gate::LABEL, &[watch, 32]).unwrap();
+    assert!(pending(&mut m), "a gate nobody else holds is reported at once");
+    // The client gets its copy (twice: a second slot), then drops them one by one.
+    let copy = |m: &mut M, at: u64| {
+        let fp = Fpage::object(CapIdx(30), 0, Rights::RW);
+        m.op(CapIdx(31), proto::task::LABEL, &[0, wk::TASK.0, fp.0, at << 12]).unwrap();
+    };
+    copy(&mut m, 40);
+    copy(&mut m, 41);
+    assert!(!pending(&mut m));
+    m.op(
+        CapIdx(31),
+        proto::task::LABEL,
+        &[1, unmap_mask::ALL_SPACES, Fpage::object(CapIdx(40), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    assert!(!pending(&mut m), "the client still holds a copy");
+    // The client task ends: its last copy goes, and the server hears of it.
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(31), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    assert!(pending(&mut m), "the client's end is reported");
+    // Unwatched: nothing more.
+    m.op(CapIdx(30), proto::ipc_gate::LABEL, &[watch, 0]).unwrap();
+    assert!(!pending(&mut m));
+    // Watching needs an Irq: anything else is refused.
+    assert_eq!(m.op(CapIdx(30), proto::ipc_gate::LABEL, &[watch, 30]), Err(Error::Inval));
+    assert_eq!(m.k.self_check(), Ok(()));
+}
