@@ -38,20 +38,8 @@ fn main(args: &str) -> i32 {
         (Some("terminal"), _) => finish(terminal::run()),
         (Some("threads"), _) => finish(threads::run()),
         (Some("session-server"), _) => finish(session::server()),
-        (Some("session-client"), _) => match session::client() {
-            Ok(()) => 0,
-            Err(why) => {
-                println!("FAILED: {why}");
-                1
-            }
-        },
-        (Some("threads-denied"), _) => match threads::denied() {
-            Ok(()) => 0,
-            Err(why) => {
-                println!("FAILED: {why}");
-                1
-            }
-        },
+        (Some("session-client"), _) => status(session::client()),
+        (Some("threads-denied"), _) => status(threads::denied()),
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
@@ -85,6 +73,18 @@ fn main(args: &str) -> i32 {
             2
         }
     }
+}
+
+/// For programs that end without powering off (their parent hears the status): 0 on success,
+/// else the failure reported and 1.
+fn status(r: Result<(), &'static str>) -> i32 {
+    r.map_or_else(
+        |why| {
+            println!("FAILED: {why}");
+            1
+        },
+        |()| 0,
+    )
 }
 
 /// Powers off with 0 on success; reports and returns a failure status otherwise.
