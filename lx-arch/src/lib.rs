@@ -22,6 +22,7 @@ mod vcpu;
 
 use abi::cap::well_known as wk;
 use core::ffi::{c_char, c_int};
+use core::sync::atomic::Ordering;
 
 extern "C" {
     /// UML's kernel entry (`arch/um/kernel/um_arch.c`); returns when Linux halts or reboots.
@@ -53,7 +54,7 @@ fn main(args: &str) -> i32 {
     // Optional: with it, Linux halting powers the machine off with Linux's status.
     let platform = l4::ipc::namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL).is_ok();
     if args.split_ascii_whitespace().any(|a| a == "lx.profile") {
-        vcpu::PROFILE.store(true, core::sync::atomic::Ordering::Relaxed);
+        vcpu::PROFILE.store(true, Ordering::Relaxed);
     }
     take_terminal();
     let (argc, argv) = args::argv(args);
@@ -63,9 +64,12 @@ fn main(args: &str) -> i32 {
     vcpu::disable();
     // SAFETY: a plain int Linux writes before it returns; nothing else runs by now.
     let status = unsafe { uml_exitcode };
-    if vcpu::PROFILE.load(core::sync::atomic::Ordering::Relaxed) {
+    if vcpu::PROFILE.load(Ordering::Relaxed) {
         let (n, c) = vcpu::profile();
         l4::println!("os-L4 profile: {n} process events, {c} cycles each in Linux from upcall to resume");
+        let (r, m) = (task::ON_RESUME.load(Ordering::Relaxed), task::BY_MAP.load(Ordering::Relaxed));
+        let sc = task::SYSCALL_CYCLES.load(Ordering::Relaxed) / n.max(1);
+        l4::println!("os-L4 profile: {r} pages mapped by resumes, {m} by Task::Map; {sc} cycles per event in task calls");
     }
     if platform {
         l4::println!("halted with status {status}; powering off");

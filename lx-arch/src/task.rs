@@ -96,17 +96,36 @@ fn batch() -> &'static mut Batch {
     unsafe { &mut *BATCH.0.get() }
 }
 
+/// Cycles spent in the kernel calls of this module (task create/delete, maps and unmaps not
+/// carried by a resume), for `lx.profile`.
+pub static SYSCALL_CYCLES: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f`, adding its cycles to [`SYSCALL_CYCLES`].
+fn timed<R>(f: impl FnOnce() -> R) -> R {
+    let t0 = l4::sys::cycles();
+    let r = f();
+    SYSCALL_CYCLES.fetch_add(l4::sys::cycles() - t0, Ordering::Relaxed);
+    r
+}
+
+/// Map items carried by a resume, and sent by `Task::Map` instead (`lx.profile`).
+pub static ON_RESUME: AtomicU64 = AtomicU64::new(0);
+pub static BY_MAP: AtomicU64 = AtomicU64::new(0);
+
 /// Sends the waiting items with `Task::Map` (their task is not the one resumed next).
 fn flush() -> c_int {
     let b = batch();
     let (task, n) = (b.task, core::mem::take(&mut b.n));
-    held(|| {
-        for &(virt, fp) in &b.items[..n] {
-            if let Err(e) = l4::ipc::task::map(CapIdx(task), wk::TASK, fp, virt) {
-                return -(e as c_int);
+    BY_MAP.fetch_add(n as u64, Ordering::Relaxed);
+    timed(|| {
+        held(|| {
+            for &(virt, fp) in &b.items[..n] {
+                if let Err(e) = l4::ipc::task::map(CapIdx(task), wk::TASK, fp, virt) {
+                    return -(e as c_int);
+                }
             }
-        }
-        0
+            0
+        })
     })
 }
 
@@ -148,7 +167,7 @@ pub extern "C" fn lx_task_unmap(task: c_int, virt: u64, len: u64) -> c_int {
     if e != 0 {
         return e;
     }
-    unmap_range(c, virt, len, true)
+    timed(|| unmap_range(c, virt, len, true))
 }
 
 /// Puts the items waiting for `task` into the message registers from MR[1] for its resume;
@@ -165,6 +184,7 @@ pub fn items_for_resume(task: u64) -> Result<u64, c_int> {
         };
     }
     let n = core::mem::take(&mut b.n);
+    ON_RESUME.fetch_add(n as u64, Ordering::Relaxed);
     for (i, &(virt, fp)) in b.items[..n].iter().enumerate() {
         l4::ipc::put_map_item(1 + 2 * i, virt, fp, false);
     }
