@@ -271,8 +271,27 @@ pub mod namespace {
     /// `[offset, offset + 2^size)` (zero past the end) unless the offset is past the end.
     /// The copy counts against the program's quota.
     pub const FILE: u64 = 1;
+    /// A new dataspace of `MR[1]` bytes (rounded up to pages), zeroed, charged to the program's
+    /// quota; `BR[0]` = an object receive window. Reply: a map item with the dataspace
+    /// capability (read-write; `dataspace::READ_ONLY` gives a read-only one to share).
+    pub const ALLOC: u64 = 2;
     /// Longest name.
     pub const NAME_MAX: usize = 32;
+}
+
+/// Dataspaces (label `LABEL`), served by the root task on each dataspace capability: memory a
+/// program allocates (`namespace::ALLOC`) and shares by passing the capability. A dataspace is
+/// freed, and its pages revoked everywhere, when no program holds a capability to it any more.
+pub mod dataspace {
+    pub const LABEL: i64 = 0x4003;
+    /// Reply: `MR[0]` = size in bytes.
+    pub const SIZE: u64 = 0;
+    /// `MR[1]` = byte offset (page aligned); `BR[0]` = a memory receive window. Reply: a map
+    /// item with that page, writable only through a read-write capability.
+    pub const MAP: u64 = 1;
+    /// `BR[0]` = an object receive window. Reply: a map item with a read-only capability to
+    /// the same dataspace.
+    pub const READ_ONLY: u64 = 2;
 }
 
 /// The parent protocol: a program tells the task that started it about its life, as L4Re's

@@ -61,6 +61,21 @@ start ktest name=client
     cap hello = hello
 "#;
 
+/// The session pair with a dataspace shared through the session.
+const BOOT_CFG_DATASPACE: &str = r#"gate hello
+start ktest prio=120 name=server
+    args "session-server"
+    cap hello = hello server
+    cap factory = @factory
+    cap scheduler = @scheduler
+    cap platform = @platform
+start ktest name=client
+    args "ds-client"
+    cap hello = hello
+    cap factory = @factory
+    cap scheduler = @scheduler
+"#;
+
 /// Threads: one program may make them (factory and scheduler granted), one may not.
 const BOOT_CFG_THREADS: &str = r#"start ktest prio=110 name=denied
     args "threads-denied"
@@ -286,6 +301,21 @@ fn defs() -> Vec<Def> {
                 ("opened", "server: session opened".into()),
                 ("used", "client: session answered 42; leaving".into()),
                 ("server-told", "server: session closed: its client is gone; freeing it".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "dataspace",
+            what: "a client allocates a dataspace, writes it through its region manager, shares it read-only through a session; the server reads it; moe frees it when nobody holds it",
+            programs: under_moe(&["ktest"], BOOT_CFG_DATASPACE),
+            append: "",
+            forbidden: &["FAILED", "rm: "],
+            checks: vec![
+                ("server-read", "server: read from the shared dataspace: \"written by the client into a dataspace\"".into()),
+                ("client-done", "client: the server read our dataspace; leaving".into()),
+                ("session-freed", "server: session closed: its client is gone; freeing it".into()),
+                ("freed", "moe: dataspace 0 of client freed (8 KiB): no program holds it".into()),
             ],
             status: Some(0),
             input: &[],

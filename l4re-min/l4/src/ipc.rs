@@ -355,3 +355,39 @@ pub mod namespace {
         Ok(mr(0))
     }
 }
+
+/// Dataspaces (`abi::proto::dataspace`): memory from the root task, shared by capability.
+pub mod ds {
+    use super::*;
+    use proto::dataspace::{LABEL, MAP, READ_ONLY, SIZE};
+
+    /// A new zeroed dataspace of `size` bytes (our namespace's `ALLOC`, within our quota); its
+    /// read-write capability lands in `into`.
+    pub fn alloc(size: u64, into: CapIdx) -> Result<(), Error> {
+        set_br(0, Fpage::object(into, 0, abi::Rights::ALL).0);
+        set_mr(0, proto::namespace::ALLOC);
+        set_mr(1, size);
+        call(abi::cap::well_known::NAMESPACE, MsgTag::new(proto::namespace::LABEL, 2, 0, 0), 0).map(|_| ())
+    }
+
+    pub fn size(ds: CapIdx) -> Result<u64, Error> {
+        set_mr(0, SIZE);
+        call(ds, MsgTag::new(LABEL, 1, 0, 0), 0)?;
+        Ok(mr(0))
+    }
+
+    /// The page at byte `offset` of `ds`, mapped at `at` in our space.
+    pub fn map(ds: CapIdx, offset: u64, at: u64) -> Result<(), Error> {
+        set_br(0, Fpage::memory(at, 12, abi::Rights::ALL).0);
+        set_mr(0, MAP);
+        set_mr(1, offset);
+        call(ds, MsgTag::new(LABEL, 2, 0, 0), 0).map(|_| ())
+    }
+
+    /// A read-only capability to the same dataspace, into `into`.
+    pub fn read_only(ds: CapIdx, into: CapIdx) -> Result<(), Error> {
+        set_br(0, Fpage::object(into, 0, abi::Rights::ALL).0);
+        set_mr(0, READ_ONLY);
+        call(ds, MsgTag::new(LABEL, 1, 0, 0), 0).map(|_| ())
+    }
+}

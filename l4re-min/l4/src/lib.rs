@@ -17,6 +17,8 @@ pub mod io;
 pub mod ipc;
 #[cfg(feature = "runtime")]
 pub mod loader;
+#[cfg(feature = "runtime")]
+pub mod rm;
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod thread;

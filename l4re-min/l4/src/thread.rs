@@ -154,6 +154,11 @@ fn delete(th: CapIdx, done: CapIdx) {
 }
 
 impl JoinHandle {
+    /// The thread's capability (ours, while the handle lives).
+    pub fn cap(&self) -> CapIdx {
+        CapIdx(CAP_BASE + 2 * self.slot as u64)
+    }
+
     /// Waits until the thread's function returned; its value. The thread, its stack and its
     /// UTCB slot are freed.
     pub fn join(mut self) -> Result<i64, Error> {

@@ -5,7 +5,7 @@
 extern crate alloc;
 
 use abi::cap::well_known as wk;
-use abi::proto::{event, exc_regs, fpage::unmap_mask, fpage::Fpage, namespace, parent, sigma0};
+use abi::proto::{dataspace, event, exc_regs, fpage::unmap_mask, fpage::Fpage, namespace, parent, sigma0};
 use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -14,6 +14,7 @@ use l4::ipc::{factory, get_str, mr, put_map_item, server_loop, set_mr, task};
 use l4::loader::{spawn, Slots};
 use l4::println;
 
+mod ds;
 mod mem;
 
 l4::entry!(main);
@@ -103,7 +104,7 @@ fn main(_args: &str) -> i32 {
         }
     }
     println!("{started} of {} programs started", script.programs.len());
-    Moe { script, accounts, pool, img }.serve()
+    Moe { script, accounts, pool, img, ds: ds::Dataspaces::default() }.serve()
 }
 
 /// Where we keep program `i`'s task and thread capabilities; its gate is also its pager.
@@ -144,6 +145,7 @@ struct Moe {
     pool: mem::Pool,
     /// The boot image, for the modules programs read (`file`).
     img: abi::bootimage::BootImage<'static>,
+    ds: ds::Dataspaces,
 }
 
 impl Moe {
@@ -187,7 +189,17 @@ impl Moe {
     fn serve(mut self) -> ! {
         server_loop(|msg| {
             let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };
-            // Every gate we serve is a program's, labelled with its index + 1.
+            if label >= ds::GONE_LABEL {
+                if let Some((id, owner, size)) = self.ds.gone(&mut self.pool, &mut self.accounts, label) {
+                    let name = &self.script.programs[owner].name;
+                    println!("dataspace {id} of {name} freed ({} KiB): no program holds it", size / 1024);
+                }
+                return None;
+            }
+            if label >= ds::GATE_LABEL {
+                return self.dataspace(label - ds::GATE_LABEL, tag);
+            }
+            // Every other gate we serve is a program's, labelled with its index + 1.
             let Some(i) = (label as usize).checked_sub(1).filter(|i| *i < self.script.programs.len()) else {
                 return Some(MsgTag::error(Error::BadProto));
             };
@@ -225,9 +237,51 @@ impl Moe {
                     )
                 }
                 namespace::LABEL if mr(0) == namespace::FILE && tag.words() >= 4 => Some(self.file(i, tag)),
+                namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
+                    match self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1)) {
+                        Ok((id, gate)) => {
+                            put_map_item(0, 0, Fpage::object(gate, 0, Rights::R | Rights::S), false);
+                            // Watched once the program holds its copy: reply first.
+                            let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
+                            self.ds.handed_out(id, 0);
+                            None
+                        }
+                        Err(e) => Some(MsgTag::error(e)),
+                    }
+                }
                 _ => Some(MsgTag::error(Error::BadProto)),
             }
         })
+    }
+
+    /// A request on dataspace gate `n` (`2 id + side`, side 0 read-write, 1 read-only).
+    fn dataspace(&mut self, n: u64, tag: MsgTag) -> Option<MsgTag> {
+        let (id, side) = ((n / 2) as usize, (n % 2) as usize);
+        let Some(d) = self.ds.get(id) else { return Some(MsgTag::error(Error::NoEnt)) };
+        if tag.label() != dataspace::LABEL || tag.words() == 0 {
+            return Some(MsgTag::error(Error::BadProto));
+        }
+        match mr(0) {
+            dataspace::SIZE => {
+                set_mr(0, d.size());
+                Some(MsgTag::new(0, 1, 0, 0))
+            }
+            dataspace::MAP if tag.words() >= 2 => match d.page(mr(1), side) {
+                Some(fp) => {
+                    put_map_item(0, 0, fp, false);
+                    Some(MsgTag::new(0, 0, 1, 0))
+                }
+                None => Some(MsgTag::error(Error::Inval)),
+            },
+            dataspace::READ_ONLY => {
+                let ro = CapIdx(ds::ro_slot(id));
+                put_map_item(0, 0, Fpage::object(ro, 0, Rights::R | Rights::S), false);
+                let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
+                self.ds.handed_out(id, 1);
+                None
+            }
+            _ => Some(MsgTag::error(Error::Inval)),
+        }
     }
 
     /// A `namespace::FILE` request of program `i`: a private copy of part of a module it may

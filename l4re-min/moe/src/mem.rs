@@ -85,6 +85,22 @@ impl Pool {
         Ok(chunk)
     }
 
+    /// A zeroed chunk charged to `a` but not reclaimed with it (a dataspace's page, which may
+    /// outlive the program); it comes back through [`Pool::give_back`].
+    pub fn lend_detached(&mut self, a: &mut Account, order: u32) -> Result<Chunk, Error> {
+        let c = self.lend(a, order)?;
+        a.chunks.retain(|x| *x != c);
+        Ok(c)
+    }
+
+    /// Chunks from [`Pool::lend_detached`] return; `a` is refunded.
+    pub fn give_back(&mut self, a: &mut Account, chunks: &mut Vec<Chunk>) {
+        for c in chunks.drain(..) {
+            a.used = a.used.saturating_sub(1 << c.1);
+            self.free.push(c);
+        }
+    }
+
     /// The program behind `a` is gone: its chunks come back.
     pub fn reclaim(&mut self, a: &mut Account) {
         self.free.append(&mut a.chunks);

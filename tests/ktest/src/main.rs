@@ -39,6 +39,7 @@ fn main(args: &str) -> i32 {
         (Some("threads"), _) => finish(threads::run()),
         (Some("session-server"), _) => finish(session::server()),
         (Some("session-client"), _) => status(session::client()),
+        (Some("ds-client"), _) => status(session::ds_client()),
         (Some("threads-denied"), _) => status(threads::denied()),
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("ns-client"), _) => finish(ns::client()),

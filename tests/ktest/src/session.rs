@@ -2,12 +2,15 @@
 //! client opens a session through the gate the script calls `hello` and gets a gate of its own
 //! (the session); the server watches that gate (`IpcGate::Watch`), so when the client ends and
 //! moe deletes its task, the server hears of it and frees the session.
+//! `ktest ds-client`: the same, and the client shares a dataspace: it writes into one it
+//! attached (region manager), passes a read-only capability through the session, and the
+//! server attaches it and reads what the client wrote.
 
 use crate::objects::{check, ok, R};
 use abi::cap::well_known as wk;
 use abi::proto::fpage::{unmap_mask, Fpage};
 use abi::{CapIdx, MsgTag, Rights};
-use l4::ipc::{self, factory, gate, irq, mr, namespace, put_map_item, set_br, set_mr, task};
+use l4::ipc::{self, ds, factory, gate, irq, mr, namespace, put_map_item, set_br, set_mr, task};
 use l4::println;
 
 const HELLO: CapIdx = CapIdx(20);
@@ -20,15 +23,30 @@ const HELLO_LABEL: u64 = 7;
 const SESSION_LABEL: u64 = 100;
 const GONE_LABEL: u64 = 200;
 const OPEN: u64 = 1;
+/// On the session: a read-only dataspace capability comes with the message.
+const SHARE: u64 = 2;
+/// Where the client's dataspace arrives in the server, and where each attaches it.
+const SHARED: CapIdx = CapIdx(42);
+const DS: CapIdx = CapIdx(22);
+const DS_RO: CapIdx = CapIdx(23);
+const CLIENT_AT: u64 = 0x20_0000_0000;
+const SERVER_AT: u64 = 0x30_0000_0000;
+const TEXT: &[u8] = b"written by the client into a dataspace";
 
 pub fn server() -> R {
     ok(namespace::query(wk::NAMESPACE, "hello", HELLO), "query hello")?;
     ok(namespace::query(wk::NAMESPACE, "factory", wk::FACTORY), "query factory")?;
     ok(namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL), "query platform")?;
     ok(gate::bind(HELLO, wk::THREAD, HELLO_LABEL), "bind hello")?;
+    let rm = namespace::query(wk::NAMESPACE, "scheduler", wk::SCHEDULER).is_ok();
+    if rm {
+        ok(l4::rm::start(), "region manager")?;
+    }
     println!("serving sessions");
     loop {
-        let (_, label) = ok(ipc::wait(0), "wait")?;
+        // A shared dataspace may come with a session message.
+        set_br(0, Fpage::object(SHARED, 0, Rights::ALL).0);
+        let (tag, label) = ok(ipc::wait(0), "wait")?;
         match label {
             HELLO_LABEL if mr(0) == OPEN => {
                 ok(factory::gate(wk::FACTORY, S_GATE, wk::THREAD, SESSION_LABEL), "session gate")?;
@@ -40,6 +58,20 @@ pub fn server() -> R {
                 ok(gate::watch(S_GATE, Some(S_IRQ)), "watch")?;
                 println!("session opened");
             }
+            SESSION_LABEL if rm && mr(0) == SHARE && tag.items() == 1 => {
+                ok(l4::rm::attach(SHARED, SERVER_AT, 8192, 0), "attach the shared dataspace")?;
+                // SAFETY: the region is attached: the region manager maps its pages on touch.
+                let got = unsafe { core::slice::from_raw_parts((SERVER_AT + 4096) as *const u8, TEXT.len()) };
+                let same = got == TEXT;
+                println!("read from the shared dataspace: {:?}", core::str::from_utf8(got).unwrap_or("?"));
+                ok(l4::rm::detach(SERVER_AT), "detach")?;
+                ok(
+                    task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[Fpage::object(SHARED, 0, Rights::ALL)]),
+                    "drop it",
+                )?;
+                set_mr(0, same as u64);
+                ok(ipc::reply(MsgTag::new(0, 1, 0, 0)), "reply")?;
+            }
             SESSION_LABEL => {
                 set_mr(0, mr(0) + 1);
                 ok(ipc::reply(MsgTag::new(0, 1, 0, 0)), "reply")?;
@@ -49,6 +81,9 @@ pub fn server() -> R {
                 let fps = [Fpage::object(S_GATE, 0, Rights::ALL), Fpage::object(S_IRQ, 0, Rights::ALL)];
                 ok(task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &fps), "free the session")?;
                 check(task::cap_info(wk::TASK, S_GATE).is_ok_and(|(l, _)| l == 0), "session gate freed")?;
+                // Before powering off, let the root task (below us) report what the client's
+                // end freed.
+                let _ = ipc::wait(abi::syscall::timeout::pack(0, 200_000));
                 return Ok(());
             }
             _ => println!("unexpected message with label {label}"),
@@ -65,5 +100,28 @@ pub fn client() -> R {
     ok(ipc::call(SESSION, MsgTag::new(0, 1, 0, 0), 0), "call the session")?;
     check(mr(0) == 42, "the session answers")?;
     println!("session answered {}; leaving", mr(0));
+    Ok(())
+}
+
+pub fn ds_client() -> R {
+    ok(namespace::query(wk::NAMESPACE, "hello", HELLO), "query hello")?;
+    ok(l4::rm::start(), "region manager")?;
+    ok(ds::alloc(8000, DS), "allocate a dataspace")?;
+    check(ds::size(DS) == Ok(8192), "the size is rounded up to pages")?;
+    ok(l4::rm::attach(DS, CLIENT_AT, 8192, 0), "attach")?;
+    // SAFETY: the region is attached (8 KiB at CLIENT_AT): its pages are mapped on first touch.
+    unsafe {
+        check(*(CLIENT_AT as *const u64) == 0, "a new dataspace is zeroed")?;
+        core::ptr::copy_nonoverlapping(TEXT.as_ptr(), (CLIENT_AT + 4096) as *mut u8, TEXT.len());
+    }
+    ok(ds::read_only(DS, DS_RO), "read-only capability")?;
+    set_br(0, Fpage::object(SESSION, 0, Rights::ALL).0);
+    set_mr(0, OPEN);
+    ok(ipc::call(HELLO, MsgTag::new(0, 1, 0, 0), 0), "open a session")?;
+    set_mr(0, SHARE);
+    put_map_item(1, 0, Fpage::object(DS_RO, 0, Rights::R | Rights::S), false);
+    ok(ipc::call(SESSION, MsgTag::new(0, 1, 1, 0), 0), "share the dataspace")?;
+    check(mr(0) == 1, "the server read what we wrote")?;
+    println!("the server read our dataspace; leaving");
     Ok(())
 }
