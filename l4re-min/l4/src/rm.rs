@@ -14,11 +14,17 @@ use core::sync::atomic::{AtomicBool, Ordering};
 const RM_GATE: CapIdx = CapIdx(2990);
 const MAX_REGIONS: usize = 16;
 
+/// Where `attach_anywhere` and `reserve` look for free ranges: far above the heap (which grows
+/// from 0x10_0000_0000), below the stacks, UTCBs and KIP.
+const FREE_START: u64 = 0x40_0000_0000;
+const FREE_END: u64 = 0x7000_0000_0000;
+
 #[derive(Clone, Copy)]
 struct Region {
     start: u64,
     size: u64,
-    ds: CapIdx,
+    /// `None`: a reserved area (nothing is mapped there; a fault in it is an error).
+    ds: Option<CapIdx>,
     offset: u64,
 }
 
@@ -54,7 +60,7 @@ fn serve() -> i64 {
         }
         let (addr, ip) = (ipc::mr(0) & !0xfff, ipc::mr(1));
         let hit = with(|l| l.iter().flatten().find(|r| addr >= r.start && addr < r.start + r.size).copied());
-        let mapped = hit.map(|r| ds::map(r.ds, r.offset + (addr - r.start), addr));
+        let mapped = hit.and_then(|r| Some(ds::map(r.ds?, r.offset + (addr - r.start), addr)));
         match mapped {
             Some(Ok(())) => {
                 // The page is in our space now: the faulting thread retries.
@@ -65,7 +71,7 @@ fn serve() -> i64 {
                 crate::sys::exit(139);
             }
             None => {
-                crate::println!("rm: page fault at {addr:#x} (ip {ip:#x}) outside every region");
+                crate::println!("rm: page fault at {addr:#x} (ip {ip:#x}) outside every attached dataspace");
                 crate::sys::exit(139);
             }
         }
@@ -86,23 +92,54 @@ pub fn start() -> Result<(), Error> {
     Ok(())
 }
 
-/// Attaches `size` bytes of dataspace `ds` from byte `offset` at `start` (page aligned).
-pub fn attach(ds: CapIdx, start: u64, size: u64, offset: u64) -> Result<(), Error> {
-    if !start.is_multiple_of(4096) || !size.is_multiple_of(4096) || !offset.is_multiple_of(4096) || size == 0
-    {
-        return Err(Error::Inval);
-    }
-    if offset + size > ds::size(ds)? {
+/// Enters a region at `start`, or (`None`) at the lowest free range of `size` in the search
+/// window; where it went.
+fn insert(start: Option<u64>, size: u64, ds: Option<CapIdx>, offset: u64) -> Result<u64, Error> {
+    if size == 0 || !size.is_multiple_of(4096) || start.is_some_and(|s| !s.is_multiple_of(4096)) {
         return Err(Error::Inval);
     }
     with(|l| {
-        if l.iter().flatten().any(|r| start < r.start + r.size && r.start < start + size) {
-            return Err(Error::Exists);
-        }
+        let overlaps = |a: u64| l.iter().flatten().any(|r| a < r.start + r.size && r.start < a + size);
+        let at = match start {
+            Some(a) if overlaps(a) => return Err(Error::Exists),
+            Some(a) => a,
+            None => {
+                // Candidates: the window's start and the end of every region.
+                let mut best: Option<u64> = None;
+                for a in core::iter::once(FREE_START).chain(l.iter().flatten().map(|r| r.start + r.size)) {
+                    if a >= FREE_START && a + size <= FREE_END && !overlaps(a) && best.is_none_or(|b| a < b) {
+                        best = Some(a);
+                    }
+                }
+                best.ok_or(Error::NoMem)?
+            }
+        };
         let free = l.iter_mut().find(|r| r.is_none()).ok_or(Error::NoMem)?;
-        *free = Some(Region { start, size, ds, offset });
-        Ok(())
+        *free = Some(Region { start: at, size, ds, offset });
+        Ok(at)
     })
+}
+
+/// Attaches `size` bytes of dataspace `ds` from byte `offset` at `start` (page aligned).
+pub fn attach(ds: CapIdx, start: u64, size: u64, offset: u64) -> Result<(), Error> {
+    if !offset.is_multiple_of(4096) || offset + size > ds::size(ds)? {
+        return Err(Error::Inval);
+    }
+    insert(Some(start), size, Some(ds), offset).map(|_| ())
+}
+
+/// Attaches `size` bytes of `ds` from `offset` wherever there is room; the address.
+pub fn attach_anywhere(ds: CapIdx, size: u64, offset: u64) -> Result<u64, Error> {
+    if !offset.is_multiple_of(4096) || offset + size > ds::size(ds)? {
+        return Err(Error::Inval);
+    }
+    insert(None, size, Some(ds), offset)
+}
+
+/// Reserves `size` bytes (at `start`, or wherever there is room): nothing is attached there,
+/// and nothing can be until `detach` of its start; a touch there ends the program.
+pub fn reserve(start: Option<u64>, size: u64) -> Result<u64, Error> {
+    insert(start, size, None, 0)
 }
 
 /// Detaches the region starting at `start`: its pages leave our space.

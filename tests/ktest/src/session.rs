@@ -109,11 +109,22 @@ pub fn ds_client() -> R {
     ok(ds::alloc(8000, DS), "allocate a dataspace")?;
     check(ds::size(DS) == Ok(8192), "the size is rounded up to pages")?;
     ok(l4::rm::attach(DS, CLIENT_AT, 8192, 0), "attach")?;
+    check(
+        l4::rm::attach(DS, CLIENT_AT + 4096, 4096, 0) == Err(abi::Error::Exists),
+        "regions do not overlap",
+    )?;
+    // A reserved area, and a second view of the dataspace wherever there is room.
+    let hole = ok(l4::rm::reserve(None, 1 << 20), "reserve")?;
+    let view = ok(l4::rm::attach_anywhere(DS, 8192, 0), "attach anywhere")?;
+    check(view >= hole + (1 << 20) || view + 8192 <= hole, "not inside the reserved area")?;
     // SAFETY: the region is attached (8 KiB at CLIENT_AT): its pages are mapped on first touch.
     unsafe {
         check(*(CLIENT_AT as *const u64) == 0, "a new dataspace is zeroed")?;
         core::ptr::copy_nonoverlapping(TEXT.as_ptr(), (CLIENT_AT + 4096) as *mut u8, TEXT.len());
     }
+    // SAFETY: `view` maps the same dataspace (attached above): the write shows there.
+    check(unsafe { *((view + 4096) as *const u8) } == TEXT[0], "both views see the same pages")?;
+    ok(l4::rm::detach(view), "detach the second view")?;
     ok(ds::read_only(DS, DS_RO), "read-only capability")?;
     set_br(0, Fpage::object(SESSION, 0, Rights::ALL).0);
     set_mr(0, OPEN);
