@@ -95,6 +95,10 @@ protocols! {
         /// Names the task in kernel messages (log prefix, fault reports), like Fiasco's debugger
         /// object names: `MR[1]` = length (1..=`TASK_NAME_MAX`, UTF-8), `MR[2..]` = the bytes.
         SetName = 3,
+        /// `MR[1]`, `MR[2]` = two slots of the invoked task. Reply: `MR[0]` = 1 if both name the
+        /// same object (Fiasco's `cap_equal`): how a server tells which of its objects a
+        /// capability it received refers to.
+        CapEqual = 4,
     }
     /// A thread.
     thread: Thread = -12 {
@@ -275,6 +279,10 @@ pub mod namespace {
     /// quota; `BR[0]` = an object receive window. Reply: a map item with the dataspace
     /// capability (read-write; `dataspace::READ_ONLY` gives a read-only one to share).
     pub const ALLOC: u64 = 2;
+    /// A new dataspace (charged to the caller) with a copy of the contents of the dataspace
+    /// whose capability comes with the message (one object map item); `BR[0]` = an object
+    /// receive window. Reply: a map item with the copy's read-write capability.
+    pub const COPY: u64 = 3;
     /// Longest name.
     pub const NAME_MAX: usize = 32;
 }

@@ -312,10 +312,12 @@ fn defs() -> Vec<Def> {
             append: "",
             forbidden: &["FAILED", "rm: "],
             checks: vec![
+                ("copied", "client: copied a dataspace".into()),
                 ("server-read", "server: read from the shared dataspace: \"written by the client into a dataspace\"".into()),
                 ("client-done", "client: the server read our dataspace; leaving".into()),
                 ("session-freed", "server: session closed: its client is gone; freeing it".into()),
                 ("freed", "moe: dataspace 0 of client freed (8 KiB): no program holds it".into()),
+                ("copy-freed", "moe: dataspace 1 of client freed (8 KiB): no program holds it".into()),
             ],
             status: Some(0),
             input: &[],

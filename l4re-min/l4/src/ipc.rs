@@ -144,6 +144,12 @@ pub mod task {
     }
 
     /// Names `task` in kernel messages (log prefix, fault reports).
+    /// Whether our slots `a` and `b` name the same object.
+    pub fn cap_equal(task: CapIdx, a: CapIdx, b: CapIdx) -> Result<bool, Error> {
+        call_words(task, LABEL, &[Op::CapEqual.code(), a.0, b.0])?;
+        Ok(mr(0) == 1)
+    }
+
     pub fn set_name(task: CapIdx, name: &str) -> Result<(), Error> {
         if name.is_empty() || name.len() > proto::TASK_NAME_MAX {
             return Err(Error::Inval);
@@ -382,6 +388,15 @@ pub mod ds {
         set_mr(0, MAP);
         set_mr(1, offset);
         call(ds, MsgTag::new(LABEL, 2, 0, 0), 0).map(|_| ())
+    }
+
+    /// A new dataspace (within our quota) with a copy of `ds`'s contents; its read-write
+    /// capability lands in `into`.
+    pub fn copy(ds: CapIdx, into: CapIdx) -> Result<(), Error> {
+        set_br(0, Fpage::object(into, 0, abi::Rights::ALL).0);
+        set_mr(0, proto::namespace::COPY);
+        put_map_item(1, 0, Fpage::object(ds, 0, abi::Rights::R | abi::Rights::S), false);
+        call(abi::cap::well_known::NAMESPACE, MsgTag::new(proto::namespace::LABEL, 1, 1, 0), 0).map(|_| ())
     }
 
     /// A read-only capability to the same dataspace, into `into`.

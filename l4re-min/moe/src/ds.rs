@@ -99,6 +99,34 @@ impl Dataspaces {
         Ok((id, gate_slot(id, 0)))
     }
 
+    /// A new dataspace for program `owner` with a copy of the one `cap` (a capability someone
+    /// sent us, either side) refers to.
+    pub fn copy(
+        &mut self,
+        pool: &mut Pool,
+        a: &mut Account,
+        owner: usize,
+        cap: CapIdx,
+    ) -> Result<(usize, CapIdx), Error> {
+        let src = (0..self.list.len())
+            .filter(|&id| self.list[id].is_some())
+            .find(|&id| {
+                (0..2).any(|side| l4::ipc::task::cap_equal(wk::TASK, cap, gate_slot(id, side)) == Ok(true))
+            })
+            .ok_or(Error::NoEnt)?;
+        let size = self.list[src].as_ref().map_or(0, |d| d.size);
+        let (id, gate) = self.alloc(pool, a, owner, size)?;
+        let (from, to) = (self.list[src].as_ref(), self.list[id].as_ref());
+        if let (Some(from), Some(to)) = (from, to) {
+            for (&(s, _), &(d, _)) in from.pages.iter().zip(&to.pages) {
+                // SAFETY: both are pages of ours, mapped writable (never granted away), and
+                // distinct chunks; nobody else writes the new one yet.
+                unsafe { core::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, 4096) };
+            }
+        }
+        Ok((id, gate))
+    }
+
     pub fn get(&self, id: usize) -> Option<&Ds> {
         self.list.get(id)?.as_ref()
     }

@@ -10,7 +10,7 @@ use abi::{CapIdx, Error, MsgTag, Rights};
 use alloc::string::String;
 use alloc::vec::Vec;
 use bootscript::{Kernel, Script, Target};
-use l4::ipc::{factory, get_str, mr, put_map_item, server_loop, set_mr, task};
+use l4::ipc::{factory, get_str, mr, put_map_item, server_loop, set_br, set_mr, task};
 use l4::loader::{spawn, Slots};
 use l4::println;
 
@@ -23,6 +23,8 @@ l4::entry!(main);
 const GATES: u64 = 100;
 const PROGRAMS: u64 = 300;
 const NAMESPACES: u64 = 700;
+/// Where a capability a program sends us arrives.
+const SCRATCH: CapIdx = CapIdx(999);
 /// Per program granted `@factory`: its own factory.
 const FACTORIES: u64 = 1000;
 /// Kernel memory a program's own factory may spend (page tables, objects): Linux's processes.
@@ -187,7 +189,19 @@ impl Moe {
     }
 
     fn serve(mut self) -> ! {
+        // Capabilities programs send us (`namespace::COPY`) land in SCRATCH; our own calls
+        // (sigma0, factories) change the receive window, so it is set again before each wait.
+        let window = || set_br(0, Fpage::object(SCRATCH, 0, Rights::ALL).0);
+        window();
         server_loop(|msg| {
+            let r = self.handle(msg);
+            window();
+            r
+        })
+    }
+
+    fn handle(&mut self, msg: Result<(MsgTag, u64), Error>) -> Option<MsgTag> {
+        {
             let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };
             if label >= ds::GONE_LABEL {
                 if let Some((id, owner, size)) = self.ds.gone(&mut self.pool, &mut self.accounts, label) {
@@ -237,6 +251,24 @@ impl Moe {
                     )
                 }
                 namespace::LABEL if mr(0) == namespace::FILE && tag.words() >= 4 => Some(self.file(i, tag)),
+                namespace::LABEL if mr(0) == namespace::COPY && tag.items() == 1 => {
+                    let r = self.ds.copy(&mut self.pool, &mut self.accounts[i], i, SCRATCH);
+                    // The sender's capability is not ours to keep.
+                    let _ = task::unmap(
+                        wk::TASK,
+                        unmap_mask::ALL_SPACES,
+                        &[Fpage::object(SCRATCH, 0, Rights::ALL)],
+                    );
+                    match r {
+                        Ok((id, gate)) => {
+                            put_map_item(0, 0, Fpage::object(gate, 0, Rights::R | Rights::S), false);
+                            let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
+                            self.ds.handed_out(id, 0);
+                            None
+                        }
+                        Err(e) => Some(MsgTag::error(e)),
+                    }
+                }
                 namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
                     match self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1)) {
                         Ok((id, gate)) => {
@@ -251,7 +283,7 @@ impl Moe {
                 }
                 _ => Some(MsgTag::error(Error::BadProto)),
             }
-        })
+        }
     }
 
     /// A request on dataspace gate `n` (`2 id + side`, side 0 read-write, 1 read-only).

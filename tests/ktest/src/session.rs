@@ -29,6 +29,7 @@ const SHARE: u64 = 2;
 const SHARED: CapIdx = CapIdx(42);
 const DS: CapIdx = CapIdx(22);
 const DS_RO: CapIdx = CapIdx(23);
+const DS_COPY: CapIdx = CapIdx(24);
 const CLIENT_AT: u64 = 0x20_0000_0000;
 const SERVER_AT: u64 = 0x30_0000_0000;
 const TEXT: &[u8] = b"written by the client into a dataspace";
@@ -125,6 +126,16 @@ pub fn ds_client() -> R {
     // SAFETY: `view` maps the same dataspace (attached above): the write shows there.
     check(unsafe { *((view + 4096) as *const u8) } == TEXT[0], "both views see the same pages")?;
     ok(l4::rm::detach(view), "detach the second view")?;
+    // A copy: the same contents, then its own.
+    ok(ds::copy(DS, DS_COPY), "copy the dataspace")?;
+    let copy = ok(l4::rm::attach_anywhere(DS_COPY, 8192, 0), "attach the copy")?;
+    // SAFETY: `copy` and CLIENT_AT are attached regions of 8 KiB each.
+    unsafe {
+        check(*((copy + 4096) as *const u8) == TEXT[0], "the copy has the contents")?;
+        *((copy + 4096) as *mut u8) = b'W';
+        check(*((CLIENT_AT + 4096) as *const u8) == TEXT[0], "writing the copy leaves the original")?;
+    }
+    println!("copied a dataspace");
     ok(ds::read_only(DS, DS_RO), "read-only capability")?;
     set_br(0, Fpage::object(SESSION, 0, Rights::ALL).0);
     set_mr(0, OPEN);

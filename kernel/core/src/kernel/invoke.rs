@@ -288,6 +288,11 @@ impl<A: Arch> Kernel<A> {
                     c.map_or(0, |c| c.rights.bits() as u64)
                 ])
             }
+            proto::task::Op::CapEqual => {
+                let a = self.cap(t, CapIdx(m.get(1)?)).map(|c| c.obj);
+                let b = self.cap(t, CapIdx(m.get(2)?)).map(|c| c.obj);
+                Ok(alloc::vec![u64::from(a.is_some() && a == b)])
+            }
             proto::task::Op::SetName => {
                 need(rights, Rights::W)?;
                 let len = m.get(1)? as usize;

@@ -545,3 +545,18 @@ fn a_watched_gate_tells_its_server_when_the_client_copy_goes() {
     assert_eq!(m.op(CapIdx(30), proto::ipc_gate::LABEL, &[watch, 30]), Err(Error::Inval));
     assert_eq!(m.k.self_check(), Ok(()));
 }
+
+#[test]
+fn cap_equal_tells_objects_apart() {
+    let mut m = machine(4 << 20);
+    m.gate(CapIdx(30), CapIdx(0), 1);
+    m.gate(CapIdx(31), CapIdx(0), 1);
+    let fp = Fpage::object(CapIdx(30), 0, Rights::R);
+    m.op(wk::TASK, proto::task::LABEL, &[0, wk::TASK.0, fp.0, 32 << 12]).unwrap();
+    let eq = |m: &mut M, a: u64, b: u64| {
+        m.op(wk::TASK, proto::task::LABEL, &[proto::task::Op::CapEqual.code(), a, b]).unwrap()[0]
+    };
+    assert_eq!(eq(&mut m, 30, 32), 1, "a copy (even with fewer rights) names the same gate");
+    assert_eq!(eq(&mut m, 30, 31), 0, "two gates with the same label are different objects");
+    assert_eq!(eq(&mut m, 33, 33), 0, "empty slots name nothing");
+}
