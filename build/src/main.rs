@@ -52,7 +52,7 @@ cargo xtask <command> [options]
       --seed S          replay a seed (also L4RS_FUZZ_SEED for `test`)
   bench            run the benchmarks, print the table, write target/bench/latest.json
       --only SYSTEMS    only these, comma-separated: `kernel`, `linux-ref`, `uml` (User-Mode
-                        Linux inside the reference guest)
+                        Linux inside the reference guest), `l4linux`
   help             this text
 ";
 
