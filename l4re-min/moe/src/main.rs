@@ -259,31 +259,32 @@ impl Moe {
                         unmap_mask::ALL_SPACES,
                         &[Fpage::object(SCRATCH, 0, Rights::ALL)],
                     );
-                    match r {
-                        Ok((id, gate)) => {
-                            put_map_item(0, 0, Fpage::object(gate, 0, Rights::R | Rights::S), false);
-                            let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
-                            self.ds.handed_out(id, 0);
-                            None
-                        }
-                        Err(e) => Some(MsgTag::error(e)),
-                    }
+                    self.hand_out(r)
                 }
                 namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
-                    match self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1)) {
-                        Ok((id, gate)) => {
-                            put_map_item(0, 0, Fpage::object(gate, 0, Rights::R | Rights::S), false);
-                            // Watched once the program holds its copy: reply first.
-                            let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
-                            self.ds.handed_out(id, 0);
-                            None
-                        }
-                        Err(e) => Some(MsgTag::error(e)),
-                    }
+                    let r = self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1));
+                    self.hand_out(r)
                 }
                 _ => Some(MsgTag::error(Error::BadProto)),
             }
         }
+    }
+
+    /// Replies with a new dataspace's read-write capability, or the error.
+    fn hand_out(&mut self, r: Result<(usize, CapIdx), Error>) -> Option<MsgTag> {
+        match r {
+            Ok((id, gate)) => self.reply_with_gate(id, 0, gate),
+            Err(e) => Some(MsgTag::error(e)),
+        }
+    }
+
+    /// Replies with dataspace `id`'s gate of `side` (call rights only), then watches it: the
+    /// watch reports at once while only we hold the gate, so the reply comes first.
+    fn reply_with_gate(&mut self, id: usize, side: usize, gate: CapIdx) -> Option<MsgTag> {
+        put_map_item(0, 0, Fpage::object(gate, 0, Rights::R | Rights::S), false);
+        let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
+        self.ds.handed_out(id, side);
+        None
     }
 
     /// A request on dataspace gate `n` (`2 id + side`, side 0 read-write, 1 read-only).
@@ -305,13 +306,7 @@ impl Moe {
                 }
                 None => Some(MsgTag::error(Error::Inval)),
             },
-            dataspace::READ_ONLY => {
-                let ro = CapIdx(ds::ro_slot(id));
-                put_map_item(0, 0, Fpage::object(ro, 0, Rights::R | Rights::S), false);
-                let _ = l4::ipc::reply(MsgTag::new(0, 0, 1, 0));
-                self.ds.handed_out(id, 1);
-                None
-            }
+            dataspace::READ_ONLY => self.reply_with_gate(id, 1, CapIdx(ds::ro_slot(id))),
             _ => Some(MsgTag::error(Error::Inval)),
         }
     }
