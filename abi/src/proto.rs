@@ -283,6 +283,11 @@ pub mod namespace {
     /// whose capability comes with the message (one object map item); `BR[0]` = an object
     /// receive window. Reply: a map item with the copy's read-write capability.
     pub const COPY: u64 = 3;
+    /// `MR[1..]` = a name the script lets the caller provide (`provides NAME`), with one object
+    /// map item: the capability to publish under it (replacing an earlier one). Programs the
+    /// script gives `cap X = NAME` find it by `QUERY` from then on (`NoEnt` before). Reply:
+    /// ok, or `Perm` for a name the caller does not provide.
+    pub const REGISTER: u64 = 4;
     /// Longest name.
     pub const NAME_MAX: usize = 32;
 }

@@ -76,6 +76,17 @@ start ktest name=client
     cap scheduler = @scheduler
 "#;
 
+/// A name registered at run time: the consumer asks before the provider has registered it.
+const BOOT_CFG_REGISTRY: &str = r#"start ktest prio=100 name=provider
+    args "provider"
+    provides svc
+    cap factory = @factory
+start ktest prio=120 name=consumer
+    args "consumer"
+    cap svc = svc
+    cap platform = @platform
+"#;
+
 /// Threads: one program may make them (factory and scheduler granted), one may not.
 const BOOT_CFG_THREADS: &str = r#"start ktest prio=110 name=denied
     args "threads-denied"
@@ -318,6 +329,20 @@ fn defs() -> Vec<Def> {
                 ("session-freed", "server: session closed: its client is gone; freeing it".into()),
                 ("freed", "moe: dataspace 0 of client freed (8 KiB): no program holds it".into()),
                 ("copy-freed", "moe: dataspace 1 of client freed (8 KiB): no program holds it".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "registry",
+            what: "a program registers a capability under a name it provides; another finds it by that name once it is there",
+            programs: under_moe(&["ktest"], BOOT_CFG_REGISTRY),
+            append: "",
+            forbidden: &["FAILED"],
+            checks: vec![
+                ("not-yet", "consumer: `svc` is not registered yet".into()),
+                ("registered", "moe: provider registered `svc`".into()),
+                ("answered", "consumer: `svc` answered 42".into()),
             ],
             status: Some(0),
             input: &[],

@@ -29,6 +29,8 @@ pub enum Target {
         server: bool,
     },
     Kernel(Kernel),
+    /// A name a program registers at run time (index into `Script::provided`).
+    Provided(usize),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct Program {
 pub struct Script {
     pub gates: Vec<String>,
     pub programs: Vec<Program>,
+    /// Names programs register at run time (`provides NAME`): the name and its provider.
+    pub provided: Vec<(String, usize)>,
 }
 
 /// A parse error: line (1-based) and what is wrong.
@@ -244,6 +248,13 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                                 }
                             }),
                             None => {
+                                if let Some(k) = s.provided.iter().position(|(p, _)| *p == w[3]) {
+                                    if w.len() != 4 {
+                                        return err(n, format!("unexpected `{}` after a provided name", w[4]));
+                                    }
+                                    p.caps.push(Cap { name: w[1].clone(), target: Target::Provided(k) });
+                                    continue;
+                                }
                                 let Some(gate) = s.gates.iter().position(|g| *g == w[3]) else {
                                     return err(
                                         n,
@@ -263,13 +274,23 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                         };
                         p.caps.push(Cap { name: w[1].clone(), target });
                     }
+                    "provides" if w.len() == 2 && name_ok(&w[1]) => {
+                        if s.gates.contains(&w[1]) || s.provided.iter().any(|(p, _)| *p == w[1]) {
+                            return err(n, format!("`{}` is already a gate or provided", w[1]));
+                        }
+                        let me = s.programs.len() - 1;
+                        s.provided.push((w[1].clone(), me));
+                    }
+                    "provides" => return err(n, "expected `provides NAME`"),
                     "file" if w.len() == 2 && name_ok(&w[1]) => {
                         if !p.files.contains(&w[1]) {
                             p.files.push(w[1].clone());
                         }
                     }
                     "file" => return err(n, "expected `file MODULE`"),
-                    other => return err(n, format!("unknown setting `{other}` (args, cap, log, file)")),
+                    other => {
+                        return err(n, format!("unknown setting `{other}` (args, cap, log, file, provides)"))
+                    }
                 }
             }
             (other, false) => return err(n, format!("unknown command `{other}` (gate, start)")),
@@ -324,6 +345,16 @@ start ktest
         assert_eq!((a.files.len(), b.files.as_slice()), (0, ["rootfs.cpio".to_string()].as_slice()));
         assert_eq!((a.log, b.log), (None, Some(0)));
         assert_eq!((a.quota, b.quota), (2 << 20, DEFAULT_QUOTA));
+    }
+
+    #[test]
+    fn provided_names() {
+        let s = parse("start ktest name=srv\n    provides svc\nstart ktest\n    cap s = svc\n").unwrap();
+        assert_eq!(s.provided, vec![("svc".to_string(), 0)]);
+        assert_eq!(s.programs[1].caps[0].target, Target::Provided(0));
+        let e = parse("gate svc\nstart x\n    provides svc\n").unwrap_err();
+        assert_eq!((e.line, e.what.contains("already a gate")), (3, true));
+        assert!(parse("start x\n    cap s = svc\n").unwrap_err().what.contains("unknown gate `svc`"));
     }
 
     #[test]

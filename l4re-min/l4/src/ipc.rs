@@ -332,7 +332,7 @@ pub mod sigma0 {
 
 pub mod namespace {
     use super::*;
-    use proto::namespace::{FILE, LABEL, NAME_MAX, QUERY};
+    use proto::namespace::{FILE, LABEL, NAME_MAX, QUERY, REGISTER};
 
     /// Asks the namespace `ns` for the capability called `name`; it lands in our slot `into`.
     pub fn query(ns: CapIdx, name: &str, into: CapIdx) -> Result<(), Error> {
@@ -343,6 +343,17 @@ pub mod namespace {
         set_mr(0, QUERY);
         let words = set_str(1, name);
         call(ns, MsgTag::new(LABEL, 1 + words as u64, 0, 0), 0).map(|_| ())
+    }
+
+    /// Publishes our capability `cap` under `name` (the script says we provide it).
+    pub fn register(ns: CapIdx, name: &str, cap: CapIdx) -> Result<(), Error> {
+        if name.len() > NAME_MAX {
+            return Err(Error::Inval);
+        }
+        set_mr(0, REGISTER);
+        let words = set_str(1, name);
+        put_map_item(1 + words, 0, Fpage::object(cap, 0, abi::Rights::R | abi::Rights::S), false);
+        call(ns, MsgTag::new(LABEL, 1 + words as u64, 1, 0), 0).map(|_| ())
     }
 
     /// Boot module `name` (the script's `file NAME`): its size, and with `at` a private copy

@@ -25,6 +25,8 @@ const PROGRAMS: u64 = 300;
 const NAMESPACES: u64 = 700;
 /// Where a capability a program sends us arrives.
 const SCRATCH: CapIdx = CapIdx(999);
+/// Capabilities programs registered (`provides NAME`), one slot per provided name.
+const REGISTRY: u64 = 1300;
 /// Per program granted `@factory`: its own factory.
 const FACTORIES: u64 = 1000;
 /// Kernel memory a program's own factory may spend (page tables, objects): Linux's processes.
@@ -106,7 +108,8 @@ fn main(_args: &str) -> i32 {
         }
     }
     println!("{started} of {} programs started", script.programs.len());
-    Moe { script, accounts, pool, img, ds: ds::Dataspaces::default() }.serve()
+    let registered = alloc::vec![false; script.provided.len()];
+    Moe { script, accounts, pool, img, ds: ds::Dataspaces::default(), registered }.serve()
 }
 
 /// Where we keep program `i`'s task and thread capabilities; its gate is also its pager.
@@ -119,9 +122,18 @@ fn slots(i: usize) -> Slots {
 }
 
 /// The capability a program's name refers to: our slot and the rights it gets.
-fn lookup(script: &Script, program: usize, name: &str) -> Option<(CapIdx, Rights)> {
+fn lookup(script: &Script, registered: &[bool], program: usize, name: &str) -> Option<(CapIdx, Rights)> {
     let cap = script.programs.get(program)?.caps.iter().find(|c| c.name == name)?;
     Some(match cap.target {
+        // Not registered yet: not there yet.
+        // Registered, and still there: a provider's copies go when the provider ends.
+        Target::Provided(k)
+            if registered.get(k) == Some(&true)
+                && task::cap_info(wk::TASK, CapIdx(REGISTRY + k as u64)).is_ok_and(|(l, _)| l != 0) =>
+        {
+            (CapIdx(REGISTRY + k as u64), Rights::R | Rights::S)
+        }
+        Target::Provided(_) => return None,
         // Clients may call through the gate; the server may also bind it (W).
         Target::Gate { gate, server } => (
             CapIdx(GATES + gate as u64),
@@ -148,6 +160,8 @@ struct Moe {
     /// The boot image, for the modules programs read (`file`).
     img: abi::bootimage::BootImage<'static>,
     ds: ds::Dataspaces,
+    /// Per provided name: registered yet.
+    registered: Vec<bool>,
 }
 
 impl Moe {
@@ -240,7 +254,7 @@ impl Moe {
                     let mut buf = [0u8; namespace::NAME_MAX];
                     Some(
                         match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
-                            .and_then(|n| lookup(&self.script, i, n))
+                            .and_then(|n| lookup(&self.script, &self.registered, i, n))
                         {
                             Some((slot, rights)) => {
                                 put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
@@ -261,12 +275,41 @@ impl Moe {
                     );
                     self.hand_out(r)
                 }
+                namespace::LABEL if mr(0) == namespace::REGISTER && tag.items() == 1 => {
+                    Some(self.register(i, tag))
+                }
                 namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
                     let r = self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1));
                     self.hand_out(r)
                 }
                 _ => Some(MsgTag::error(Error::BadProto)),
             }
+        }
+    }
+
+    /// A `namespace::REGISTER` of program `i`: the capability in SCRATCH becomes the one its
+    /// provided name stands for.
+    fn register(&mut self, i: usize, tag: MsgTag) -> MsgTag {
+        let mut buf = [0u8; namespace::NAME_MAX];
+        let k = get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
+            .and_then(|n| self.script.provided.iter().position(|(p, by)| p == n && *by == i));
+        let r = match k {
+            None => Err(Error::Perm),
+            Some(k) => {
+                // Granted, not mapped: SCRATCH is emptied, the registry slot holds the copy.
+                let to = ((REGISTRY + k as u64) << 12) | abi::proto::map::GRANT;
+                task::map(wk::TASK, wk::TASK, Fpage::object(SCRATCH, 0, Rights::ALL), to).map(|()| {
+                    self.registered[k] = true;
+                    println!("{} registered `{}`", self.script.programs[i].name, self.script.provided[k].0);
+                })
+            }
+        };
+        if r.is_err() {
+            let _ = task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[Fpage::object(SCRATCH, 0, Rights::ALL)]);
+        }
+        match r {
+            Ok(()) => MsgTag::new(0, 0, 0, 0),
+            Err(e) => MsgTag::error(e),
         }
     }
 

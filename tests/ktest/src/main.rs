@@ -42,6 +42,8 @@ fn main(args: &str) -> i32 {
         (Some("ds-client"), _) => status(session::ds_client()),
         (Some("threads-denied"), _) => status(threads::denied()),
         (Some("ns-server"), _) => finish(ns::server()),
+        (Some("provider"), _) => finish(ns::provider()),
+        (Some("consumer"), _) => finish(ns::consumer()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
         (Some("hog"), _) => ns::hog(),

@@ -147,3 +147,43 @@ fn probe(addr: u64) -> u64 {
     unsafe { core::arch::asm!("mov {}, [{}]", out(reg) v, in(reg) addr, options(nostack, readonly)) };
     v
 }
+
+/// `ktest provider`: publishes a gate of its own under the provided name `svc` at run time, and
+/// serves it; a name it does not provide is refused.
+pub fn provider() -> R {
+    const SVC: CapIdx = CapIdx(23);
+    ok(namespace::query(wk::NAMESPACE, "factory", wk::FACTORY), "query factory")?;
+    ok(l4::ipc::factory::gate(wk::FACTORY, SVC, wk::THREAD, 9), "make the gate")?;
+    expect_err(
+        namespace::register(wk::NAMESPACE, "other", SVC),
+        Error::Perm,
+        "register a name not provided",
+    )?;
+    ok(namespace::register(wk::NAMESPACE, "svc", SVC), "register svc")?;
+    println!("serving `svc`");
+    echo_server()
+}
+
+/// `ktest consumer`: asks for `svc` until its provider registered it, then calls it.
+pub fn consumer() -> R {
+    let mut waited = 0;
+    loop {
+        match namespace::query(wk::NAMESPACE, "svc", SCRATCH) {
+            Ok(()) => break,
+            Err(Error::NoEnt) if waited < 500 => {
+                if waited == 0 {
+                    println!("`svc` is not registered yet");
+                }
+                waited += 1;
+                let _ = ipc::wait(timeout::pack(0, 10_000));
+            }
+            Err(_) => return Err("`svc` never registered"),
+        }
+    }
+    ok(namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL), "query platform")?;
+    set_mr(0, 41);
+    ok(ipc::call(SCRATCH, MsgTag::new(0, 1, 0, 0), 0), "call svc")?;
+    check(mr(0) == 42 && mr(1) == 9, "svc answers through the provider's gate")?;
+    println!("`svc` answered {}", mr(0));
+    Ok(())
+}
