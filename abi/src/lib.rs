@@ -15,6 +15,7 @@ pub mod error;
 pub mod kip;
 pub mod msgtag;
 pub mod proto;
+pub mod startup;
 pub mod syscall;
 pub mod utcb;
 pub mod vcpu;

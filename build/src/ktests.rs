@@ -76,6 +76,13 @@ start ktest name=client
     cap scheduler = @scheduler
 "#;
 
+/// argv, environment and auxiliary vector.
+const BOOT_CFG_ARGV: &str = r#"start ktest name=argv
+    args "argv one \"two words\" three"
+    env "GREETING=hi there"
+    env OTHER=1
+"#;
+
 /// A name registered at run time: the consumer asks before the provider has registered it.
 const BOOT_CFG_REGISTRY: &str = r#"start ktest prio=100 name=provider
     args "provider"
@@ -331,6 +338,21 @@ fn defs() -> Vec<Def> {
                 ("copy-freed", "moe: dataspace 1 of client freed (8 KiB): no program holds it".into()),
             ],
             status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "argv",
+            what: "a program moe starts gets argv (quoted words kept together), its env lines and an auxiliary vector",
+            programs: under_moe(&["ktest"], BOOT_CFG_ARGV),
+            append: "",
+            forbidden: &["FAILED"],
+            checks: vec![
+                ("argv", "argv: 4 arguments: argv|one|two words|three".into()),
+                ("env", "argv: GREETING=hi there".into()),
+                ("auxv", "argv: page size 4096".into()),
+                ("ends", "moe: argv exited with status 0".into()),
+            ],
+            status: None,
             input: &[],
         },
         Def {

@@ -230,7 +230,8 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id, image: PhysRange) -> R
     let task = k
         .new_task(BOOT_UTCB_ADDR, BOOT_UTCB_PAGES, None)
         .map_err(|e| format!("cannot create the task: {e:?}"))?;
-    let r = fill_task(k, task, m, pages, &mut owned).and_then(|v| map_boot_image(k, task, image).map(|_| v));
+    let r = fill_task(k, task, m, elf.entry, pages, &mut owned)
+        .and_then(|v| map_boot_image(k, task, image).map(|_| v));
     if let Some(t) = k.tasks.get_mut(task) {
         t.name = String::from(m.name);
         t.frames.append(&mut owned);
@@ -298,6 +299,7 @@ fn fill_task(
     k: &mut Kernel<A>,
     task: Id,
     m: &Module,
+    entry: u64,
     pages: BTreeMap<u64, (PhysAddr, u8)>,
     owned: &mut Vec<PhysAddr>,
 ) -> Result<u64, String> {
@@ -314,11 +316,11 @@ fn fill_task(
             top_frame = f;
         }
     }
-    // The start-up block (abi::kip): argument string, then [address, length, KIP] at rsp.
-    let args_addr = (BOOT_STACK_TOP - m.args.len() as u64) & !15;
-    let page = BOOT_STACK_TOP - PAGE_SIZE;
-    A::write_phys(PhysAddr(top_frame.0 + (args_addr - page)), m.args.as_bytes());
-    let sp = (args_addr - 24) & !15;
-    A::write_words(PhysAddr(top_frame.0 + (sp - page)), &[args_addr, m.args.len() as u64, KIP_ADDR]);
+    // The start-up block, argv and auxv (abi::startup), the same for every program; boot
+    // tasks have no environment.
+    let mut page = alloc::vec![0u8; PAGE_SIZE as usize];
+    let sp = abi::startup::layout(&mut page, BOOT_STACK_TOP, m.args, &[], entry, KIP_ADDR)
+        .ok_or_else(|| format!("arguments of {} do not fit in a page", m.name))?;
+    A::write_phys(top_frame, &page);
     Ok(sp)
 }

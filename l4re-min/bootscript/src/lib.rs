@@ -50,6 +50,8 @@ pub struct Program {
     /// Memory it may draw through its pager beyond image and stack, in bytes.
     pub quota: u64,
     pub caps: Vec<Cap>,
+    /// Its environment (`env KEY=VALUE` lines).
+    pub env: Vec<String>,
     /// Boot modules it may read (`file MODULE`): copied into memory it asks for, within its
     /// quota.
     pub files: Vec<String>,
@@ -178,6 +180,7 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                     prio: DEFAULT_PRIO,
                     caps: Vec::new(),
                     files: Vec::new(),
+                    env: Vec::new(),
                     log: None,
                     line: n,
                 };
@@ -274,6 +277,10 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                         };
                         p.caps.push(Cap { name: w[1].clone(), target });
                     }
+                    "env" if w.len() == 2 && w[1].split_once('=').is_some_and(|(k, _)| !k.is_empty()) => {
+                        p.env.push(w[1].clone())
+                    }
+                    "env" => return err(n, "expected `env KEY=VALUE`"),
                     "provides" if w.len() == 2 && name_ok(&w[1]) => {
                         if s.gates.contains(&w[1]) || s.provided.iter().any(|(p, _)| *p == w[1]) {
                             return err(n, format!("`{}` is already a gate or provided", w[1]));
@@ -289,7 +296,10 @@ pub fn parse(text: &str) -> Result<Script, Error> {
                     }
                     "file" => return err(n, "expected `file MODULE`"),
                     other => {
-                        return err(n, format!("unknown setting `{other}` (args, cap, log, file, provides)"))
+                        return err(
+                            n,
+                            format!("unknown setting `{other}` (args, env, cap, log, file, provides)"),
+                        )
                     }
                 }
             }
@@ -319,6 +329,7 @@ start ktest
     cap platform = @platform
     cap factory = @factory
     file rootfs.cpio
+    env GREETING=hi
     log = hello
 "#;
 
@@ -343,6 +354,7 @@ start ktest
         assert_eq!(b.caps[1].target, Target::Kernel(Kernel::Platform));
         assert_eq!(b.caps[2].target, Target::Kernel(Kernel::Factory));
         assert_eq!((a.files.len(), b.files.as_slice()), (0, ["rootfs.cpio".to_string()].as_slice()));
+        assert_eq!(b.env, ["GREETING=hi"]);
         assert_eq!((a.log, b.log), (None, Some(0)));
         assert_eq!((a.quota, b.quota), (2 << 20, DEFAULT_QUOTA));
     }

@@ -11,6 +11,7 @@
 #[cfg(feature = "runtime")]
 extern crate alloc;
 
+pub mod env;
 #[cfg(feature = "runtime")]
 pub mod heap;
 pub mod io;
@@ -49,6 +50,7 @@ _start:
     mov rdi, [rsp]
     mov rsi, [rsp + 8]
     mov rdx, [rsp + 16]
+    mov rcx, rsp
     and rsp, -16
     xor ebp, ebp
     call l4_start
@@ -58,8 +60,9 @@ _start:
 
 /// Rust-level start: the start-up block gave the argument string and the KIP address.
 #[no_mangle]
-extern "C" fn l4_start(args: *const u8, len: usize, kip: u64) -> ! {
+extern "C" fn l4_start(args: *const u8, len: usize, kip: u64, block: *const u64) -> ! {
     io::init_logger();
+    env::init(block);
     // SAFETY: the kernel copied the argument string to the top of our stack, which stays
     // mapped and untouched above the initial stack pointer for the program's life.
     let args = unsafe { sys::start_str(args, len) }.unwrap_or("");

@@ -78,15 +78,23 @@ fn give(child: CapIdx, at: u64, va: u64, rights: u8, keep: bool) -> Result<(), L
     Ok(())
 }
 
+/// What a program starts with: its argument string (also split into argv) and its environment
+/// (`KEY=VALUE` strings); see `abi::startup`.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    pub line: &'a str,
+    pub env: &'a [&'a str],
+}
+
 /// Loads `elf` into a new task called `name` (its prefix on the console) and starts it at
-/// priority `prio` with argument string `args`. The task gets its own task and thread
+/// priority `prio` with `args`. The task gets its own task and thread
 /// capabilities (slots 1 and 3), `slots.pager` as pager (slot 4), and `caps`: (our slot,
 /// its slot, rights). Its exceptions go to whatever `caps` puts in its parent slot (11); with
 /// none there, the kernel ends it.
 pub fn spawn(
     elf: &[u8],
     name: &str,
-    args: &str,
+    args: Args,
     slots: Slots,
     caps: &[(CapIdx, CapIdx, Rights)],
     prio: u8,
@@ -96,7 +104,7 @@ pub fn spawn(
     if !e.is_64 || e.header.e_machine != header::EM_X86_64 || e.header.e_type != header::ET_EXEC {
         return Err(LoadError::BadElf("not a static x86_64 executable"));
     }
-    if e.entry >= USER_END || args.len() > 2048 {
+    if e.entry >= USER_END || args.line.len() > 2048 {
         return Err(LoadError::BadElf("entry point or arguments out of range"));
     }
     // Pages of the image with the union of their segments' rights.
@@ -168,25 +176,21 @@ fn load_image(
 /// and the first thread, started at `entry`.
 fn start(
     entry: u64,
-    args: &str,
+    args: Args,
     slots: Slots,
     caps: &[(CapIdx, CapIdx, Rights)],
     prio: u8,
     src: &mut dyn PageSource,
 ) -> Result<(), LoadError> {
-    let args_addr = (BOOT_STACK_TOP - args.len() as u64) & !15;
-    let sp = (args_addr - 24) & !15;
+    let mut sp = 0;
     for i in 0..BOOT_STACK_SIZE / PAGE {
         let va = BOOT_STACK_TOP - (i + 1) * PAGE;
         let at = src.page()?;
         if i == 0 {
-            let dst = at as *mut u8;
-            // SAFETY: the page is ours and writable; both copies stay inside it.
-            unsafe {
-                core::ptr::copy_nonoverlapping(args.as_ptr(), dst.add((args_addr - va) as usize), args.len());
-                let block = [args_addr, args.len() as u64, KIP_ADDR];
-                core::ptr::copy_nonoverlapping(block.as_ptr(), dst.add((sp - va) as usize) as *mut u64, 3);
-            }
+            // SAFETY: the page is ours, writable and PAGE bytes long; nobody else uses it yet.
+            let page = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, PAGE as usize) };
+            sp = abi::startup::layout(page, BOOT_STACK_TOP, args.line, args.env, entry, KIP_ADDR)
+                .ok_or(LoadError::BadElf("arguments and environment do not fit in a page"))?;
         }
         give(slots.task, at, va, 6, src.keeps())?;
     }

@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bootscript::{Kernel, Script, Target};
 use l4::ipc::{factory, get_str, mr, put_map_item, server_loop, set_br, set_mr, task};
-use l4::loader::{spawn, Slots};
+use l4::loader::{spawn, Args, Slots};
 use l4::println;
 
 mod ds;
@@ -96,7 +96,9 @@ fn main(_args: &str) -> i32 {
             }
         }
         let mut pages = mem::ImagePages { pool: &mut pool, account: &mut accounts[i] };
-        match spawn(m.data, &p.name, &p.args, slots(i), &caps, p.prio, &mut pages) {
+        let env: Vec<&str> = p.env.iter().map(String::as_str).collect();
+        let args = Args { line: &p.args, env: &env };
+        match spawn(m.data, &p.name, args, slots(i), &caps, p.prio, &mut pages) {
             Ok(()) => {
                 started += 1;
                 println!("{}: {} KiB of memory for image and stack", p.name, accounts[i].image / 1024);

@@ -43,6 +43,7 @@ fn main(args: &str) -> i32 {
         (Some("threads-denied"), _) => status(threads::denied()),
         (Some("ns-server"), _) => finish(ns::server()),
         (Some("provider"), _) => finish(ns::provider()),
+        (Some("argv"), _) => status(ns::argv()),
         (Some("consumer"), _) => finish(ns::consumer()),
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),

@@ -187,3 +187,14 @@ pub fn consumer() -> R {
     println!("`svc` answered {}", mr(0));
     Ok(())
 }
+
+/// `ktest argv ...`: prints its argv, one environment variable and the page size from the
+/// auxiliary vector, as a program the root task started sees them.
+pub fn argv() -> R {
+    let words: alloc::vec::Vec<&str> = l4::env::args().collect();
+    println!("{} arguments: {}", words.len(), words.join("|"));
+    println!("GREETING={}", l4::env::var("GREETING").unwrap_or("(unset)"));
+    println!("page size {}", l4::env::aux(abi::startup::at::PAGESZ).unwrap_or(0));
+    check(l4::env::aux(abi::startup::at::ENTRY).is_some(), "the entry point in auxv")?;
+    Ok(())
+}

@@ -6,7 +6,7 @@ use crate::objects::{check, R};
 use abi::cap::well_known as wk;
 use abi::{CapIdx, Rights};
 use alloc::vec::Vec;
-use l4::loader::{spawn, LoadError, Sigma0Pages, Slots};
+use l4::loader::{spawn, Args, LoadError, Sigma0Pages, Slots};
 use l4::println;
 
 pub fn run() -> R {
@@ -19,7 +19,7 @@ pub fn run() -> R {
     let r = spawn(
         &broken,
         "broken",
-        "",
+        Args { line: "", env: &[] },
         Slots { task: CapIdx(90), thread: CapIdx(91), pager: wk::PAGER },
         &[],
         100,
@@ -31,7 +31,7 @@ pub fn run() -> R {
     let r = spawn(
         hello.data,
         "hello",
-        "spawned by ktest",
+        Args { line: "spawned by ktest", env: &[] },
         Slots { task: CapIdx(92), thread: CapIdx(93), pager: wk::PAGER },
         &caps,
         100,
