@@ -217,75 +217,70 @@ impl Moe {
     }
 
     fn handle(&mut self, msg: Result<(MsgTag, u64), Error>) -> Option<MsgTag> {
-        {
-            let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };
-            if label >= ds::GONE_LABEL {
-                if let Some((id, owner, size)) = self.ds.gone(&mut self.pool, &mut self.accounts, label) {
-                    let name = &self.script.programs[owner].name;
-                    println!("dataspace {id} of {name} freed ({} KiB): no program holds it", size / 1024);
-                }
-                return None;
+        let Ok((tag, label)) = msg else { return Some(MsgTag::error(Error::Inval)) };
+        if label >= ds::GONE_LABEL {
+            if let Some((id, owner, size)) = self.ds.gone(&mut self.pool, &mut self.accounts, label) {
+                let name = &self.script.programs[owner].name;
+                println!("dataspace {id} of {name} freed ({} KiB): no program holds it", size / 1024);
             }
-            if label >= ds::GATE_LABEL {
-                return self.dataspace(label - ds::GATE_LABEL, tag);
+            return None;
+        }
+        if label >= ds::GATE_LABEL {
+            return self.dataspace(label - ds::GATE_LABEL, tag);
+        }
+        // Every other gate we serve is a program's, labelled with its index + 1.
+        let Some(i) = (label as usize).checked_sub(1).filter(|i| *i < self.script.programs.len()) else {
+            return Some(MsgTag::error(Error::BadProto));
+        };
+        match tag.label() {
+            parent::LABEL if tag.words() == 3 && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT) => {
+                // Sent without waiting for a reply: nothing to answer.
+                self.ended(i, format_args!("exited with status {}", mr(2) as i32));
+                None
             }
-            // Every other gate we serve is a program's, labelled with its index + 1.
-            let Some(i) = (label as usize).checked_sub(1).filter(|i| *i < self.script.programs.len()) else {
-                return Some(MsgTag::error(Error::BadProto));
-            };
-            match tag.label() {
-                parent::LABEL if tag.words() == 3 && (mr(0), mr(1)) == (parent::SIGNAL, parent::EXIT) => {
-                    // Sent without waiting for a reply: nothing to answer.
-                    self.ended(i, format_args!("exited with status {}", mr(2) as i32));
-                    None
-                }
-                event::EXCEPTION => {
-                    // We are the program's exception handler: it crashed. Deleting it is the answer.
-                    let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
-                    self.ended(i, format_args!("crashed: exception {trap} at ip {ip:#x}"));
-                    None
-                }
-                event::PAGE_FAULT => {
-                    // We are its pager and lent it nothing there: a wild access.
-                    let (addr, ip) = (mr(0) & !0xfff, mr(1));
-                    self.ended(i, format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"));
-                    None
-                }
-                event::SIGMA0 if tag.words() >= 2 => Some(self.sigma0(i)),
-                namespace::LABEL if mr(0) == namespace::QUERY => {
-                    let mut buf = [0u8; namespace::NAME_MAX];
-                    Some(
-                        match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
-                            .and_then(|n| lookup(&self.script, &self.registered, i, n))
-                        {
-                            Some((slot, rights)) => {
-                                put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
-                                MsgTag::new(0, 0, 1, 0)
-                            }
-                            None => MsgTag::error(Error::NoEnt),
-                        },
-                    )
-                }
-                namespace::LABEL if mr(0) == namespace::FILE && tag.words() >= 4 => Some(self.file(i, tag)),
-                namespace::LABEL if mr(0) == namespace::COPY && tag.items() == 1 => {
-                    let r = self.ds.copy(&mut self.pool, &mut self.accounts[i], i, SCRATCH);
-                    // The sender's capability is not ours to keep.
-                    let _ = task::unmap(
-                        wk::TASK,
-                        unmap_mask::ALL_SPACES,
-                        &[Fpage::object(SCRATCH, 0, Rights::ALL)],
-                    );
-                    self.hand_out(r)
-                }
-                namespace::LABEL if mr(0) == namespace::REGISTER && tag.items() == 1 => {
-                    Some(self.register(i, tag))
-                }
-                namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
-                    let r = self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1));
-                    self.hand_out(r)
-                }
-                _ => Some(MsgTag::error(Error::BadProto)),
+            event::EXCEPTION => {
+                // We are the program's exception handler: it crashed. Deleting it is the answer.
+                let (trap, ip) = (mr(exc_regs::TRAPNO), mr(exc_regs::IP));
+                self.ended(i, format_args!("crashed: exception {trap} at ip {ip:#x}"));
+                None
             }
+            event::PAGE_FAULT => {
+                // We are its pager and lent it nothing there: a wild access.
+                let (addr, ip) = (mr(0) & !0xfff, mr(1));
+                self.ended(i, format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"));
+                None
+            }
+            event::SIGMA0 if tag.words() >= 2 => Some(self.sigma0(i)),
+            namespace::LABEL if mr(0) == namespace::QUERY => {
+                let mut buf = [0u8; namespace::NAME_MAX];
+                Some(
+                    match get_str(1, tag.words(), namespace::NAME_MAX, &mut buf)
+                        .and_then(|n| lookup(&self.script, &self.registered, i, n))
+                    {
+                        Some((slot, rights)) => {
+                            put_map_item(0, 0, Fpage::object(slot, 0, rights), false);
+                            MsgTag::new(0, 0, 1, 0)
+                        }
+                        None => MsgTag::error(Error::NoEnt),
+                    },
+                )
+            }
+            namespace::LABEL if mr(0) == namespace::FILE && tag.words() >= 4 => Some(self.file(i, tag)),
+            namespace::LABEL if mr(0) == namespace::COPY && tag.items() == 1 => {
+                let r = self.ds.copy(&mut self.pool, &mut self.accounts[i], i, SCRATCH);
+                // The sender's capability is not ours to keep.
+                let _ =
+                    task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[Fpage::object(SCRATCH, 0, Rights::ALL)]);
+                self.hand_out(r)
+            }
+            namespace::LABEL if mr(0) == namespace::REGISTER && tag.items() == 1 => {
+                Some(self.register(i, tag))
+            }
+            namespace::LABEL if mr(0) == namespace::ALLOC && tag.words() >= 2 => {
+                let r = self.ds.alloc(&mut self.pool, &mut self.accounts[i], i, mr(1));
+                self.hand_out(r)
+            }
+            _ => Some(MsgTag::error(Error::BadProto)),
         }
     }
 

@@ -223,13 +223,7 @@ impl<A: Arch> Kernel<A> {
         if holder.is_some_and(|h| h != task) {
             return Err(Error::Exists);
         }
-        let irq = match arg {
-            0 => None,
-            i => match self.cap(task, CapIdx(i)).ok_or(Error::NoEnt)?.obj {
-                Obj::Irq(i) => Some(i),
-                _ => return Err(Error::Inval),
-            },
-        };
+        let irq = self.opt_irq_cap(task, arg)?;
         self.console.terminal = Some(crate::kernel::console::Terminal { task, irq });
         if self.console.waiting() > 0 {
             self.console_notify();
@@ -530,13 +524,7 @@ impl<A: Arch> Kernel<A> {
             }
             proto::ipc_gate::Op::Watch => {
                 need(rights, Rights::W)?;
-                let irq = match m.get(1)? {
-                    0 => None,
-                    i => match self.cap(me, CapIdx(i)).ok_or(Error::NoEnt)?.obj {
-                        Obj::Irq(i) => Some(i),
-                        _ => return Err(Error::Inval),
-                    },
-                };
+                let irq = self.opt_irq_cap(me, m.get(1)?)?;
                 self.gates.get_mut(g).ok_or(Error::NoEnt)?.watch = irq;
                 if let (Some(i), true) = (irq, self.cap_refs.get(&Obj::Gate(g)).copied().unwrap_or(0) <= 1) {
                     self.trigger_irq(i)?;
@@ -685,10 +673,8 @@ impl<A: Arch> Kernel<A> {
                     // The kernel console's input line is the kernel's own.
                     return Err(Error::Exists);
                 }
-                let irq = match self.cap(me, CapIdx(m.get(2)?)).ok_or(Error::NoEnt)?.obj {
-                    Obj::Irq(i) => i,
-                    _ => return Err(Error::Inval),
-                };
+                // Slot 0 names no Irq: NoEnt, as an empty slot.
+                let irq = self.opt_irq_cap(me, m.get(2)?)?.ok_or(Error::NoEnt)?;
                 if self.lines[line as usize].is_some() || self.irqs.get(irq).and_then(|i| i.line).is_some() {
                     return Err(Error::Exists);
                 }

@@ -324,6 +324,17 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
+    /// A capability of `task` that must name an Irq; slot 0 (none) gives `None`.
+    pub fn opt_irq_cap(&self, task: Id, idx: u64) -> Result<Option<Id>, Error> {
+        if idx == 0 {
+            return Ok(None);
+        }
+        match self.cap(task, CapIdx(idx)).ok_or(Error::NoEnt)?.obj {
+            Obj::Irq(i) => Ok(Some(i)),
+            _ => Err(Error::Inval),
+        }
+    }
+
     /// Installs a root capability (a new object's first capability, or a boot capability).
     /// Whatever the slot held is revoked first.
     pub fn install_cap(&mut self, task: Id, idx: CapIdx, obj: Obj, rights: Rights) -> Result<(), Error> {
