@@ -274,8 +274,9 @@ fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn
     crate::reference::report_abi(report, "l4linux", &image.abi_tests, &console(&o.log), &o, wanted);
 }
 
-/// Linux's console output from the serial log: the kernel console prefixes each line of a
-/// program with its name.
+/// Linux's console output from the serial log. Linux is the console's terminal, so its lines
+/// come unprefixed; should it not get the terminal (another program holds it), the kernel
+/// prefixes them with `linux: `, which is dropped here so the verdicts stay the same.
 fn console(log: &str) -> String {
     log.lines().map(|l| format!("{}\n", l.strip_prefix("linux: ").unwrap_or(l))).collect()
 }
