@@ -14,7 +14,9 @@ mod selftest;
 pub type A = arch_x86_64::X86_64;
 
 /// The kernel's state: one instance, behind one lock. Interrupts are masked in the kernel, so
-/// the lock only orders code paths; it is never held across a context switch.
+/// the lock only orders code paths; it is never held across a context switch. It opens the hot
+/// data page, which the per-CPU tables share (see the linker script).
+#[link_section = ".data.hot.0"]
 static KERNEL: spin::Mutex<Option<kernel_core::kernel::Kernel<A>>> = spin::Mutex::new(None);
 
 /// Runs `f` with the kernel state.
@@ -79,7 +81,7 @@ fn kernel_event(frame: &mut TrapFrame, ev: Event) {
 
 /// A system call from user mode.
 #[no_mangle]
-#[link_section = ".text.fast"]
+#[link_section = ".text.fast.ipc"]
 fn kernel_syscall(frame: &mut TrapFrame) {
     sched::syscall(frame);
 }

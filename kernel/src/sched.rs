@@ -132,7 +132,7 @@ fn block_and_leave(how: hal::Resume) -> ! {
     resume(next)
 }
 
-#[link_section = ".text.fast"]
+#[link_section = ".text.fast.ipc"]
 fn resume(next: Next) -> ! {
     // SAFETY: `next.rsp` is a saved context of a live thread or of the idle loop; `root` is 0
     // or a task's page-table root; nothing on the abandoned stack is used again.
@@ -145,22 +145,26 @@ fn idle_rsp() -> u64 {
     unsafe { (&raw const IDLE_RSP).read() }
 }
 
-/// A system call of the current thread.
-#[link_section = ".text.fast"]
+/// A system call of the current thread: the fast path (IPC hand-off, vCPU reflection) here,
+/// everything else out of line, so that the code a fast round trip runs stays in few pages.
+#[link_section = ".text.fast.ipc"]
 pub fn syscall(f: &mut TrapFrame) {
     let [rdx, rax, _label, r8] = f.syscall_args();
+    if let Some(next) = with_kernel(|k| k.fastpath(rdx, MsgTag(rax), r8)) {
+        resume(next)
+    }
+    syscall_general(f, rdx, MsgTag(rax), r8)
+}
+
+#[inline(never)]
+fn syscall_general(f: &mut TrapFrame, rdx: u64, tag: MsgTag, r8: u64) {
     // The call may ready a thread above us (run_thread, a semaphore up, an Irq trigger): it
     // runs at once, not at the next tick; we continue when our turn comes again.
-    let out = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
-        Some(next) => Err(next),
-        None => Ok((k.invoke(rdx, MsgTag(rax), r8), k.take_preempt())),
-    });
-    let (tag, label, preempt) = match out {
-        Err(next) => resume(next),
-        Ok((Outcome::Done(tag, label), preempt)) => (tag, label, preempt),
-        Ok((Outcome::Blocked, _)) => block_and_leave(hal::Resume::Syscall),
+    let (tag, label, preempt) = match with_kernel(|k| (k.invoke(rdx, tag, r8), k.take_preempt())) {
+        (Outcome::Done(tag, label), preempt) => (tag, label, preempt),
+        (Outcome::Blocked, _) => block_and_leave(hal::Resume::Syscall),
         // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
-        Ok((Outcome::Resume, _)) => resume_current(),
+        (Outcome::Resume, _) => resume_current(),
     };
     let regs = with_kernel(|k| match k.current.and_then(|c| k.threads.get_mut(c)) {
         Some(t) => Ok(t.pending_regs.take()),

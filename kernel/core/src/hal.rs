@@ -116,6 +116,14 @@ pub trait Arch: Sized + 'static {
     fn read_phys(pa: PhysAddr, buf: &mut [u8]);
     /// Reads 64-bit words from physical memory at `pa` (8-byte aligned).
     fn read_words(pa: PhysAddr, out: &mut [u64]);
+    /// Reads `N` 64-bit words from physical memory at `pa` (8-byte aligned), for the fast
+    /// paths: an architecture may fill the array without zeroing it first (a `memset` call
+    /// is two more pages to touch under TCG).
+    fn read_array<const N: usize>(pa: PhysAddr) -> [u64; N] {
+        let mut a = [0; N];
+        Self::read_words(pa, &mut a);
+        a
+    }
     /// Writes 64-bit words to physical memory at `pa` (8-byte aligned).
     fn write_words(pa: PhysAddr, words: &[u64]);
     /// Copies `n` words between two disjoint UTCB-sized areas (the IPC fast path).

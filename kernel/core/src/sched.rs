@@ -54,7 +54,8 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
     }
 
     /// True if a thread of priority strictly above `prio` is ready. Branch-free: the IPC fast
-    /// path asks this on every hand-off.
+    /// path asks this on every hand-off (inlined there, to stay in its code page).
+    #[inline(always)]
     pub fn any_above(&self, prio: u8) -> bool {
         let first = prio as usize + 1;
         let mut any = 0;

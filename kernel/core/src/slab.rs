@@ -63,6 +63,7 @@ impl<T> Slab<T> {
         Id { index, generation: 0 }
     }
 
+    #[inline]
     pub fn get(&self, id: Id) -> Option<&T> {
         match self.slots.get(id.index())? {
             Slot::Used(g, v) if *g == id.generation => Some(v),
@@ -70,6 +71,7 @@ impl<T> Slab<T> {
         }
     }
 
+    #[inline]
     pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
         match self.slots.get_mut(id.index())? {
             Slot::Used(g, v) if *g == id.generation => Some(v),
@@ -77,7 +79,9 @@ impl<T> Slab<T> {
         }
     }
 
-    /// Two distinct live entries at once.
+    /// Two distinct live entries at once. (Always inlined: the IPC fast path uses it, and
+    /// under TCG every out-of-line function is one more code page to touch.)
+    #[inline(always)]
     pub fn get2_mut(&mut self, a: Id, b: Id) -> Option<(&mut T, &mut T)> {
         let [x, y] = self.slots.get_disjoint_mut([a.index(), b.index()]).ok()?;
         match (x, y) {

@@ -13,11 +13,18 @@ use x86_64::VirtAddr;
 
 /// Per-CPU data reached through GS in kernel mode. The entry code reads fixed offsets:
 /// `gs:8` = kernel stack top of the current thread, `gs:16` = scratch for the user stack pointer.
+/// The rest remembers register values last written, so that unchanged ones are not written
+/// again (CR0 and MSR writes are slow under TCG).
 #[repr(C)]
 pub struct PerCpu {
     self_ptr: u64,
     kstack_top: u64,
     user_rsp: u64,
+    /// CR0.TS is set: the FPU traps.
+    fpu_traps: bool,
+    /// IA32_FS_BASE and IA32_KERNEL_GS_BASE (user mode's GS base) as last written.
+    user_fs: u64,
+    user_gs: u64,
 }
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
@@ -63,25 +70,27 @@ impl Gate {
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
-/// The CPU's tables. Per-CPU data, TSS and GDT come first and share one page: every kernel entry
-/// and every thread switch touches them, and under TCG each distinct page touched after an
-/// address-space switch costs a TLB refill.
-#[repr(C, align(4096))]
+/// The CPU's tables. Per-CPU data, GDT and TSS come first: every kernel entry and every thread
+/// switch touches them, and under TCG each distinct page touched after an address-space switch
+/// costs a TLB refill, so they share the hot data page with the kernel state (`.data.hot.1`
+/// follows `.data.hot.0` in the linker script). The I/O bitmap must follow the TSS.
+#[repr(C, align(64))]
 struct Tables {
     percpu: PerCpu,
+    gdt: GlobalDescriptorTable,
     tss: TaskStateSegment,
     /// The TSS's I/O permission bitmap (a set bit denies the port) and its mandatory 0xff end.
     iobitmap: [u8; IO_BITMAP_BYTES + 1],
-    gdt: GlobalDescriptorTable,
     idt: Idt,
     df_stack: [u8; DOUBLE_FAULT_STACK],
 }
 
+#[link_section = ".data.hot.1"]
 static mut TABLES: Tables = Tables {
-    percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0 },
+    percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0, fpu_traps: true, user_fs: 0, user_gs: 0 },
+    gdt: GlobalDescriptorTable::new(),
     tss: TaskStateSegment::new(),
     iobitmap: [0xff; IO_BITMAP_BYTES + 1],
-    gdt: GlobalDescriptorTable::new(),
     idt: Idt([Gate::EMPTY; 256]),
     df_stack: [0; DOUBLE_FAULT_STACK],
 };
@@ -204,6 +213,10 @@ pub fn set_kernel_stack(top: u64) {
 #[inline(always)]
 #[link_section = ".text.fast"]
 pub fn set_user_gs(base: u64) {
+    // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access.
+    if unsafe { core::mem::replace(&mut (*tables()).percpu.user_gs, base) } == base {
+        return;
+    }
     // SAFETY: IA32_KERNEL_GS_BASE only takes effect after the next swapgs, on the way to user
     // mode; any user address (or 0) is acceptable there.
     unsafe { wrmsr(0xc000_0102, base) };
@@ -227,14 +240,12 @@ unsafe fn wrmsr(msr: u32, value: u64) {
     };
 }
 
-/// Whether CR0.TS is set (the FPU traps), so that CR0 is only written when it changes.
-static FPU_TRAPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
-
 /// Makes the next FPU/SSE instruction in user mode trap with #NM (`on`), or lets it run.
 #[link_section = ".text.fast"]
 pub fn fpu_trap(on: bool) {
-    use core::sync::atomic::Ordering::Relaxed;
-    if FPU_TRAPS.swap(on, Relaxed) == on {
+    // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access.
+    let was = unsafe { core::mem::replace(&mut (*tables()).percpu.fpu_traps, on) };
+    if was == on {
         return;
     }
     if on {
@@ -247,17 +258,13 @@ pub fn fpu_trap(on: bool) {
     }
 }
 
-/// The FS base last written, to skip rewriting an unchanged one (wrmsr is slow under TCG).
-static USER_FS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
 /// Sets the FS base (user TLS) for the next user entries.
 #[link_section = ".text.fast"]
 pub fn set_user_fs(base: u64) {
-    use core::sync::atomic::Ordering::Relaxed;
-    if USER_FS.load(Relaxed) == base {
+    // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access.
+    if unsafe { core::mem::replace(&mut (*tables()).percpu.user_fs, base) } == base {
         return;
     }
-    USER_FS.store(base, Relaxed);
     // SAFETY: IA32_FS_BASE only matters to user mode (the kernel does not use FS); any
     // canonical value is acceptable, and callers only pass user addresses or 0.
     unsafe { wrmsr(0xc000_0100, base) };

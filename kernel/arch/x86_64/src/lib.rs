@@ -87,6 +87,8 @@ impl Arch for X86_64 {
         paging::write_phys(pa, bytes)
     }
 
+    // Inlined: the fast paths use it, and an out-of-line copy is one more code page.
+    #[inline(always)]
     fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
         paging::copy_words(dst, src, n)
     }
@@ -141,10 +143,19 @@ impl Arch for X86_64 {
         apic::pic_unmask(line)
     }
 
+    // Inlined: the fast paths use it, and an out-of-line copy is one more code page.
+    #[inline(always)]
     fn read_words(pa: PhysAddr, out: &mut [u64]) {
         paging::read_words(pa, out)
     }
 
+    #[inline(always)]
+    fn read_array<const N: usize>(pa: PhysAddr) -> [u64; N] {
+        paging::read_array(pa)
+    }
+
+    // Inlined: the fast paths use it, and an out-of-line copy is one more code page.
+    #[inline(always)]
     fn write_words(pa: PhysAddr, words: &[u64]) {
         paging::write_words(pa, words)
     }
@@ -310,7 +321,7 @@ extern "C" fn arch_trap(f: &mut TrapFrame) {
 
 /// Handler of the `syscall` instruction (called from `syscall_entry`).
 #[no_mangle]
-#[link_section = ".text.fast"]
+#[link_section = ".text.fast.ipc"]
 extern "C" fn arch_syscall(f: &mut TrapFrame) {
     // SAFETY: the kernel's handler, with the caller's frame.
     unsafe { kernel_syscall(f) }

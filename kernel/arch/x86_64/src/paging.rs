@@ -214,31 +214,58 @@ pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
     // map and disjoint. Checked in debug builds only: this is the IPC fast path.
     debug_assert!(dst.0 + l <= DIRECT_MAP_SIZE && src.0 + l <= DIRECT_MAP_SIZE);
     debug_assert!(dst.0 + l <= src.0 || src.0 + l <= dst.0, "overlapping physical copy");
-    // SAFETY: both ranges are inside the direct map and disjoint (see above); the direction
-    // flag is clear in the kernel (SFMASK clears DF on entry).
-    unsafe {
-        core::arch::asm!(
-            "rep movsq",
-            inout("rcx") n => _,
-            inout("rsi") phys_to_virt(src) => _,
-            inout("rdi") phys_to_virt(dst) => _,
-            options(nostack, preserves_flags)
-        )
-    };
+    // SAFETY: both ranges are inside the direct map and disjoint (see above).
+    unsafe { movsq(phys_to_virt(dst) as *mut u64, phys_to_virt(src) as *const u64, n) };
 }
 
 #[link_section = ".text.fast"]
 pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + out.len() as u64 * 8 <= DIRECT_MAP_SIZE);
-    // SAFETY: aligned (checked), inside the direct map (checked); reading RAM has no side effects.
-    unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u64, out.as_mut_ptr(), out.len()) };
+    // SAFETY: aligned (checked), inside the direct map (checked), reading RAM has no side
+    // effects; `out` is a distinct kernel buffer of that many words.
+    unsafe { movsq(out.as_mut_ptr(), phys_to_virt(pa) as *const u64, out.len()) };
+}
+
+/// `N` words at `pa`, read without zeroing the array first.
+#[inline(always)]
+pub fn read_array<const N: usize>(pa: PhysAddr) -> [u64; N] {
+    assert!(pa.0.is_multiple_of(8) && pa.0 + N as u64 * 8 <= DIRECT_MAP_SIZE);
+    let mut a = core::mem::MaybeUninit::<[u64; N]>::uninit();
+    // SAFETY: the source is aligned and inside the direct map (checked); `movsq` writes all
+    // N words of the array, so it is initialised afterwards.
+    unsafe {
+        movsq(a.as_mut_ptr() as *mut u64, phys_to_virt(pa) as *const u64, N);
+        a.assume_init()
+    }
 }
 
 #[link_section = ".text.fast"]
 pub fn write_words(pa: PhysAddr, words: &[u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + words.len() as u64 * 8 <= DIRECT_MAP_SIZE);
-    // SAFETY: aligned (checked), inside the direct map (checked); callers own the frame.
-    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), phys_to_virt(pa) as *mut u64, words.len()) };
+    // SAFETY: aligned (checked), inside the direct map (checked); callers own the frame, and
+    // `words` is a distinct kernel buffer.
+    unsafe { movsq(phys_to_virt(pa) as *mut u64, words.as_ptr(), words.len()) };
+}
+
+/// Copies `n` words with `rep movsq`: one basic block under TCG, where `copy_nonoverlapping`
+/// of more than a few words is a call of `memcpy` (through the GOT): two more pages for the
+/// fast paths to touch.
+///
+/// # Safety
+/// As for `copy_nonoverlapping`: both ranges valid for `n` words and disjoint.
+#[inline(always)]
+unsafe fn movsq(dst: *mut u64, src: *const u64, n: usize) {
+    // SAFETY: guaranteed by the caller; the direction flag is clear in the kernel (SFMASK
+    // clears DF on entry).
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") n => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 pub fn read_phys(pa: PhysAddr, buf: &mut [u8]) {

@@ -160,14 +160,22 @@ impl kernel_core::hal::UserRegs for TrapFrame {
 pub const KSTACK_SIZE: usize = 16 * 1024;
 
 /// A thread's kernel stack: its user registers at the top, and while it is switched out the
-/// saved stack pointer. Boxed by the kernel, so its address stays put.
-#[repr(C, align(16))]
+/// saved stack pointer just above them. Boxed by the kernel, so its address stays put.
+///
+/// ```text
+///   base                                                           base + 16 KiB
+///   | FXSAVE area | canary | ....... stack grows down ... | user frame | saved_rsp, pad |
+///   |<--- 512 --->|                                       ^ top (TSS.rsp0)             |
+/// ```
+/// Page aligned, so the user frame, the saved stack pointer and the frames of a short kernel
+/// path lie in one page: under TCG a thread switch then costs one TLB refill for the stack.
+#[repr(C, align(4096))]
 pub struct KernelStack {
-    saved_rsp: u64,
-    _pad: u64,
     /// The thread's x87/SSE state while another thread owns the FPU (FXSAVE layout).
     fpu: FxArea,
     stack: [u64; (KSTACK_SIZE - 16 - FX_SIZE) / 8],
+    saved_rsp: u64,
+    _pad: u64,
 }
 
 const FX_SIZE: usize = 512;
@@ -318,9 +326,10 @@ trap_return:
     swapgs
 2:  iretq
 
-    /* The system-call path lives in .text.fast, next to the Rust fast path: under TCG every
-       code page touched after an address-space switch costs a TLB refill. */
-    .section .text.fast, "ax"
+    /* The system-call path opens .text (.text.fast.0), followed by the Rust fast path
+       (.text.fast.ipc): under TCG every code page touched after an address-space switch
+       costs a TLB refill, so a fast IPC hand-off runs in one code page. */
+    .section .text.fast.0, "ax"
     .global syscall_entry
     .p2align 4
 syscall_entry:
@@ -461,7 +470,7 @@ pub fn prepare_resume(stack: &mut [u64], how: Resume) -> usize {
 /// `rsp` must come from [`prepare_resume`], [`init_kernel_stack`] or an earlier [`switch`] of a
 /// context whose stack is alive; `cr3` must be 0 or a root sharing the kernel half. Nothing on
 /// the current stack may still be needed.
-#[link_section = ".text.fast"]
+#[link_section = ".text.fast.ipc"]
 pub unsafe fn resume(cr3: u64, rsp: u64) -> ! {
     // SAFETY: guaranteed by the caller.
     unsafe { resume_context(cr3, rsp) }

@@ -27,7 +27,7 @@ impl<A: Arch> Kernel<A> {
     ///
     /// Written for few branches: under TCG each basic block first executed after an
     /// address-space switch costs a hash lookup, so conditions are combined before testing.
-    #[link_section = ".text.fast"]
+    #[link_section = ".text.fast.ipc"]
     pub fn fastpath(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Option<Next> {
         let me = self.current?;
         let t = self.threads.get(me)?;
@@ -64,8 +64,14 @@ impl<A: Arch> Kernel<A> {
         let (t, d) = self.threads.get2_mut(me, dst)?;
         // The partner must wait for exactly this, with a user frame to resume by sysret, and
         // nothing may be queued at us that an open wait would have to take first.
-        let expect = if call { Wait::Open } else { Wait::Reply(me) };
-        let ok = matches!(d.state, ThreadState::Receiving(w) if w == expect)
+        // (Spelt out rather than comparing `Wait`s: the derived comparison is an out-of-line
+        // function with a jump table, two more pages to touch.)
+        let waits = match d.state {
+            ThreadState::Receiving(Wait::Open) => call,
+            ThreadState::Receiving(Wait::Reply(c)) => !call & (c == me),
+            _ => false,
+        };
+        let ok = waits
             & (d.resume == Some(Resume::Syscall))
             & d.senders.is_empty()
             & (call | (t.senders.is_empty() & t.irqs.is_empty()))
@@ -104,11 +110,9 @@ impl<A: Arch> Kernel<A> {
         let t = self.threads.get(me)?;
         let (area, own, utcb) = (t.vcpu?, t.task?, t.utcb_frame?);
         let caps = &self.tasks.get(own)?.caps;
-        let mut op = [0u64; 1];
-        A::read_words(utcb, &mut op);
+        let op: [u64; 1] = A::read_array(utcb);
         // Header and context in one read: words 0 .. REGS + 20.
-        let mut w = [0u64; off::REGS + 20];
-        A::read_words(area.frame, &mut w);
+        let w: [u64; off::REGS + 20] = A::read_array(area.frame);
         let resumed = w[off::SAVED_STATE];
         let me_cap = matches!(caps.get(CapSel::from_raw(rdx).idx()), Some(c) if c.obj == Obj::Thread(me));
         let user = match caps.get(abi::CapIdx(w[off::USER_TASK])) {
@@ -128,17 +132,17 @@ impl<A: Arch> Kernel<A> {
         }
         let ut = self.tasks.get(user)?;
         let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
-        let mut ctx = [0u64; 18];
-        ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
+        // The context by reference: a copy would be an out-of-line memcpy (two more pages).
+        let ctx: &[u64; 18] = w[off::REGS..off::REGS + 18].try_into().ok()?;
         let t = self.threads.get_mut(me)?;
-        if !t.kstack.regs().set_context(&ctx) {
+        if !t.kstack.regs().set_context(ctx) {
             return None;
         }
-        let kernel_fs = t.fs_base;
+        let own = (t.fs_base, t.root, t.io_task);
         t.vcpu_user = Some(user);
         (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, w[off::REGS + 18], w[off::REGS + 19]);
         if let Some(a) = t.vcpu.as_mut() {
-            a.kernel_fs = kernel_fs;
+            (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
         }
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.

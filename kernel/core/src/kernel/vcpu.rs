@@ -19,6 +19,11 @@ pub struct VcpuArea {
     pub user: u64,
     /// The FS base of the vCPU's own context, kept while it runs a user task.
     pub kernel_fs: u64,
+    /// Its own task's page-table root and I/O key (`Thread::root`, `Thread::io_task`), kept
+    /// while it runs a user task, so that an upcall needs no task lookup (one page less to
+    /// touch after the address-space switch).
+    pub kernel_root: u64,
+    pub kernel_io: u64,
 }
 
 fn word<A: Arch>(a: &VcpuArea, i: usize) -> u64 {
@@ -41,7 +46,7 @@ impl<A: Arch> Kernel<A> {
             return Err(Error::Exists);
         }
         A::write_words(frame, &[0; off::WORDS]);
-        let area = VcpuArea { frame, user: addr, kernel_fs: 0 };
+        let area = VcpuArea { frame, user: addr, kernel_fs: 0, kernel_root: 0, kernel_io: 0 };
         set_word::<A>(&area, off::VERSION, VERSION);
         self.threads.get_mut(t).ok_or(Error::NoEnt)?.vcpu = Some(area);
         Ok(())
@@ -55,16 +60,28 @@ impl<A: Arch> Kernel<A> {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
         // One read of the header, one write of context and trap words, one of the flags.
-        let mut head = [0u64; off::REGS];
-        A::read_words(area.frame, &mut head);
-        let mut regs = [0u64; 23];
-        if save {
-            regs[..18].copy_from_slice(&th.kstack.regs().context());
-            (regs[18], regs[19]) = (th.fs_base, th.gs_base);
+        let head: [u64; off::REGS] = A::read_array(area.frame);
+        let c: [u64; 20] = if save {
+            let r = th.kstack.regs().context();
+            let (fs, gs) = (th.fs_base, th.gs_base);
+            core::array::from_fn(|i| {
+                if i < 18 {
+                    r[i]
+                } else if i == 18 {
+                    fs
+                } else {
+                    gs
+                }
+            })
         } else {
-            A::read_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &mut regs[..20]);
-        }
-        (regs[20], regs[21], regs[22]) = (trapno, err, pfa);
+            A::read_array(PhysAddr(area.frame.0 + off::REGS as u64 * 8))
+        };
+        let regs: [u64; 23] = core::array::from_fn(|i| match i {
+            0..20 => c[i],
+            20 => trapno,
+            21 => err,
+            _ => pfa,
+        });
         A::write_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &regs);
         A::write_words(PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[0, head[off::STATE]]);
         if let Some(l) = label {
@@ -84,14 +101,11 @@ impl<A: Arch> Kernel<A> {
             }
             return;
         }
-        th.vcpu_user = None;
-        th.fs_base = area.kernel_fs;
         th.gs_base = th.utcb_user;
-        let (root, io) = own.and_then(|o| self.tasks.get(o)).map_or((0, 0), |x| {
-            (A::space_root(&x.space), if x.io.is_some() { own.map_or(0, |o| o.as_u64()) } else { 0 })
-        });
-        let th = self.threads.get_mut(t).expect("checked");
-        (th.root, th.io_task) = (root, io);
+        if th.vcpu_user.take().is_some() {
+            // Back from a user task to its own: as it was at the resume.
+            (th.fs_base, th.root, th.io_task) = (area.kernel_fs, area.kernel_root, area.kernel_io);
+        }
         if self.current == Some(t) {
             self.resume_current = true;
             self.resume_by = crate::hal::Resume::Syscall;
@@ -180,15 +194,17 @@ impl<A: Arch> Kernel<A> {
         let root = A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space);
         let io = if self.tasks.get(user).is_some_and(|x| x.io.is_some()) { user.as_u64() } else { 0 };
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-        let kernel_fs = th.fs_base;
+        let own = (th.fs_base, th.root, th.io_task);
         if !th.kstack.regs().set_context(&ctx) {
             return Err(Error::Inval);
         }
-        th.vcpu_user = Some(user);
-        (th.root, th.io_task, th.fs_base, th.gs_base) = (root, io, fs, gs);
-        if let Some(a) = th.vcpu.as_mut() {
-            a.kernel_fs = kernel_fs;
+        // A vCPU already in a user task keeps what it saved of its own context then.
+        if th.vcpu_user.replace(user).is_none() {
+            if let Some(a) = th.vcpu.as_mut() {
+                (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
+            }
         }
+        (th.root, th.io_task, th.fs_base, th.gs_base) = (root, io, fs, gs);
         set_word::<A>(&area, off::STATE, resumed);
         Ok(())
     }
