@@ -69,12 +69,13 @@ fn kernel_main(boot: Boot) -> ! {
 
 /// An event from user mode, or the tick while idle.
 #[no_mangle]
+#[link_section = ".text.fast.vcpu"]
 fn kernel_event(frame: &mut TrapFrame, ev: Event) {
     match ev {
         Event::Timer => sched::tick(),
         Event::Line(line) => sched::line(line),
         // #NM: the thread's first FPU/SSE instruction since it was switched in.
-        Event::Exception { vector: 7, .. } => with_kernel(|k| k.fpu_fault()),
+        Event::Exception { vector: 7, .. } => sched::fpu_fault(),
         Event::Exception { vector, error, addr } => sched::user_fault(frame, vector, error, addr),
     }
 }

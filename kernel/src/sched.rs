@@ -40,7 +40,9 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// The scheduling tick.
+/// The scheduling tick. (Out of line, like `line`: `kernel_event` stays small for the fault
+/// fast path.)
+#[inline(never)]
 pub fn tick() {
     let switch = with_kernel(|k| k.tick());
     resume_if_replaced();
@@ -51,6 +53,7 @@ pub fn tick() {
 }
 
 /// A hardware interrupt line fired.
+#[inline(never)]
 pub fn line(line: u8) {
     let preempt = with_kernel(|k| {
         k.line_fired(line);
@@ -150,30 +153,46 @@ fn idle_rsp() -> u64 {
 #[link_section = ".text.fast.ipc"]
 pub fn syscall(f: &mut TrapFrame) {
     let [rdx, rax, _label, r8] = f.syscall_args();
-    if let Some(next) = with_kernel(|k| k.fastpath(rdx, MsgTag(rax), r8)) {
-        resume(next)
+    let general = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
+        Some(next) => Err(next),
+        None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
+    });
+    match general {
+        Err(next) => resume(next),
+        Ok(g) => syscall_finish(f, g),
     }
-    syscall_general(f, rdx, MsgTag(rax), r8)
 }
 
+/// What the general path did: its outcome, whether a thread it readied should run now, and
+/// the caller's pending new ip/sp (`None`: the caller destroyed itself).
+type General = (Outcome, bool, Option<Option<(u64, u64)>>);
+
 #[inline(never)]
-fn syscall_general(f: &mut TrapFrame, rdx: u64, tag: MsgTag, r8: u64) {
+fn invoke_general(k: &mut Kernel<A>, rdx: u64, tag: MsgTag, r8: u64) -> General {
+    let out = k.invoke(rdx, tag, r8);
     // The call may ready a thread above us (run_thread, a semaphore up, an Irq trigger): it
     // runs at once, not at the next tick; we continue when our turn comes again.
-    let (tag, label, preempt) = match with_kernel(|k| (k.invoke(rdx, tag, r8), k.take_preempt())) {
-        (Outcome::Done(tag, label), preempt) => (tag, label, preempt),
-        (Outcome::Blocked, _) => block_and_leave(hal::Resume::Syscall),
-        // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
-        (Outcome::Resume, _) => resume_current(),
+    let preempt = k.take_preempt();
+    // New ip/sp from an `ex_regs` on itself apply on the way out of a finished call only.
+    let regs = match out {
+        Outcome::Done(..) => k.current.and_then(|c| k.threads.get_mut(c)).map(|t| t.pending_regs.take()),
+        _ => Some(None),
     };
-    let regs = with_kernel(|k| match k.current.and_then(|c| k.threads.get_mut(c)) {
-        Some(t) => Ok(t.pending_regs.take()),
-        None => Err(()),
-    });
+    (out, preempt, regs)
+}
+
+#[inline(always)]
+fn syscall_finish(f: &mut TrapFrame, (out, preempt, regs): General) {
+    let (tag, label) = match out {
+        Outcome::Done(tag, label) => (tag, label),
+        Outcome::Blocked => block_and_leave(hal::Resume::Syscall),
+        // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
+        Outcome::Resume => resume_current(),
+    };
     match regs {
         // The caller destroyed itself.
-        Err(()) => block_and_leave(hal::Resume::Syscall),
-        Ok(Some((ip, sp))) => {
+        None => block_and_leave(hal::Resume::Syscall),
+        Some(Some((ip, sp))) => {
             if ip != u64::MAX {
                 f.rip = ip;
             }
@@ -181,7 +200,7 @@ fn syscall_general(f: &mut TrapFrame, rdx: u64, tag: MsgTag, r8: u64) {
                 f.rsp = sp;
             }
         }
-        Ok(None) => {}
+        Some(None) => {}
     }
     f.set_syscall_result(tag.0, label);
     if preempt {
@@ -189,9 +208,26 @@ fn syscall_general(f: &mut TrapFrame, rdx: u64, tag: MsgTag, r8: u64) {
     }
 }
 
-/// A user exception of the current thread: a message to its pager or exception handler, whose
-/// reply resolves it; without a handler the task is destroyed.
+/// #NM: the current thread's first FPU/SSE instruction since it was switched in.
+#[inline(never)]
+pub fn fpu_fault() {
+    with_kernel(|k| k.fpu_fault())
+}
+
+/// A user exception of the current thread. Of a vCPU's user task: an upcall, at once (the
+/// fast path of every Linux process's page fault). Otherwise out of line.
+#[link_section = ".text.fast.vcpu"]
 pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
+    if let Some(next) = with_kernel(|k| k.vcpu_fault(vector, error, addr)) {
+        resume(next)
+    }
+    user_fault_general(f, vector, error, addr)
+}
+
+/// A user exception of a thread that is not a vCPU in user mode: a message to its pager or
+/// exception handler, whose reply resolves it; without a handler the task is destroyed.
+#[inline(never)]
+fn user_fault_general(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
     // sigma0 touching its memory for the first time: map it and retry the access.
     if vector == 14 && with_kernel(|k| k.current_task().is_some_and(|t| k.materialize(t, addr))) {
         return;

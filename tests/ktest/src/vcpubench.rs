@@ -16,8 +16,10 @@ const VCPU: CapIdx = CapIdx(120);
 const USER: CapIdx = CapIdx(121);
 const DONE: CapIdx = CapIdx(122);
 const TIMER: CapIdx = CapIdx(123);
-const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 11 * 1024;
-const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 12 * 1024;
+/// UTCB and state area in one page, as L4Linux has them: the kernel reads both on every
+/// `VcpuResume`, and under TCG each page is a TLB refill after the address-space switch.
+const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 10 * 1024;
+const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 11 * 1024;
 const SYSCALLS: u64 = 2000;
 const FAULT_PAGES: u64 = 256;
 

@@ -284,6 +284,7 @@ fn kernel_fault(f: &TrapFrame) -> ! {
 
 /// Common handler of all 256 vectors (called from `isr_common`).
 #[no_mangle]
+#[link_section = ".text.fast.vcpu"]
 extern "C" fn arch_trap(f: &mut TrapFrame) {
     let vector = f.vector as u8;
     match vector {

@@ -206,7 +206,7 @@ pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
 
 /// Copies `n` 64-bit words between physical frames with one `rep movsq` (a single basic block
 /// under TCG, whatever `n` is). `n` must be at most a UTCB's worth.
-#[link_section = ".text.fast"]
+#[inline(always)]
 pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
     assert!(n <= abi::utcb::UTCB_SIZE / 8);
     let l = n as u64 * 8;
@@ -218,7 +218,7 @@ pub fn copy_words(dst: PhysAddr, src: PhysAddr, n: usize) {
     unsafe { movsq(phys_to_virt(dst) as *mut u64, phys_to_virt(src) as *const u64, n) };
 }
 
-#[link_section = ".text.fast"]
+#[inline(always)]
 pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + out.len() as u64 * 8 <= DIRECT_MAP_SIZE);
     // SAFETY: aligned (checked), inside the direct map (checked), reading RAM has no side
@@ -239,7 +239,7 @@ pub fn read_array<const N: usize>(pa: PhysAddr) -> [u64; N] {
     }
 }
 
-#[link_section = ".text.fast"]
+#[inline(always)]
 pub fn write_words(pa: PhysAddr, words: &[u64]) {
     assert!(pa.0.is_multiple_of(8) && pa.0 + words.len() as u64 * 8 <= DIRECT_MAP_SIZE);
     // SAFETY: aligned (checked), inside the direct map (checked); callers own the frame, and

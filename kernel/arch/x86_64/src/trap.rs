@@ -139,7 +139,7 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         ]
     }
 
-    #[link_section = ".text.fast"]
+    #[link_section = ".text.fast.vcpu"]
     fn set_context(&mut self, c: &[u64; 18]) -> bool {
         if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
             return false;
@@ -309,6 +309,10 @@ isr_stubs:
     .set vec, vec + 1
     .endr
 
+    /* The common stub and the way back to user mode sit in .text.fast.0 with the system-call
+       entry: a vCPU's user task enters here on every fault, and under TCG each code page
+       touched after an address-space switch costs a TLB refill. */
+    .section .text.fast.0, "ax"
 isr_common:
     test qword ptr [rsp + 24], 3
     jz 1f

@@ -38,6 +38,12 @@ impl<A: Arch> Kernel<A> {
             return self.resume_self();
         }
         let flags = rdx & FLAGS_MASK;
+        // A thread call with one word and any number of map items: a vCPU's `VcpuResume`?
+        let items = MsgTag::ITEMS_MASK << MsgTag::ITEMS_SHIFT;
+        let resume = MsgTag::new(abi::proto::thread::LABEL, 1, 0, 0).0;
+        if t.vcpu.is_some() & (flags == CALL) & (r8 == 0) & (tag.0 & !items == resume) {
+            return self.vcpu_resume_fast(me, rdx, tag);
+        }
         let words = tag.words();
         // No timeouts, no typed items, no tag flags, a short message, a call or reply-and-wait.
         let shape = (r8 == 0)
@@ -46,10 +52,6 @@ impl<A: Arch> Kernel<A> {
             & ((flags == CALL) | (flags == REPLY_AND_WAIT));
         if !shape {
             return None;
-        }
-        let t = self.threads.get(me)?;
-        if t.vcpu.is_some() && flags == CALL && tag.0 == MsgTag::new(abi::proto::thread::LABEL, 1, 0, 0).0 {
-            return self.vcpu_resume_fast(me, rdx, tag);
         }
         let call = flags == CALL;
         let (dst, label) = if call {
@@ -101,11 +103,12 @@ impl<A: Arch> Kernel<A> {
         Some(next)
     }
 
-    /// `VcpuResume` into a user task, without map items or a pending interrupt, in one pass;
-    /// `None` leaves everything else (and every error) to the general path, which has the
-    /// same semantics.
-    #[link_section = ".text.fast"]
-    fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, _tag: MsgTag) -> Option<Next> {
+    /// `VcpuResume` into a user task without a pending interrupt, with its map items (the
+    /// answer to a page fault of a Linux process), in one pass. `None` leaves everything else
+    /// to the general path, which has the same semantics; once the map items are taken, an
+    /// error is returned from here (as the general path does after them).
+    #[link_section = ".text.fast.vcpu"]
+    fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, tag: MsgTag) -> Option<Next> {
         use abi::vcpu::{off, state, sticky};
         let t = self.threads.get(me)?;
         let (area, own, utcb) = (t.vcpu?, t.task?, t.utcb_frame?);
@@ -114,7 +117,10 @@ impl<A: Arch> Kernel<A> {
         // Header and context in one read: words 0 .. REGS + 20.
         let w: [u64; off::REGS + 20] = A::read_array(area.frame);
         let resumed = w[off::SAVED_STATE];
-        let me_cap = matches!(caps.get(CapSel::from_raw(rdx).idx()), Some(c) if c.obj == Obj::Thread(me));
+        // As the general path demands: the read right, and items that fit the UTCB.
+        let me_cap = matches!(caps.get(CapSel::from_raw(rdx).idx()),
+            Some(c) if (c.obj == Obj::Thread(me)) & c.rights.contains(abi::Rights::R))
+            & (2 * tag.items() < abi::utcb::MR_COUNT); // after the one word, the opcode
         let user = match caps.get(abi::CapIdx(w[off::USER_TASK])) {
             Some(c) => match c.obj {
                 Obj::Task(u) => u,
@@ -134,9 +140,14 @@ impl<A: Arch> Kernel<A> {
         let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
         // The context by reference: a copy would be an out-of-line memcpy (two more pages).
         let ctx: &[u64; 18] = w[off::REGS..off::REGS + 18].try_into().ok()?;
+        if tag.items() > 0 {
+            if let Err(e) = self.map_items(me, own, user, tag) {
+                return self.vcpu_resume_failed(me, e);
+            }
+        }
         let t = self.threads.get_mut(me)?;
         if !t.kstack.regs().set_context(ctx) {
-            return None;
+            return self.vcpu_resume_failed(me, abi::Error::Inval);
         }
         let own = (t.fs_base, t.root, t.io_task);
         t.vcpu_user = Some(user);
@@ -148,6 +159,16 @@ impl<A: Arch> Kernel<A> {
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
         self.resume_by =
             if ctx[2] == ctx[15] && ctx[10] == ctx[17] { Resume::Syscall } else { Resume::Exception };
+        self.resume_self()
+    }
+
+    /// `VcpuResume` by `me` failed after its map items were taken: the error goes back to
+    /// the vCPU's own context, whose frame is untouched.
+    #[cold]
+    fn vcpu_resume_failed(&mut self, me: Id, e: abi::Error) -> Option<Next> {
+        let t = self.threads.get_mut(me)?;
+        t.kstack.regs().set_syscall_result(MsgTag::error(e).0, 0);
+        self.resume_by = Resume::Syscall;
         self.resume_self()
     }
 }

@@ -193,14 +193,14 @@ impl<A: Arch> Kernel<A> {
         window: Option<Fpage>,
     ) -> Result<(), Error> {
         let (words, items) = (tag.words(), tag.items());
-        let mut buf = [0u64; MR_COUNT];
         let utcb = self.threads.get(s).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
-        read_words::<A>(utcb, words, 2 * items, &mut buf);
         if window.is_some_and(|w| w.0 == 0) {
             return Err(Error::MsgTooLong);
         }
         for i in 0..items {
-            let (w0, fp) = (buf[2 * i], buf[2 * i + 1]);
+            // Item by item, straight from the UTCB (the callers bound `words + 2 * items` by
+            // MR_COUNT): no zeroed buffer, which would be a memset call on the fault path.
+            let [w0, fp]: [u64; 2] = A::read_array(PhysAddr(utcb.0 + (words + 2 * i) as u64 * 8));
             if w0 & map::ITEM == 0 {
                 return Err(Error::Inval);
             }

@@ -156,10 +156,12 @@ impl<A: Arch> Kernel<A> {
             if unit == PAGE_SIZE && (dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR) {
                 return Err(Error::Inval);
             }
-            if unit == PAGE_SIZE && self.memdb.get(sk).is_none() && !self.lazy.is_empty() {
-                self.materialize(src, sk.1);
+            let mut present =
+                if unit == PAGE_SIZE { self.memdb.get(sk).is_some() } else { self.capdb.get(sk).is_some() };
+            if unit == PAGE_SIZE && !present && !self.lazy.is_empty() {
+                present = self.materialize(src, sk.1);
             }
-            if self.memdb.get(sk).is_none() && self.capdb.get(sk).is_none() {
+            if !present {
                 continue;
             }
             if sk == dk {

@@ -402,6 +402,58 @@ fn vcpu_resume_and_upcall() {
 }
 
 #[test]
+fn vcpu_resume_with_map_items_takes_the_fast_path() {
+    use abi::vcpu::{off, state};
+    let mut m = machine(4 << 20);
+    let me = m.k.current_task().unwrap();
+    let v = m.thread(CapIdx(20), 1);
+    let page = Fake::with_frames(|f| f.alloc()).unwrap();
+    m.k.map_root(me, 0x10_0000, page, super::memory::MEM_ALL).unwrap();
+    m.op(
+        wk::FACTORY,
+        proto::factory::LABEL,
+        &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    let user = match m.k.cap(me, CapIdx(21)).unwrap().obj {
+        Obj::Task(u) => u,
+        _ => unreachable!(),
+    };
+    m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), UTCB + 3 * 1024])
+        .unwrap();
+    let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
+    // A resume into the user task at `ip` with one map item: our page at `to`. True if the
+    // fast path took the call (the general path is not tried).
+    let resume = |m: &mut M, ip: u64, to: u64| {
+        let mut w = [0u64; off::WORDS];
+        Fake::read_words(area, &mut w);
+        (w[off::SAVED_STATE], w[off::USER_TASK]) = (state::USER_MODE, 21);
+        (w[off::ENTRY_IP], w[off::ENTRY_SP]) = (0x40_0000, 0x7000);
+        (w[off::REGS + 15], w[off::REGS + 16]) = (ip, 0x2000);
+        Fake::write_words(area, &w);
+        let item = Fpage::memory(0x10_0000, 12, Rights::RW);
+        m.set_mrs(v, &[proto::thread::Op::VcpuResume.code(), to | proto::map::ITEM, item.0]);
+        m.k.current = Some(v);
+        m.k.threads.get_mut(v).unwrap().state = ThreadState::Running;
+        let rdx = CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits();
+        m.k.fastpath(rdx, MsgTag::new(proto::thread::LABEL, 1, 1, 0), 0).is_some()
+    };
+    assert!(resume(&mut m, 0x1000, 0x30_0000), "a page-fault answer takes the fast path");
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!((t.vcpu_user, t.kstack.regs().ip()), (Some(user), 0x1000));
+    assert_eq!(m.k.tasks.get(user).unwrap().space.pages[&0x30_0000].0, page, "mapped on the way");
+    // Back to the vCPU (a system call in the user task), then a resume whose context is bad:
+    // the item is taken, as on the general path, and the error returns to the vCPU.
+    m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0);
+    assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
+    assert!(resume(&mut m, abi::kip::USER_END, 0x31_0000));
+    assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None, "still in its own task");
+    assert_eq!(m.woke_with(v).0.result(), Err(Error::Inval));
+    assert!(m.k.tasks.get(user).unwrap().space.pages.contains_key(&0x31_0000));
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[test]
 fn closed_receive_takes_only_its_partner() {
     let mut m = machine(4 << 20);
     let s = m.thread(CapIdx(20), 1);

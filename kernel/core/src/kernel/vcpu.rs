@@ -55,7 +55,7 @@ impl<A: Arch> Kernel<A> {
     /// Sends vCPU thread `t` to its upcall handler in its own task. With `save`, its current
     /// context is saved in the state area first; otherwise the area keeps the context it
     /// already holds (an interrupt found pending at resume). Sets `resume_current` if `t` runs.
-    #[link_section = ".text.fast"]
+    #[link_section = ".text.fast.vcpu"]
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
@@ -91,15 +91,9 @@ impl<A: Arch> Kernel<A> {
         // rcx and r11 hold ip and flags at entry (so the kernel may leave by sysret).
         let mut ctx = [0u64; 18];
         (ctx[2], ctx[5], ctx[10], ctx[15], ctx[16], ctx[17]) = (ip, area.user, 0x202, ip, sp, 0x202);
-        let own = th.task;
         if !th.kstack.regs().set_context(&ctx) {
-            // No usable entry point: the guest kernel cannot take the event.
-            let name = own.and_then(|o| self.tasks.get(o)).map(|x| x.name.clone()).unwrap_or_default();
-            log::warn!("vcpu of task {name}: entry ip/sp {ip:#x}/{sp:#x} unusable; task destroyed");
-            if let Some(o) = own {
-                self.destroy_task(o);
-            }
-            return;
+            let own = th.task;
+            return self.vcpu_entry_unusable(own, ip, sp);
         }
         th.gs_base = th.utcb_user;
         if th.vcpu_user.take().is_some() {
@@ -112,9 +106,31 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
+    /// An exception of the current thread: if it is a vCPU running a user task, the upcall
+    /// to the guest kernel and where to resume; `None` for everyone else.
+    #[link_section = ".text.fast.vcpu"]
+    pub fn vcpu_fault(&mut self, vector: u8, error: u64, addr: u64) -> Option<Next> {
+        let me = self.current?;
+        self.threads.get(me)?.vcpu_user?;
+        self.vcpu_upcall(me, vector as u64, error, addr, None, true);
+        self.resume_self()
+    }
+
+    /// No usable upcall entry point: the guest kernel cannot take the event, its task goes.
+    /// (Out of line: the upcall is a fast path, under TCG its code pages count.)
+    #[cold]
+    #[inline(never)]
+    fn vcpu_entry_unusable(&mut self, own: Option<Id>, ip: u64, sp: u64) {
+        let name = own.and_then(|o| self.tasks.get(o)).map(|x| x.name.clone()).unwrap_or_default();
+        log::warn!("vcpu of task {name}: entry ip/sp {ip:#x}/{sp:#x} unusable; task destroyed");
+        if let Some(o) = own {
+            self.destroy_task(o);
+        }
+    }
+
     /// Makes the current thread, whose context was replaced, resume from its frame (the way
     /// `resume_by` allows) and says where; clears the request.
-    #[link_section = ".text.fast"]
+    #[link_section = ".text.fast.vcpu"]
     pub fn resume_self(&mut self) -> Option<Next> {
         self.resume_current = false;
         let how = core::mem::replace(&mut self.resume_by, crate::hal::Resume::Exception);
