@@ -32,6 +32,7 @@ unsigned int lx_idle_wait(void);
 int lx_upcall_kind(unsigned int *bits);
 void lx_kernel_context(unsigned long out[5]);
 void lx_resume_kernel(void) __attribute__((noreturn));
+/* Runs a process until its next event: 0 then (see lx_user_event), or a negative error. */
 int lx_resume_user(int task, const unsigned long *gp, const void *fp);
 int lx_user_event(unsigned long *gp, void *fp, unsigned long fault[3], unsigned int *bits);
 
@@ -59,6 +60,12 @@ int lx_module(const char *name, unsigned long *addr, unsigned long *size);
 
 /* Called by the Rust half: interrupts it held off may have come meanwhile. */
 void lx_irqs_back(void);
+
+/*
+ * The per-event path (userspace() and the Rust functions it calls) goes first in .text, in
+ * one page: under TCG every page touched after an address-space switch costs a TLB refill.
+ */
+#define __lx_hot __attribute__((__section__(".text.hot.lx")))
 
 /* Shared between the C files. */
 extern int lx_in_upcall;

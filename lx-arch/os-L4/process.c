@@ -4,9 +4,9 @@
  *
  * A process's address space is an L4 task (its capability slot is the mm's "pid"); UML's
  * page-table sync maps pages of Linux's RAM into it (map/unmap/protect). Running a process is
- * a vCPU resume into that task; its next event (system call, fault, interrupt) is an upcall,
- * which lx_upcall turns into a longjmp back here. Linux's kernel threads switch with
- * setjmp/longjmp on their stacks, as in UML.
+ * a vCPU resume into that task, made as a call that returns with the process's next event
+ * (system call, fault, interrupt): its upcall enters on this stack (lx_vcpu_enter in the Rust
+ * half). Linux's kernel threads switch with setjmp/longjmp on their stacks, as in UML.
  */
 #include <linux/kernel.h>
 #include <linux/mm.h>
@@ -32,8 +32,7 @@ static_assert(HOST_IP == 16 && HOST_EFLAGS == 18 && HOST_SP == 19);
 static_assert(HOST_FS_BASE == 21 && HOST_GS_BASE == 22 && MAX_REG_NR == 27);
 static_assert(HOST_FP_SIZE * sizeof(long) >= 512);
 
-int userspace_pid[NR_CPUS];
-extern jmp_buf *lx_user_jb;
+/* userspace_pid is defined in signal.c, next to the other variables every event touches. */
 
 int start_userspace(unsigned long stub_stack)
 {
@@ -170,11 +169,10 @@ static void lx_user_fault(struct uml_pt_regs *regs)
 	relay_signal(sig, &si, regs);
 }
 
-void userspace(struct uml_pt_regs *regs, unsigned long *aux_fp_regs)
+void __lx_hot userspace(struct uml_pt_regs *regs, unsigned long *aux_fp_regs)
 {
 	unsigned long fault[3];
 	unsigned int bits;
-	jmp_buf here;
 	int kind, err;
 
 	interrupt_end();
@@ -185,15 +183,12 @@ void userspace(struct uml_pt_regs *regs, unsigned long *aux_fp_regs)
 		 * arrives at the resume, as an event of the process.
 		 */
 		block_signals();
-		if (setjmp(here) == 0) {
-			lx_user_jb = &here;
-			err = lx_resume_user(userspace_pid[0], regs->gp, regs->fp);
-			lx_user_jb = NULL;
+		err = lx_resume_user(userspace_pid[0], regs->gp, regs->fp);
+		if (err) {
 			printk(KERN_ERR "%s - cannot run process task %d: %d\n", __func__,
 			       userspace_pid[0], err);
 			fatal_sigsegv();
 		}
-		lx_user_jb = NULL;
 		lx_in_upcall = 0;
 
 		regs->is_user = 1;

@@ -6,25 +6,33 @@
  * was clear. Here the flag is mirrored in the vCPU's interrupt flag (cleared before
  * signals_enabled, set after it, so an upcall always finds them agreeing), and what the kernel
  * held back while it was clear is taken as messages when it is set again. An interrupt upcall
- * enters lx_upcall_entry on cpu0_irqstack (set_sigstack), where UML's to_irq_stack makes
- * "current" work; an event of a process is turned into a return to userspace() (process.c).
+ * while Linux runs enters lx_upcall_entry on cpu0_irqstack (set_sigstack), where UML's
+ * to_irq_stack makes "current" work; an event of a process returns from the call in
+ * userspace() that ran it (process.c), never here.
  */
 #include <linux/kernel.h>
+#include <linux/threads.h>
 #include <linux/signal.h>
 #include <linux/string.h>
 #include <as-layout.h>
 #include <kern_util.h>
-#include <longjmp.h>
 #include <os.h>
 #include "lx_arch.h"
 
+/* The hot text starts a page (see __lx_hot): this object is the first (Makefile) to have any. */
+asm(".section .text.hot.lx, \"ax\"\n\t.p2align 12\n\t.previous");
+
+/*
+ * Variables every process event touches, defined together so that they share a page (under
+ * TCG each page touched after an address-space switch costs a TLB refill); userspace_pid is
+ * process.c's (the task slot of the process running).
+ */
+int userspace_pid[NR_CPUS];
 int signals_enabled;
 /* Set while the upcall handler runs: the vCPU flag is off and must stay off until it resumes. */
 int lx_in_upcall;
 /* Interrupts taken while signals_enabled was clear (idle wait), for unblock_signals. */
 unsigned int lx_soft_pending;
-/* Where userspace() waits for the next event of the process it runs. */
-jmp_buf *lx_user_jb;
 
 /* Registers for handlers of interrupts that did not interrupt a process. */
 static struct uml_pt_regs lx_kernel_regs;
@@ -39,7 +47,7 @@ void lx_dispatch_irqs(unsigned int bits, struct uml_pt_regs *regs)
 		lx_console_input();
 }
 
-void block_signals(void)
+void __lx_hot block_signals(void)
 {
 	if (!lx_in_upcall)
 		lx_irq_disable();
@@ -47,7 +55,7 @@ void block_signals(void)
 	barrier();
 }
 
-void unblock_signals(void)
+void __lx_hot unblock_signals(void)
 {
 	unsigned int bits;
 
@@ -137,11 +145,8 @@ void lx_upcall(void)
 
 	lx_in_upcall = 1;
 	kind = lx_upcall_kind(&bits);
-	if (kind == LX_EV_USER) {
-		if (lx_user_jb)
-			longjmp(*lx_user_jb, 1);
-		lx_kernel_bug("event of a process outside userspace()");
-	}
+	if (kind == LX_EV_USER)
+		lx_kernel_bug("event of a process at Linux's own entry");
 	if (kind != LX_EV_IRQ)
 		lx_kernel_bug("exception in the Linux kernel");
 	lx_kernel_irq(bits);

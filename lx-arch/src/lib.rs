@@ -8,6 +8,11 @@
 //! modules as read-only files. The seam between the halves is `../os-L4/lx_arch.h`: plain
 //! integers and pointers, so neither side needs the other's layouts.
 //!
+//! The per-event path is laid out for few pages (costs.md: each page touched after an
+//! address-space switch is a TLB refill under TCG): its functions in `.text.hot.lx`, which
+//! Linux's linker script puts first in `.text` next to the C half's `userspace()`, and the
+//! statics it touches in one static, `vcpu::HOT`.
+//!
 //! Every function here that uses the UTCB's message registers runs with the vCPU's interrupts
 //! held off ([`vcpu::held`]): an interrupt upcall in between would run Linux code that makes
 //! system calls of its own and overwrite them.
@@ -40,8 +45,10 @@ pub(crate) mod slot {
     pub const TIMER: CapIdx = CapIdx(21);
     /// The console-input Irq.
     pub const CONSOLE: CapIdx = CapIdx(22);
-    /// The first of the slots for process tasks ([`crate::task`]).
-    pub const FIRST_TASK: u64 = 1024;
+    /// The first of the slots for process tasks ([`crate::task`]), lowest free first: every
+    /// `VcpuResume` looks up our thread's slot and the process's, and under TCG it matters
+    /// that they share a page of the capability table (about 170 slots per page).
+    pub const FIRST_TASK: u64 = 32;
 }
 
 l4::entry!(main);
@@ -54,7 +61,7 @@ fn main(args: &str) -> i32 {
     // Optional: with it, Linux halting powers the machine off with Linux's status.
     let platform = l4::ipc::namespace::query(wk::NAMESPACE, "platform", wk::PLATFORM_CTL).is_ok();
     if args.split_ascii_whitespace().any(|a| a == "lx.profile") {
-        vcpu::PROFILE.store(true, Ordering::Relaxed);
+        vcpu::HOT.profile.store(true, Ordering::Relaxed);
     }
     take_terminal();
     let (argc, argv) = args::argv(args);
@@ -64,10 +71,10 @@ fn main(args: &str) -> i32 {
     vcpu::disable();
     // SAFETY: a plain int Linux writes before it returns; nothing else runs by now.
     let status = unsafe { uml_exitcode };
-    if vcpu::PROFILE.load(Ordering::Relaxed) {
+    if vcpu::HOT.profile.load(Ordering::Relaxed) {
         let (n, c) = vcpu::profile();
         l4::println!("os-L4 profile: {n} process events, {c} cycles each in Linux from upcall to resume");
-        let (r, m) = (task::ON_RESUME.load(Ordering::Relaxed), task::BY_MAP.load(Ordering::Relaxed));
+        let (r, m) = (vcpu::HOT.on_resume.load(Ordering::Relaxed), task::BY_MAP.load(Ordering::Relaxed));
         let sc = task::SYSCALL_CYCLES.load(Ordering::Relaxed) / n.max(1);
         l4::println!("os-L4 profile: {r} pages mapped by resumes, {m} by Task::Map; {sc} cycles per event in task calls");
     }

@@ -76,24 +76,23 @@ pub extern "C" fn lx_task_delete(task: c_int) {
 /// Anything that must not be reordered with them (an unmap, a map into another task, a full
 /// batch) sends them first with `Task::Map`. Only the vCPU thread, with interrupts off during
 /// the sync, touches this.
-struct Batch {
+pub(crate) struct Batch {
     task: u64,
     n: usize,
     items: [(u64, Fpage); MAX_ITEMS],
 }
 
+impl Batch {
+    pub(crate) const EMPTY: Batch = Batch { task: 0, n: 0, items: [(0, Fpage(0)); MAX_ITEMS] };
+}
+
 /// Items in one resume message: MR[0] is the opcode, each item takes two words.
 const MAX_ITEMS: usize = (abi::utcb::MR_COUNT - 1) / 2;
 
-struct BatchCell(core::cell::UnsafeCell<Batch>);
-// SAFETY: only the vCPU thread uses it (see Batch).
-unsafe impl Sync for BatchCell {}
-static BATCH: BatchCell =
-    BatchCell(core::cell::UnsafeCell::new(Batch { task: 0, n: 0, items: [(0, Fpage(0)); MAX_ITEMS] }));
-
 fn batch() -> &'static mut Batch {
-    // SAFETY: see BatchCell; no reference to it outlives the calls below.
-    unsafe { &mut *BATCH.0.get() }
+    // SAFETY: only the vCPU thread uses it (see Batch and Hot); no reference to it outlives
+    // the calls below.
+    unsafe { &mut *crate::vcpu::HOT.batch.get() }
 }
 
 /// Cycles spent in the kernel calls of this module (task create/delete, maps and unmaps not
@@ -108,8 +107,8 @@ fn timed<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Map items carried by a resume, and sent by `Task::Map` instead (`lx.profile`).
-pub static ON_RESUME: AtomicU64 = AtomicU64::new(0);
+/// Map items sent by `Task::Map` instead of a resume (`lx.profile`; those carried by a resume
+/// are counted in `vcpu::HOT`).
 pub static BY_MAP: AtomicU64 = AtomicU64::new(0);
 
 /// Sends the waiting items with `Task::Map` (their task is not the one resumed next).
@@ -172,6 +171,7 @@ pub extern "C" fn lx_task_unmap(task: c_int, virt: u64, len: u64) -> c_int {
 
 /// Puts the items waiting for `task` into the message registers from MR[1] for its resume;
 /// items for another task go out now. Returns how many it put.
+#[link_section = ".text.hot.lx"]
 pub fn items_for_resume(task: u64) -> Result<u64, c_int> {
     let b = batch();
     if b.n == 0 {
@@ -184,7 +184,7 @@ pub fn items_for_resume(task: u64) -> Result<u64, c_int> {
         };
     }
     let n = core::mem::take(&mut b.n);
-    ON_RESUME.fetch_add(n as u64, Ordering::Relaxed);
+    crate::vcpu::HOT.on_resume.fetch_add(n as u64, Ordering::Relaxed);
     for (i, &(virt, fp)) in b.items[..n].iter().enumerate() {
         l4::ipc::put_map_item(1 + 2 * i, virt, fp, false);
     }

@@ -2,8 +2,18 @@
 //! mirrors, interrupts taken as messages, and resuming either Linux itself (after an interrupt
 //! upcall) or one of its processes.
 //!
-//! The C half owns the control flow (UML's signal emulation, the `userspace()` loop with
-//! setjmp/longjmp); this half owns the state area's layout (`abi::vcpu`) and the system calls.
+//! The C half owns the control flow (UML's signal emulation, the `userspace()` loop); this half
+//! owns the state area's layout (`abi::vcpu`) and the system calls.
+//!
+//! Running a process is a call that returns with its next event: `lx_vcpu_enter` saves the
+//! callee-saved registers on the stack of `userspace()`, points the state area's upcall entry
+//! at that stack and at `lx_user_return`, and resumes the process; the upcall for its next
+//! event pops them and returns to `userspace()`. Events of Linux itself (interrupts while it
+//! runs) enter `lx_upcall_entry` on the interrupt stack instead, which is put back as the
+//! entry first thing. Compared with an upcall on the interrupt stack and a longjmp, this
+//! touches two stacks, a jump buffer and three code pages less per event, which counts under
+//! TCG (costs.md). The hot code of this path sits in `.text.hot.lx`, which Linux's linker
+//! script puts first in `.text`, next to `userspace()`.
 
 use abi::cap::well_known as wk;
 use abi::kip::BOOT_UTCB_ADDR;
@@ -11,6 +21,7 @@ use abi::proto::{self, thread::Op};
 use abi::syscall::{timeout, Flags};
 use abi::vcpu::{state, sticky, trap, VcpuState};
 use abi::{CapSel, MsgTag};
+use core::cell::UnsafeCell;
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -28,13 +39,98 @@ const EV_FAULT: c_int = 3;
 const EV_SYSCALL: c_int = 4;
 const EV_GONE: c_int = 5;
 
-/// Set once the thread is a vCPU; before that the interrupt flag is meaningless.
-static READY: AtomicBool = AtomicBool::new(false);
+/// What every process event touches, in one static: 2 KiB aligned and no larger, so it never
+/// spans two pages (each page touched after an address-space switch is a TLB refill under
+/// TCG; separate statics land wherever the linker puts them).
+#[repr(C, align(2048))]
+pub(crate) struct Hot {
+    /// The FXSAVE image of the process that ran last (see [`Fx`]).
+    fx: UnsafeCell<Fx>,
+    /// Map items waiting for the next resume ([`crate::task`]).
+    pub(crate) batch: UnsafeCell<crate::task::Batch>,
+    /// The upcall entry (ip, sp) for events of Linux itself, put back after each process event.
+    kernel_entry: [AtomicU64; 2],
+    /// `lx.profile`: when the current event came in.
+    profile_t0: AtomicU64,
+    /// Map items carried by a resume (`lx.profile`).
+    pub(crate) on_resume: AtomicU64,
+    /// Set once the thread is a vCPU; before that the interrupt flag is meaningless.
+    ready: AtomicBool,
+    /// `lx.profile` on the command line: how long Linux takes from a process's upcall to
+    /// resuming a process (cycles, summed over events), printed when Linux halts.
+    pub(crate) profile: AtomicBool,
+}
+const _: () = assert!(core::mem::size_of::<Hot>() <= 2048);
+// SAFETY: the cells are used only by the vCPU thread, with interrupts off (the resume and
+// event paths); the rest are atomics.
+unsafe impl Sync for Hot {}
+pub(crate) static HOT: Hot = Hot {
+    fx: UnsafeCell::new(Fx([0; 512])),
+    batch: UnsafeCell::new(crate::task::Batch::EMPTY),
+    kernel_entry: [const { AtomicU64::new(0) }; 2],
+    profile_t0: AtomicU64::new(0),
+    on_resume: AtomicU64::new(0),
+    ready: AtomicBool::new(false),
+    profile: AtomicBool::new(false),
+};
 
-/// `lx.profile` on the command line: how long Linux takes from a process's upcall to resuming
-/// a process (cycles, summed over events), printed when Linux halts.
-pub static PROFILE: AtomicBool = AtomicBool::new(false);
-static PROFILE_T0: AtomicU64 = AtomicU64::new(0);
+core::arch::global_asm!(
+    r#"
+    .section .text.hot.lx, "ax"
+    .p2align 4
+    .globl lx_vcpu_enter
+lx_vcpu_enter:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    movabs rax, {entry_sp}
+    mov [rax], rsp
+    lea rcx, [rip + lx_user_return]
+    mov [rax + 8], rcx
+    mov rdx, rdi
+    mov rax, rsi
+    xor esi, esi
+    xor r8d, r8d
+    syscall
+    /* Refused: the result tag is in rax. */
+    jmp 1f
+    .globl lx_user_return
+lx_user_return:
+    /* The upcall of the process's next event: rsp is as it was left above. */
+    xor eax, eax
+1:  mov rcx, [rip + {hot} + {kentry}]
+    mov rdx, [rip + {hot} + {kentry} + 8]
+    movabs rdi, {entry_sp}
+    mov [rdi + 8], rcx
+    mov [rdi], rdx
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+    .text
+"#,
+    entry_sp = const STATE + core::mem::offset_of!(VcpuState, entry_sp) as u64,
+    hot = sym HOT,
+    kentry = const core::mem::offset_of!(Hot, kernel_entry),
+);
+const _: () = assert!(
+    core::mem::offset_of!(VcpuState, entry_ip) == core::mem::offset_of!(VcpuState, entry_sp) + 8,
+    "lx_vcpu_enter writes both entry words through one pointer"
+);
+
+extern "C" {
+    /// Invokes the kernel with `rdx` and `tag` (a `VcpuResume` into a process) so that the
+    /// process's next upcall returns from here with 0; returns the result tag if the kernel
+    /// refused. Callee-saved registers are preserved either way.
+    fn lx_vcpu_enter(rdx: u64, tag: u64) -> u64;
+}
+
 static PROFILE_SUM: AtomicU64 = AtomicU64::new(0);
 static PROFILE_EVENTS: AtomicU64 = AtomicU64::new(0);
 
@@ -71,7 +167,7 @@ fn sticky_word(s: *mut VcpuState) -> *mut u64 {
 
 /// Clears the interrupt flag; returns whether it was set.
 pub fn disable() -> bool {
-    if !READY.load(Ordering::Relaxed) {
+    if !HOT.ready.load(Ordering::Relaxed) {
         return false;
     }
     let s = read(state_word);
@@ -128,13 +224,16 @@ pub extern "C" fn lx_vcpu_init(entry: u64, sp: u64) -> c_int {
     );
     // SAFETY: as above.
     write(|s| unsafe { &raw mut (*s).entry_sp }, sp & !15);
+    HOT.kernel_entry[0].store(entry, Ordering::Relaxed);
+    HOT.kernel_entry[1].store(sp & !15, Ordering::Relaxed);
     write(state_word, 0);
-    READY.store(true, Ordering::Relaxed);
+    HOT.ready.store(true, Ordering::Relaxed);
     0
 }
 
 /// `lx_irq_disable`: UML's `block_signals`.
 #[no_mangle]
+#[link_section = ".text.hot.lx"]
 pub extern "C" fn lx_irq_disable() {
     disable();
 }
@@ -143,8 +242,9 @@ pub extern "C" fn lx_irq_disable() {
 /// (as messages) and returns their bits with the flag still off, for the caller to handle
 /// before it calls again. 0 means the flag is on.
 #[no_mangle]
+#[link_section = ".text.hot.lx"]
 pub extern "C" fn lx_irq_enable() -> u32 {
-    if !READY.load(Ordering::Relaxed) {
+    if !HOT.ready.load(Ordering::Relaxed) {
         return 0;
     }
     let mut bits = 0;
@@ -180,9 +280,9 @@ pub extern "C" fn lx_idle_wait() -> u32 {
     bits
 }
 
-/// `lx_upcall_kind`: what the upcall being handled is: `EV_USER` (an event of a process,
-/// details through `lx_user_event`), `EV_IRQ` with `*bits` (an interrupt of Linux itself), or
-/// `EV_FAULT` (anything else in Linux's own context: a bug).
+/// `lx_upcall_kind`: what the upcall at Linux's own entry is: `EV_IRQ` with `*bits` (an
+/// interrupt of Linux itself), `EV_USER` (an event of a process, which should have come to
+/// `lx_user_return`: a bug), or `EV_FAULT` (anything else in Linux's own context: a bug).
 ///
 /// # Safety
 /// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
@@ -192,9 +292,6 @@ pub unsafe extern "C" fn lx_upcall_kind(bits: *mut u32) -> c_int {
     // SAFETY: only field addresses are computed.
     let saved = read(|s| unsafe { &raw mut (*s).saved_state });
     if saved & state::USER_MODE != 0 {
-        if PROFILE.load(Ordering::Relaxed) {
-            PROFILE_T0.store(l4::sys::cycles(), Ordering::Relaxed);
-        }
         return EV_USER;
     }
     // SAFETY: as above.
@@ -289,28 +386,45 @@ const USER_FLAGS: u64 = 0x0025_0dd5;
 /// An FXSAVE image, aligned as the instruction needs (UML's `regs->fp` is not).
 #[repr(C, align(16))]
 struct Fx([u8; 512]);
-struct FxCell(core::cell::UnsafeCell<Fx>);
-// SAFETY: used only by the vCPU thread, with interrupts off (resume and event paths).
-unsafe impl Sync for FxCell {}
-static FX: FxCell = FxCell(core::cell::UnsafeCell::new(Fx([0; 512])));
+
+/// Copies an FXSAVE image with `rep movsq`: one basic block under TCG, where
+/// `copy_nonoverlapping` would call Linux's `memcpy` through the GOT (two more pages per
+/// event).
+///
+/// # Safety
+/// `dst` and `src` valid for 512 bytes, not overlapping.
+#[inline(always)]
+unsafe fn copy_fx(dst: *mut u8, src: *const u8) {
+    // SAFETY: guaranteed by the caller; DF is clear in Linux's context (C ABI).
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") 512 / 8 => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
 
 /// `lx_resume_user`: runs process task `task` with registers `gp` (27 words, ptrace order) and
-/// FPU image `fp` (FXSAVE layout, 512 bytes); its next event comes back as an upcall. Returns
-/// only if the kernel refuses (a negative error).
+/// FPU image `fp` (FXSAVE layout, 512 bytes) until its next event: returns 0 then (details
+/// through `lx_user_event`), or a negative error if the kernel refuses.
 ///
 /// # Safety
 /// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
 /// stated sizes, or null where the function checks.
 #[no_mangle]
+#[link_section = ".text.hot.lx"]
 pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const u8) -> c_int {
     // SAFETY: the C half passes UML's regs->gp (27 words) and regs->fp (>= 512 bytes).
     let g = unsafe { core::slice::from_raw_parts(gp, gp::COUNT) };
-    // SAFETY: FX is ours alone (see FxCell); fp has 512 readable bytes; FXRSTOR loads a
+    // SAFETY: HOT.fx is ours alone (see Hot); fp has 512 readable bytes; FXRSTOR loads a
     // 16-byte aligned image, and a corrupt one raises #GP in our own context — the C half
     // only passes images it took with FXSAVE or built from the default state.
     unsafe {
-        let fx = &mut *FX.0.get();
-        core::ptr::copy_nonoverlapping(fp, fx.0.as_mut_ptr(), 512);
+        let fx = &mut *HOT.fx.get();
+        copy_fx(fx.0.as_mut_ptr(), fp);
         // MXCSR reserved bits would make FXRSTOR fault: keep the defined ones.
         let mxcsr = u32::from_le_bytes([fx.0[24], fx.0[25], fx.0[26], fx.0[27]]) & 0xffff;
         fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
@@ -343,15 +457,30 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
         (&raw mut (*s).user_task).write_volatile(task as u64);
         (&raw mut (*s).saved_state).write_volatile(state::USER_MODE | state::IRQ);
     }
-    let t0 = PROFILE_T0.swap(0, Ordering::Relaxed);
+    let t0 = HOT.profile_t0.swap(0, Ordering::Relaxed);
     if t0 != 0 {
         PROFILE_SUM.fetch_add(l4::sys::cycles() - t0, Ordering::Relaxed);
         PROFILE_EVENTS.fetch_add(1, Ordering::Relaxed);
     }
     // Pages UML's sync just mapped into this process go with the resume.
-    match crate::task::items_for_resume(task as u64) {
-        Ok(items) => resume(items),
-        Err(e) => e,
+    let items = match crate::task::items_for_resume(task as u64) {
+        Ok(items) => items,
+        Err(e) => return e,
+    };
+    l4::ipc::set_mr(0, Op::VcpuResume.code());
+    let rdx = CapSel::from_idx(wk::THREAD).raw() | Flags::CALL.bits();
+    // SAFETY: lx_vcpu_enter follows the C ABI; the state area holds the process's context
+    // and the UTCB the message (MR[0] and the items) for the `VcpuResume` it makes.
+    let r = unsafe { lx_vcpu_enter(rdx, MsgTag::new(proto::thread::LABEL, 1, items, 0).0) };
+    if r == 0 {
+        if HOT.profile.load(Ordering::Relaxed) {
+            HOT.profile_t0.store(l4::sys::cycles(), Ordering::Relaxed);
+        }
+        return 0;
+    }
+    match MsgTag(r).result() {
+        Ok(_) => -(abi::Error::Inval as c_int),
+        Err(e) => -(e as c_int),
     }
 }
 
@@ -363,17 +492,18 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
 /// Called from os-L4's C half with the pointers lx_arch.h describes: valid for the
 /// stated sizes, or null where the function checks.
 #[no_mangle]
+#[link_section = ".text.hot.lx"]
 pub unsafe extern "C" fn lx_user_event(gp: *mut u64, fp: *mut u8, fault: *mut u64, bits: *mut u32) -> c_int {
     // SAFETY: as in lx_resume_user; `fault` has 3 words, `bits` one (lx_arch.h).
     let (g, f) = unsafe {
         (core::slice::from_raw_parts_mut(gp, gp::COUNT), core::slice::from_raw_parts_mut(fault, 3))
     };
-    // SAFETY: FX is ours (see FxCell); FXSAVE stores the process's FPU registers, which are
+    // SAFETY: HOT.fx is ours (see Hot); FXSAVE stores the process's FPU registers, which are
     // still the vCPU thread's (nothing in Linux or here uses the FPU).
     unsafe {
-        let fx = &mut *FX.0.get();
+        let fx = &mut *HOT.fx.get();
         core::arch::asm!("fxsave64 [{}]", in(reg) fx.0.as_mut_ptr(), options(nostack));
-        core::ptr::copy_nonoverlapping(fx.0.as_ptr(), fp, 512);
+        copy_fx(fp, fx.0.as_ptr());
     }
     // SAFETY: the state area is ours while we run.
     let (r, label) = unsafe { ((*area()).regs, (&raw const (*area()).irq_label).read_volatile()) };
