@@ -1,0 +1,191 @@
+/*
+ * A QEMU TCG plugin: the distinct pages a guest touches in each address-space window.
+ *
+ * Under TCG every address-space switch flushes the emulated TLB, so what a fast path costs is
+ * mostly the number of distinct pages it touches after a switch (docs/costs.md). This plugin
+ * splits execution into windows at each execution of one instruction (`split=ADDR`, the
+ * kernel's `mov cr3`) and lists, per window, every page touched for the first time (code or
+ * data, with the instruction that touched it first), the instructions executed and the
+ * translation blocks entered. Recording starts at the first execution of `mark=ADDR` and
+ * stops after `windows=N` windows (default 24), or, with `toggle=1`, at the next execution of
+ * the mark. The result goes to `out=FILE` when QEMU exits.
+ *
+ * Only the few plugin API functions below are used; they are declared here (QEMU's public
+ * plugin API, stable since version 2) so that no QEMU headers are needed to build it:
+ *   cc -shared -fPIC -O2 -o pages.so pages.c
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint64_t qemu_plugin_id_t;
+typedef uint32_t qemu_plugin_meminfo_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+typedef struct {
+	const char *target_name;
+	struct { int min; int cur; } version;
+	bool system_emulation;
+	union { struct { int smp_vcpus; int max_vcpus; } system; };
+} qemu_info_t;
+
+enum { CB_NO_REGS = 0 };
+enum { MEM_RW = 3 };
+
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t,
+					   void (*)(qemu_plugin_id_t, struct qemu_plugin_tb *));
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *, size_t);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *, void (*)(unsigned, void *),
+					    int, void *);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *, void (*)(unsigned, void *),
+					  int, void *);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *,
+				      void (*)(unsigned, qemu_plugin_meminfo_t, uint64_t, void *),
+				      int, int, void *);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
+
+__attribute__((visibility("default"))) int qemu_plugin_version = 2;
+
+#define MAX_PAGES 512
+#define MAX_WINDOWS 256
+
+struct page { uint64_t addr, first_ip; bool code; };
+struct window { long insns, blocks; int n; struct page p[MAX_PAGES]; };
+
+static uint64_t split_at, mark_at;
+static bool toggle, recording, done_recording;
+static int max_windows = 24, nw;
+static uint64_t ip_now;
+static const char *out = "tcg-pages.txt";
+static struct window *win;
+
+static void touch(uint64_t va, bool code)
+{
+	struct window *w = &win[nw];
+	uint64_t a = va & ~0xfffULL;
+
+	for (int i = 0; i < w->n; i++)
+		if (w->p[i].addr == a && w->p[i].code == code)
+			return;
+	if (w->n < MAX_PAGES)
+		w->p[w->n++] = (struct page){ a, ip_now, code };
+}
+
+static void on_insn(unsigned vcpu, void *ip_)
+{
+	uint64_t ip = (uintptr_t)ip_;
+
+	(void)vcpu;
+	if (ip == mark_at && !done_recording) {
+		if (!recording) {
+			recording = true;
+			nw = 0;
+			memset(&win[0], 0, sizeof(win[0]));
+		} else if (toggle) {
+			recording = false;
+			done_recording = true;
+		}
+	}
+	if (!recording)
+		return;
+	ip_now = ip;
+	win[nw].insns++;
+	touch(ip, true);
+	if (ip == split_at) {
+		if (nw + 1 >= max_windows) {
+			recording = false;
+			done_recording = true;
+			return;
+		}
+		memset(&win[++nw], 0, sizeof(win[0]));
+	}
+}
+
+static void on_block(unsigned vcpu, void *unused)
+{
+	(void)vcpu;
+	(void)unused;
+	if (recording)
+		win[nw].blocks++;
+}
+
+static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t va, void *unused)
+{
+	(void)vcpu;
+	(void)info;
+	(void)unused;
+	if (recording)
+		touch(va, false);
+}
+
+static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+	(void)id;
+	qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, CB_NO_REGS, NULL);
+	for (size_t i = 0; i < qemu_plugin_tb_n_insns(tb); i++) {
+		struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+		uint64_t ip = qemu_plugin_insn_vaddr(insn);
+
+		qemu_plugin_register_vcpu_insn_exec_cb(insn, on_insn, CB_NO_REGS, (void *)(uintptr_t)ip);
+		qemu_plugin_register_vcpu_mem_cb(insn, on_mem, CB_NO_REGS, MEM_RW, NULL);
+	}
+}
+
+static void report(qemu_plugin_id_t id, void *unused)
+{
+	FILE *f = fopen(out, "w");
+
+	(void)id;
+	(void)unused;
+	if (!f)
+		return;
+	for (int w = 0; w <= nw && (w > 0 || win[0].insns); w++) {
+		fprintf(f, "window %d: %d pages, %ld instructions, %ld blocks\n", w, win[w].n,
+			win[w].insns, win[w].blocks);
+		for (int i = 0; i < win[w].n; i++)
+			fprintf(f, "  %c %016llx %016llx\n", win[w].p[i].code ? 'I' : 'D',
+				(unsigned long long)win[w].p[i].addr,
+				(unsigned long long)win[w].p[i].first_ip);
+	}
+	fclose(f);
+}
+
+__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id,
+								const qemu_info_t *info, int argc,
+								char **argv)
+{
+	(void)info;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (!strncmp(a, "split=", 6))
+			split_at = strtoull(a + 6, NULL, 16);
+		else if (!strncmp(a, "mark=", 5))
+			mark_at = strtoull(a + 5, NULL, 16);
+		else if (!strncmp(a, "windows=", 8))
+			max_windows = atoi(a + 8);
+		else if (!strncmp(a, "toggle=", 7))
+			toggle = atoi(a + 7) != 0;
+		else if (!strncmp(a, "out=", 4))
+			out = a + 4;
+		else {
+			fprintf(stderr, "tcg-pages: unknown argument %s\n", a);
+			return -1;
+		}
+	}
+	if (!split_at || !mark_at || max_windows < 1 || max_windows > MAX_WINDOWS) {
+		fprintf(stderr, "tcg-pages: need split=ADDR mark=ADDR [windows=1..%d]\n", MAX_WINDOWS);
+		return -1;
+	}
+	win = calloc(MAX_WINDOWS, sizeof(*win));
+	if (!win)
+		return -1;
+	qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+	qemu_plugin_register_atexit_cb(id, report, NULL);
+	return 0;
+}
