@@ -35,6 +35,8 @@ void lx_resume_kernel(void) __attribute__((noreturn));
 /* Runs a process until its next event: 0 then (see lx_user_event), or a negative error. */
 int lx_resume_user(int task, const unsigned long *gp, const void *fp);
 int lx_user_event(unsigned long *gp, void *fp, unsigned long fault[3], unsigned int *bits);
+/* A regs->fp or the FPU registers were set other than by lx_user_event (see the Rust half). */
+void lx_fpu_forget(void);
 
 /* Memory: RAM, Linux's own second mappings. */
 int lx_ram_back(unsigned long start, unsigned long end);

@@ -230,6 +230,7 @@ void get_safe_registers(unsigned long *regs, unsigned long *fp_regs)
 	regs[HOST_CS] = 0x33;
 	regs[HOST_SS] = 0x2b;
 	if (fp_regs) {
+		lx_fpu_forget();
 		memset(fp_regs, 0, HOST_FP_SIZE * sizeof(long));
 		((u16 *) fp_regs)[0] = 0x37f;		/* FCW: all exceptions masked */
 		((u32 *) fp_regs)[6] = 0x1f80;		/* MXCSR */
@@ -249,6 +250,7 @@ int save_i387_registers(int pid, unsigned long *fp_regs)
 
 int restore_i387_registers(int pid, unsigned long *fp_regs)
 {
+	lx_fpu_forget();
 	memcpy(lx_fx, fp_regs, sizeof(lx_fx));
 	((u32 *) lx_fx)[6] &= 0xffff;
 	asm volatile("fxrstor64 %0" : : "m" (lx_fx));

@@ -54,6 +54,9 @@ pub(crate) struct Hot {
     profile_t0: AtomicU64,
     /// Map items carried by a resume (`lx.profile`).
     pub(crate) on_resume: AtomicU64,
+    /// The `regs->fp` whose contents the FPU registers hold (saved there at the process's
+    /// last event, not written since), or 0: resuming that process again needs no FXRSTOR.
+    fpu_of: AtomicU64,
     /// Set once the thread is a vCPU; before that the interrupt flag is meaningless.
     ready: AtomicBool,
     /// `lx.profile` on the command line: how long Linux takes from a process's upcall to
@@ -70,6 +73,7 @@ pub(crate) static HOT: Hot = Hot {
     kernel_entry: [const { AtomicU64::new(0) }; 2],
     profile_t0: AtomicU64::new(0),
     on_resume: AtomicU64::new(0),
+    fpu_of: AtomicU64::new(0),
     ready: AtomicBool::new(false),
     profile: AtomicBool::new(false),
 };
@@ -419,16 +423,20 @@ unsafe fn copy_fx(dst: *mut u8, src: *const u8) {
 pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const u8) -> c_int {
     // SAFETY: the C half passes UML's regs->gp (27 words) and regs->fp (>= 512 bytes).
     let g = unsafe { core::slice::from_raw_parts(gp, gp::COUNT) };
-    // SAFETY: HOT.fx is ours alone (see Hot); fp has 512 readable bytes; FXRSTOR loads a
-    // 16-byte aligned image, and a corrupt one raises #GP in our own context — the C half
-    // only passes images it took with FXSAVE or built from the default state.
-    unsafe {
-        let fx = &mut *HOT.fx.get();
-        copy_fx(fx.0.as_mut_ptr(), fp);
-        // MXCSR reserved bits would make FXRSTOR fault: keep the defined ones.
-        let mxcsr = u32::from_le_bytes([fx.0[24], fx.0[25], fx.0[26], fx.0[27]]) & 0xffff;
-        fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
-        core::arch::asm!("fxrstor64 [{}]", in(reg) fx.0.as_ptr(), options(nostack, readonly));
+    // The FPU registers still hold this image when the process resumes after its own event
+    // and nothing wrote its regs->fp since (lx_fpu_forget): no FXRSTOR then.
+    if HOT.fpu_of.swap(fp as u64, Ordering::Relaxed) != fp as u64 {
+        // SAFETY: HOT.fx is ours alone (see Hot); fp has 512 readable bytes; FXRSTOR loads
+        // a 16-byte aligned image, and a corrupt one raises #GP in our own context — the C
+        // half only passes images it took with FXSAVE or built from the default state.
+        unsafe {
+            let fx = &mut *HOT.fx.get();
+            copy_fx(fx.0.as_mut_ptr(), fp);
+            // MXCSR reserved bits would make FXRSTOR fault: keep the defined ones.
+            let mxcsr = u32::from_le_bytes([fx.0[24], fx.0[25], fx.0[26], fx.0[27]]) & 0xffff;
+            fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+            core::arch::asm!("fxrstor64 [{}]", in(reg) fx.0.as_ptr(), options(nostack, readonly));
+        }
     }
     // SAFETY: the state area is ours while we run (see `read`).
     unsafe {
@@ -484,6 +492,13 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
     }
 }
 
+/// `lx_fpu_forget`: the FPU registers or a process's `regs->fp` were set from elsewhere (exec,
+/// a new thread, ptrace): the next resume loads its image.
+#[no_mangle]
+pub extern "C" fn lx_fpu_forget() {
+    HOT.fpu_of.store(0, Ordering::Relaxed);
+}
+
 /// `lx_user_event`: after an upcall from a process: its registers into `gp` and `fp`, the trap
 /// into `fault` (error code, address, trap number) and the kind of event as result
 /// (`EV_SYSCALL`, `EV_FAULT`, `EV_IRQ` with `*bits`, `EV_GONE`).
@@ -507,6 +522,11 @@ pub unsafe extern "C" fn lx_user_event(gp: *mut u64, fp: *mut u8, fault: *mut u6
     }
     // SAFETY: the state area is ours while we run.
     let (r, label) = unsafe { ((*area()).regs, (&raw const (*area()).irq_label).read_volatile()) };
+    // UML reads regs->fp while it handles the event (signal frames, fork), so it is saved
+    // every time; rt_sigreturn writes it, so then the next resume loads it.
+    const RT_SIGRETURN: u64 = 15;
+    let rewrites = r.trapno == trap::SYSCALL && r.rax == RT_SIGRETURN;
+    HOT.fpu_of.store(if rewrites { 0 } else { fp as u64 }, Ordering::Relaxed);
     g[gp::RAX] = r.rax;
     g[gp::RBX] = r.rbx;
     g[gp::RCX] = r.rcx;
