@@ -181,7 +181,7 @@ fn invoke_general(k: &mut Kernel<A>, rdx: u64, tag: MsgTag, r8: u64) -> General 
     (out, preempt, regs)
 }
 
-#[inline(always)]
+#[inline(never)]
 fn syscall_finish(f: &mut TrapFrame, (out, preempt, regs): General) {
     let (tag, label) = match out {
         Outcome::Done(tag, label) => (tag, label),

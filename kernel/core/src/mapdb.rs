@@ -21,12 +21,24 @@ pub enum MapDbError {
     Occupied,
 }
 
+/// A slot in the tree. Children hang off their parent as a doubly linked list through the
+/// nodes themselves (`first_child`, `prev`/`next` siblings): deriving a mapping allocates
+/// nothing but its node, and removing one is O(1) — the map path of every page fault a
+/// vCPU's guest resolves goes through here.
 struct Node<K, V> {
     key: K,
     value: V,
     rights: u8,
     parent: Option<Id>,
-    children: Vec<Id>,
+    first_child: Option<Id>,
+    prev: Option<Id>,
+    next: Option<Id>,
+}
+
+impl<K, V> Node<K, V> {
+    fn new(key: K, value: V, rights: u8, parent: Option<Id>) -> Self {
+        Node { key, value, rights, parent, first_child: None, prev: None, next: None }
+    }
 }
 
 /// A removed or changed slot: the caller must update its page tables / capability tables.
@@ -79,7 +91,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         if self.index.contains_key(&key) {
             return Err(MapDbError::Occupied);
         }
-        let id = self.nodes.insert(Node { key, value, rights, parent: None, children: Vec::new() });
+        let id = self.nodes.insert(Node::new(key, value, rights, None));
         self.index.insert(key, id);
         Ok(())
     }
@@ -108,16 +120,10 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
             self.remove_subtree(old, &mut removed);
         }
         let s = self.nodes.get(src).expect("indexed node exists");
-        let node = Node {
-            key: to,
-            value: s.value,
-            rights: s.rights & mask,
-            parent: Some(src),
-            children: Vec::new(),
-        };
+        let node = Node::new(to, s.value, s.rights & mask, Some(src));
         let e = Self::entry(&node);
         let id = self.nodes.insert(node);
-        self.nodes.get_mut(src).expect("source exists").children.push(id);
+        self.link_child(src, id);
         self.index.insert(to, id);
         Ok((removed, e))
     }
@@ -148,11 +154,41 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         Ok((removed, e))
     }
 
+    /// Makes `child` (not linked anywhere) the first child of `parent`.
+    fn link_child(&mut self, parent: Id, child: Id) {
+        let first = self.nodes.get_mut(parent).expect("parent exists").first_child.replace(child);
+        if let Some(f) = first {
+            self.nodes.get_mut(f).expect("sibling exists").prev = Some(child);
+        }
+        let c = self.nodes.get_mut(child).expect("child exists");
+        (c.parent, c.prev, c.next) = (Some(parent), None, first);
+    }
+
+    /// The children of `id`, in list order.
+    fn children(&self, id: Id) -> Vec<Id> {
+        let mut out = Vec::new();
+        let mut c = self.nodes.get(id).and_then(|n| n.first_child);
+        while let Some(x) = c {
+            out.push(x);
+            c = self.nodes.get(x).and_then(|n| n.next);
+        }
+        out
+    }
+
+    /// Unlinks `id` from its parent's list of children (it keeps its own children).
     fn detach_from_parent(&mut self, id: Id) {
-        if let Some(p) = self.nodes.get(id).and_then(|n| n.parent) {
-            if let Some(pn) = self.nodes.get_mut(p) {
-                pn.children.retain(|c| *c != id);
+        let Some(n) = self.nodes.get_mut(id) else { return };
+        let (parent, prev, next) = (n.parent.take(), n.prev.take(), n.next.take());
+        match prev {
+            Some(p) => self.nodes.get_mut(p).expect("sibling exists").next = next,
+            None => {
+                if let Some(pn) = parent.and_then(|p| self.nodes.get_mut(p)) {
+                    pn.first_child = next;
+                }
             }
+        }
+        if let Some(nx) = next {
+            self.nodes.get_mut(nx).expect("sibling exists").prev = prev;
         }
     }
 
@@ -160,10 +196,14 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         self.detach_from_parent(id);
         let mut stack = alloc::vec![id];
         while let Some(n) = stack.pop() {
+            let mut c = self.nodes.get(n).and_then(|x| x.first_child);
+            while let Some(x) = c {
+                stack.push(x);
+                c = self.nodes.get(x).and_then(|y| y.next);
+            }
             if let Some(node) = self.nodes.remove(n) {
                 self.index.remove(&node.key);
                 out.push(Self::entry(&node));
-                stack.extend(node.children);
             }
         }
     }
@@ -175,11 +215,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         if include_self {
             self.remove_subtree(id, &mut out);
         } else {
-            let children = core::mem::take(&mut self.nodes.get_mut(id).expect("indexed").children);
-            for c in children {
-                if let Some(n) = self.nodes.get_mut(c) {
-                    n.parent = None;
-                }
+            for c in self.children(id) {
                 self.remove_subtree(c, &mut out);
             }
         }
@@ -187,14 +223,14 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
     }
 
     fn reduce_below(&mut self, id: Id, allowed: u8, out: &mut Vec<Entry<K, V>>) {
-        let mut stack: Vec<Id> = self.nodes.get(id).map(|n| n.children.clone()).unwrap_or_default();
+        let mut stack = self.children(id);
         while let Some(c) = stack.pop() {
+            stack.extend(self.children(c));
             let Some(n) = self.nodes.get_mut(c) else { continue };
             if n.rights & !allowed != 0 {
                 n.rights &= allowed;
                 out.push(Self::entry(n));
             }
-            stack.extend(n.children.iter().copied());
         }
     }
 
@@ -210,14 +246,14 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
                 out.push(Self::entry(n));
             }
         }
-        let mut stack: Vec<Id> = self.nodes.get(id).map(|n| n.children.clone()).unwrap_or_default();
+        let mut stack = self.children(id);
         while let Some(c) = stack.pop() {
+            stack.extend(self.children(c));
             let Some(n) = self.nodes.get_mut(c) else { continue };
             if n.rights & rights != 0 {
                 n.rights &= !rights;
                 out.push(Self::entry(n));
             }
-            stack.extend(n.children.iter().copied());
         }
         out
     }
@@ -256,18 +292,31 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
             if self.index.get(&n.key) != Some(&id) {
                 return Err("node not indexed under its key");
             }
+            // Local checks only (each link against its other end), so the whole check stays
+            // linear in the number of nodes; together they rule out lost or cyclic lists.
             if let Some(p) = n.parent {
                 let Some(pn) = self.nodes.get(p) else { return Err("dangling parent") };
-                if !pn.children.contains(&id) {
-                    return Err("parent does not list child");
-                }
                 if n.rights & !pn.rights != 0 {
                     return Err("child has rights its parent lacks");
                 }
+                let listed = match n.prev {
+                    None => pn.first_child == Some(id),
+                    Some(pr) => self.nodes.get(pr).is_some_and(|x| x.next == Some(id) && x.parent == Some(p)),
+                };
+                if !listed {
+                    return Err("parent does not list child");
+                }
+            } else if n.prev.is_some() || n.next.is_some() {
+                return Err("a root in a list of siblings");
             }
-            for c in &n.children {
-                if self.nodes.get(*c).and_then(|x| x.parent) != Some(id) {
-                    return Err("child does not name parent");
+            if let Some(nx) = n.next {
+                if self.nodes.get(nx).is_none_or(|x| x.prev != Some(id)) {
+                    return Err("sibling links disagree");
+                }
+            }
+            if let Some(f) = n.first_child {
+                if self.nodes.get(f).is_none_or(|x| x.parent != Some(id) || x.prev.is_some()) {
+                    return Err("first child does not name parent");
                 }
             }
         }
@@ -335,11 +384,10 @@ mod tests {
     fn descendants(db: &Db, k: (u8, u8)) -> Vec<(u8, u8)> {
         let Some(&id) = db.index.get(&k) else { return vec![] };
         let mut out = vec![];
-        let mut stack = db.nodes.get(id).unwrap().children.clone();
+        let mut stack = db.children(id);
         while let Some(c) = stack.pop() {
-            let n = db.nodes.get(c).unwrap();
-            out.push(n.key);
-            stack.extend(n.children.iter().copied());
+            out.push(db.nodes.get(c).unwrap().key);
+            stack.extend(db.children(c));
         }
         out
     }

@@ -108,6 +108,7 @@ impl<A: Arch> Kernel<A> {
     /// to the general path, which has the same semantics; once the map items are taken, an
     /// error is returned from here (as the general path does after them).
     #[link_section = ".text.fast.vcpu"]
+    #[inline(never)] // with the vCPU code, not inside the IPC fast path's page
     fn vcpu_resume_fast(&mut self, me: Id, rdx: u64, tag: MsgTag) -> Option<Next> {
         use abi::vcpu::{off, state, sticky};
         let t = self.threads.get(me)?;
