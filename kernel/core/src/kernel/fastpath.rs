@@ -11,6 +11,7 @@
 
 use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
 use crate::kernel::switch::Next;
+use crate::kernel::vcpu::ResumeCache;
 use crate::kernel::{Kernel, Obj, ThreadState, Wait};
 use crate::slab::Id;
 use abi::syscall::FLAGS_MASK;
@@ -113,32 +114,27 @@ impl<A: Arch> Kernel<A> {
         use abi::vcpu::{off, state, sticky};
         let t = self.threads.get(me)?;
         let (area, own, utcb) = (t.vcpu?, t.task?, t.utcb_frame?);
-        let caps = &self.tasks.get(own)?.caps;
         let op: [u64; 1] = A::read_array(utcb);
         // Header and context in one read: words 0 .. REGS + 20.
         let w: [u64; off::REGS + 20] = A::read_array(area.frame);
         let resumed = w[off::SAVED_STATE];
-        // As the general path demands: the read right, and items that fit the UTCB.
-        let me_cap = matches!(caps.get(CapSel::from_raw(rdx).idx()),
-            Some(c) if (c.obj == Obj::Thread(me)) & c.rights.contains(abi::Rights::R))
-            & (2 * tag.items() < abi::utcb::MR_COUNT); // after the one word, the opcode
-        let user = match caps.get(abi::CapIdx(w[off::USER_TASK])) {
-            Some(c) => match c.obj {
-                Obj::Task(u) => u,
-                _ => return None,
-            },
-            None => return None,
+        let (sel, user_idx) = (CapSel::from_raw(rdx).idx().0, w[off::USER_TASK]);
+        let cached = area
+            .resume_cache
+            .filter(|c| (c.epoch == self.cap_epoch) & (c.sel == sel) & (c.user_idx == user_idx));
+        let found = match cached {
+            Some(c) => c,
+            None => self.resume_lookup(me, own, sel, user_idx)?,
         };
-        let plain = me_cap
-            & (op[0] == abi::proto::thread::Op::VcpuResume.code())
+        let (user, root, io) = (found.user, found.root, found.io);
+        let plain = (op[0] == abi::proto::thread::Op::VcpuResume.code())
             & (resumed & state::USER_MODE != 0)
             & (w[off::STICKY] & sticky::IRQ_PENDING == 0)
-            & (user != own);
+            // As the general path demands: items that fit the UTCB after the opcode.
+            & (2 * tag.items() < abi::utcb::MR_COUNT);
         if !plain {
             return None;
         }
-        let ut = self.tasks.get(user)?;
-        let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
         // The context by reference: a copy would be an out-of-line memcpy (two more pages).
         let ctx: &[u64; 18] = w[off::REGS..off::REGS + 18].try_into().ok()?;
         if tag.items() > 0 {
@@ -155,12 +151,32 @@ impl<A: Arch> Kernel<A> {
         (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, w[off::REGS + 18], w[off::REGS + 19]);
         if let Some(a) = t.vcpu.as_mut() {
             (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
+            a.resume_cache = Some(found);
         }
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
         self.resume_by =
             if ctx[2] == ctx[15] && ctx[10] == ctx[17] { Resume::Syscall } else { Resume::Exception };
         self.resume_self()
+    }
+
+    /// `VcpuResume`'s lookups the slow way (capability and task tables): `me`'s own thread
+    /// capability `sel` with the read right, the user task `user_idx` (not its own task `own`).
+    /// `None` if they do not hold: the general path answers.
+    #[inline(never)]
+    pub(crate) fn resume_lookup(&self, me: Id, own: Id, sel: u64, user_idx: u64) -> Option<ResumeCache> {
+        let caps = &self.tasks.get(own)?.caps;
+        let me_cap = caps.get(abi::CapIdx(sel))?;
+        if (me_cap.obj != Obj::Thread(me)) | !me_cap.rights.contains(abi::Rights::R) {
+            return None;
+        }
+        let Obj::Task(user) = caps.get(abi::CapIdx(user_idx))?.obj else { return None };
+        if user == own {
+            return None;
+        }
+        let ut = self.tasks.get(user)?;
+        let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
+        Some(ResumeCache { epoch: self.cap_epoch, sel, user_idx, user, root, io })
     }
 
     /// `VcpuResume` by `me` failed after its map items were taken: the error goes back to

@@ -188,6 +188,7 @@ impl<A: Arch> Kernel<A> {
                 }
                 self.drop_caps(&gone);
                 if grant {
+                    self.caps_changed();
                     if let Some(t) = self.tasks.get_mut(src) {
                         t.caps.take(CapIdx(sk.1));
                     }
@@ -316,16 +317,22 @@ impl<A: Arch> Kernel<A> {
     /// keeps the loaded TSS copy current.
     fn set_port(&mut self, task: Id, port: u64, allow: bool) {
         let key = task.as_u64();
-        let Some(t) = self.tasks.get_mut(task) else { return };
+        let Some(t) = self.tasks.get(task) else { return };
         if t.io.is_none() {
             if !allow {
                 return;
             }
+            self.caps_changed();
+            let Some(t) = self.tasks.get_mut(task) else { return };
             t.io = Some(alloc::boxed::Box::new([0xff; crate::hal::IO_BITMAP_BYTES]));
             let threads = t.threads.clone();
             for th in threads {
                 if let Some(x) = self.threads.get_mut(th) {
-                    x.io_task = key;
+                    // A vCPU in a user task gets it back when it returns to its own.
+                    match (x.vcpu_user, x.vcpu.as_mut()) {
+                        (Some(_), Some(a)) => a.kernel_io = key,
+                        _ => x.io_task = key,
+                    }
                 }
             }
         }

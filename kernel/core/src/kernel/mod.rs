@@ -272,6 +272,10 @@ pub struct Kernel<A: Arch> {
     pub next_tick: u64,
     /// Console input and the terminal task.
     pub console: console::Console,
+    /// Changes whenever a capability slot loses or changes what it holds, a task goes away or
+    /// gets an I/O bitmap: a lookup remembered with the value it had is still right while the
+    /// value is the same ([`vcpu::ResumeCache`]).
+    pub cap_epoch: u64,
 }
 
 impl<A: Arch> Kernel<A> {
@@ -302,6 +306,7 @@ impl<A: Arch> Kernel<A> {
             resume_by: Resume::Exception,
             timers: Vec::new(),
             fpu_owner: None,
+            cap_epoch: 0,
             next_tick: 0,
             console: console::Console::new(),
         }
@@ -344,11 +349,17 @@ impl<A: Arch> Kernel<A> {
         let key = (task.as_u64(), idx.0);
         let gone = self.capdb.revoke(key, true);
         self.drop_caps(&gone);
+        self.caps_changed();
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
         t.caps.set(idx, Cap { obj, rights })?;
         self.capdb.insert_root(key, obj, rights.bits()).map_err(|_| Error::Exists)?;
         self.cap_added(obj);
         Ok(())
+    }
+
+    /// See [`Kernel::cap_epoch`].
+    pub fn caps_changed(&mut self) {
+        self.cap_epoch = self.cap_epoch.wrapping_add(1);
     }
 
     /// Counts a new capability to `obj`.
@@ -359,6 +370,9 @@ impl<A: Arch> Kernel<A> {
     /// Mirrors removed capability slots into the tables; objects left without any capability
     /// are destroyed.
     pub fn drop_caps(&mut self, gone: &[Entry<Slot, Obj>]) {
+        if !gone.is_empty() {
+            self.caps_changed();
+        }
         for e in gone {
             if let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) {
                 t.caps.take(CapIdx(e.key.1));
@@ -395,6 +409,9 @@ impl<A: Arch> Kernel<A> {
 
     /// Mirrors changed capability rights into the tables.
     pub fn update_caps(&mut self, changed: &[Entry<Slot, Obj>]) {
+        if !changed.is_empty() {
+            self.caps_changed();
+        }
         for e in changed {
             if let Some((_, t)) = self.tasks.iter_mut().find(|(id, _)| id.as_u64() == e.key.0) {
                 let _ = t
@@ -498,6 +515,7 @@ impl<A: Arch> Kernel<A> {
             A::io_disable();
         }
         self.purge_caps(Obj::Task(id));
+        self.caps_changed();
         let Some(task) = self.tasks.remove(id) else { return };
         self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
         let Task { space, frames, utcb_frames, .. } = task;
@@ -598,6 +616,15 @@ impl<A: Arch> Kernel<A> {
         }
         if caps != self.capdb.len() {
             return Err("capability database holds slots no table has");
+        }
+        // A remembered `VcpuResume` lookup of the current epoch must still be what the tables say.
+        for (id, t) in self.threads.iter() {
+            let Some(c) = t.vcpu.and_then(|a| a.resume_cache).filter(|c| c.epoch == self.cap_epoch) else {
+                continue;
+            };
+            if t.task.and_then(|own| self.resume_lookup(id, own, c.sel, c.user_idx)) != Some(c) {
+                return Err("a vCPU's resume lookup outlived a capability change");
+            }
         }
         if self.cap_refs.values().map(|n| *n as usize).sum::<usize>() != caps
             || self.cap_refs.values().any(|n| *n == 0)

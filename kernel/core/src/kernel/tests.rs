@@ -454,6 +454,66 @@ fn vcpu_resume_with_map_items_takes_the_fast_path() {
 }
 
 #[test]
+fn vcpu_resume_lookup_is_forgotten_when_capabilities_change() {
+    use abi::vcpu::{off, state};
+    let mut m = machine(4 << 20);
+    let me = m.k.current_task().unwrap();
+    let v = m.thread(CapIdx(20), 1);
+    let new_task = |m: &mut M| {
+        m.op(
+            wk::FACTORY,
+            proto::factory::LABEL,
+            &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
+        )
+        .unwrap();
+        match m.k.cap(me, CapIdx(21)).unwrap().obj {
+            Obj::Task(u) => u,
+            _ => unreachable!(),
+        }
+    };
+    let first = new_task(&mut m);
+    m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), UTCB + 3 * 1024])
+        .unwrap();
+    let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
+    // A resume into task slot 21 on the fast path; then back by a system call there.
+    let resume = |m: &mut M| {
+        let mut w = [0u64; off::WORDS];
+        Fake::read_words(area, &mut w);
+        (w[off::SAVED_STATE], w[off::USER_TASK]) = (state::USER_MODE, 21);
+        (w[off::ENTRY_IP], w[off::ENTRY_SP], w[off::REGS + 15], w[off::REGS + 16]) =
+            (0x40_0000, 0x7000, 0x1000, 0x2000);
+        Fake::write_words(area, &w);
+        m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
+        m.k.current = Some(v);
+        m.k.threads.get_mut(v).unwrap().state = ThreadState::Running;
+        let rdx = CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits();
+        let fast = m.k.fastpath(rdx, MsgTag::new(proto::thread::LABEL, 1, 0, 0), 0).is_some();
+        let into = m.k.threads.get(v).unwrap().vcpu_user;
+        if into.is_some() {
+            m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0);
+        }
+        (fast, into)
+    };
+    assert_eq!(resume(&mut m), (true, Some(first)));
+    assert_eq!(resume(&mut m), (true, Some(first)), "again, from what it remembered");
+    assert_eq!(m.k.self_check(), Ok(()));
+    // Slot 21 gets another task: the next resume goes there, not to the remembered one.
+    let second = new_task(&mut m);
+    assert_ne!(first, second);
+    assert_eq!(resume(&mut m), (true, Some(second)));
+    assert_eq!(m.k.self_check(), Ok(()));
+    // Slot 21 emptied: the fast path declines, the general path says why.
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::ALL_SPACES, Fpage::object(CapIdx(21), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    assert_eq!(resume(&mut m), (false, None));
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[test]
 fn closed_receive_takes_only_its_partner() {
     let mut m = machine(4 << 20);
     let s = m.thread(CapIdx(20), 1);

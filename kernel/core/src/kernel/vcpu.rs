@@ -24,6 +24,23 @@ pub struct VcpuArea {
     /// touch after the address-space switch).
     pub kernel_root: u64,
     pub kernel_io: u64,
+    /// What the last `VcpuResume` on the fast path looked up, reused while
+    /// [`Kernel::cap_epoch`] is unchanged: the capability and task tables are then two pages
+    /// not touched after the address-space switch.
+    pub resume_cache: Option<ResumeCache>,
+}
+
+/// `VcpuResume`'s lookups: the vCPU's own thread capability `sel` (with the read right) and
+/// the user task capability `user_idx` naming `user`, whose page-table root and I/O key are
+/// `root` and `io`; valid for `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeCache {
+    pub epoch: u64,
+    pub sel: u64,
+    pub user_idx: u64,
+    pub user: Id,
+    pub root: u64,
+    pub io: u64,
 }
 
 fn word<A: Arch>(a: &VcpuArea, i: usize) -> u64 {
@@ -46,7 +63,8 @@ impl<A: Arch> Kernel<A> {
             return Err(Error::Exists);
         }
         A::write_words(frame, &[0; off::WORDS]);
-        let area = VcpuArea { frame, user: addr, kernel_fs: 0, kernel_root: 0, kernel_io: 0 };
+        let area =
+            VcpuArea { frame, user: addr, kernel_fs: 0, kernel_root: 0, kernel_io: 0, resume_cache: None };
         set_word::<A>(&area, off::VERSION, VERSION);
         self.threads.get_mut(t).ok_or(Error::NoEnt)?.vcpu = Some(area);
         Ok(())
