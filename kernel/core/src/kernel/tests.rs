@@ -115,6 +115,20 @@ impl M {
         }
     }
 
+    /// A new task (UTCB area at UTCB) in the root's slot `slot`.
+    fn task(&mut self, slot: CapIdx) -> Id {
+        self.op(
+            wk::FACTORY,
+            proto::factory::LABEL,
+            &[0, Protocol::Task.label() as u64, slot.0, Fpage::memory(UTCB, 12, Rights::ALL).0],
+        )
+        .unwrap();
+        match self.k.cap(self.k.current_task().unwrap(), slot).unwrap().obj {
+            Obj::Task(t) => t,
+            _ => unreachable!(),
+        }
+    }
+
     fn gate(&mut self, slot: CapIdx, thread: CapIdx, label: u64) {
         self.op(
             wk::FACTORY,
@@ -209,16 +223,7 @@ fn memory_map_and_revoke_between_tasks() {
     let me = m.k.current_task().unwrap();
     let page = Fake::with_frames(|f| f.alloc()).unwrap();
     m.k.map_root(me, 0x10_0000, page, super::memory::MEM_ALL).unwrap();
-    m.op(
-        wk::FACTORY,
-        proto::factory::LABEL,
-        &[0, Protocol::Task.label() as u64, 30, Fpage::memory(UTCB, 12, Rights::ALL).0],
-    )
-    .unwrap();
-    let b = match m.k.cap(me, CapIdx(30)).unwrap().obj {
-        Obj::Task(b) => b,
-        _ => unreachable!(),
-    };
+    let b = m.task(CapIdx(30));
     let ro = Fpage::memory(0x10_0000, 12, Rights::R);
     m.op(CapIdx(30), proto::task::LABEL, &[0, wk::TASK.0, ro.0, 0x20_0000]).unwrap();
     let (pa, perms) = m.k.tasks.get(b).unwrap().space.pages[&0x20_0000];
@@ -409,16 +414,7 @@ fn vcpu_resume_with_map_items_takes_the_fast_path() {
     let v = m.thread(CapIdx(20), 1);
     let page = Fake::with_frames(|f| f.alloc()).unwrap();
     m.k.map_root(me, 0x10_0000, page, super::memory::MEM_ALL).unwrap();
-    m.op(
-        wk::FACTORY,
-        proto::factory::LABEL,
-        &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
-    )
-    .unwrap();
-    let user = match m.k.cap(me, CapIdx(21)).unwrap().obj {
-        Obj::Task(u) => u,
-        _ => unreachable!(),
-    };
+    let user = m.task(CapIdx(21));
     m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), UTCB + 3 * 1024])
         .unwrap();
     let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
@@ -457,21 +453,8 @@ fn vcpu_resume_with_map_items_takes_the_fast_path() {
 fn vcpu_resume_lookup_is_forgotten_when_capabilities_change() {
     use abi::vcpu::{off, state};
     let mut m = machine(4 << 20);
-    let me = m.k.current_task().unwrap();
     let v = m.thread(CapIdx(20), 1);
-    let new_task = |m: &mut M| {
-        m.op(
-            wk::FACTORY,
-            proto::factory::LABEL,
-            &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
-        )
-        .unwrap();
-        match m.k.cap(me, CapIdx(21)).unwrap().obj {
-            Obj::Task(u) => u,
-            _ => unreachable!(),
-        }
-    };
-    let first = new_task(&mut m);
+    let first = m.task(CapIdx(21));
     m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), UTCB + 3 * 1024])
         .unwrap();
     let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
@@ -498,7 +481,7 @@ fn vcpu_resume_lookup_is_forgotten_when_capabilities_change() {
     assert_eq!(resume(&mut m), (true, Some(first)), "again, from what it remembered");
     assert_eq!(m.k.self_check(), Ok(()));
     // Slot 21 gets another task: the next resume goes there, not to the remembered one.
-    let second = new_task(&mut m);
+    let second = m.task(CapIdx(21));
     assert_ne!(first, second);
     assert_eq!(resume(&mut m), (true, Some(second)));
     assert_eq!(m.k.self_check(), Ok(()));
