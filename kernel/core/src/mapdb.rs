@@ -112,6 +112,16 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
     /// first (returned, together with its subtree). Returns the removed entries and the new one.
     pub fn derive(&mut self, from: K, to: K, mask: u8) -> Result<Mapped<K, V>, MapDbError> {
         let src = *self.index.get(&from).ok_or(MapDbError::NoSource)?;
+        // The common case, an empty target: one descent of the index to find and fill it.
+        if let alloc::collections::btree_map::Entry::Vacant(slot) = self.index.entry(to) {
+            let s = self.nodes.get(src).expect("indexed node exists");
+            let node = Node::new(to, s.value, s.rights & mask, Some(src));
+            let e = Self::entry(&node);
+            let id = self.nodes.insert(node);
+            slot.insert(id);
+            self.link_child(src, id);
+            return Ok((Vec::new(), e));
+        }
         let mut removed = Vec::new();
         if let Some(&old) = self.index.get(&to) {
             if self.is_ancestor_or_self(old, src) {

@@ -3,7 +3,7 @@
 
 use crate::hal::Arch;
 use crate::kernel::{Kernel, Obj, Slot};
-use crate::mapdb::{Entry, MapDbError};
+use crate::mapdb::{Entry, MapDb, MapDbError};
 use crate::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::slab::Id;
 use abi::proto::fpage::{self, Fpage, Type};
@@ -156,20 +156,29 @@ impl<A: Arch> Kernel<A> {
             if unit == PAGE_SIZE && (dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR) {
                 return Err(Error::Inval);
             }
-            let mut present =
-                if unit == PAGE_SIZE { self.memdb.get(sk).is_some() } else { self.capdb.get(sk).is_some() };
-            if unit == PAGE_SIZE && !present && !self.lazy.is_empty() {
-                present = self.materialize(src, sk.1);
-            }
-            if !present {
-                continue;
-            }
             if sk == dk {
                 continue;
             }
             if unit == PAGE_SIZE {
-                let r = if grant { self.memdb.grant(sk, dk, mask) } else { self.memdb.derive(sk, dk, mask) };
-                let (gone, e) = r.map_err(db_error)?;
+                // Slots the source does not have are skipped (lazy memory materializes first);
+                // the database's own lookup tells, rather than one more before it.
+                let op = |db: &mut MapDb<Slot, PhysAddr>| {
+                    if grant {
+                        db.grant(sk, dk, mask)
+                    } else {
+                        db.derive(sk, dk, mask)
+                    }
+                };
+                let r = match op(&mut self.memdb) {
+                    Err(MapDbError::NoSource) if !self.lazy.is_empty() && self.materialize(src, sk.1) => {
+                        op(&mut self.memdb)
+                    }
+                    r => r,
+                };
+                let (gone, e) = match r {
+                    Err(MapDbError::NoSource) => continue,
+                    r => r.map_err(db_error)?,
+                };
                 self.unmap_entries(&gone);
                 if grant {
                     if let Some(t) = self.tasks.get_mut(src) {
@@ -178,6 +187,9 @@ impl<A: Arch> Kernel<A> {
                 }
                 self.remap_entries(&[e]);
             } else {
+                if self.capdb.get(sk).is_none() {
+                    continue;
+                }
                 if CapIdx(dk.1).0 == 0 || dk.1 as usize >= crate::captable::MAX_SLOTS {
                     return Err(Error::Inval);
                 }
