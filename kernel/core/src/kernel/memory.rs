@@ -222,14 +222,14 @@ impl<A: Arch> Kernel<A> {
             Some(Type::Memory) if fp.order() >= 12 && fp.order() <= 47 => {
                 let size = fp.size().ok_or(Error::Inval)?;
                 let base = fp.base();
-                let keys: alloc::vec::Vec<Slot> = self.memdb_keys(t, base, base.saturating_add(size));
+                let range = (t, base)..=(t, base.saturating_add(size) - 1);
                 let rights = fp.rights().bits();
-                for k in keys {
-                    // The flexpage's rights are the ones to take away; taking R removes.
-                    if rights & MEM_R != 0 {
-                        let gone = self.memdb.revoke(k, include_self);
-                        self.unmap_entries(&gone);
-                    } else {
+                // The flexpage's rights are the ones to take away; taking R removes.
+                if rights & MEM_R != 0 {
+                    let gone = self.memdb.revoke_range(range, include_self);
+                    self.unmap_entries(&gone);
+                } else {
+                    for k in self.memdb.keys_in(range) {
                         let changed = self.memdb.reduce(k, rights, include_self);
                         self.remap_entries(&changed);
                     }
@@ -269,10 +269,6 @@ impl<A: Arch> Kernel<A> {
             }
             _ => Err(Error::Inval),
         }
-    }
-
-    fn memdb_keys(&self, task: u64, start: u64, end: u64) -> alloc::vec::Vec<Slot> {
-        self.memdb.keys_in((task, start)..=(task, end - 1))
     }
 }
 
