@@ -12,6 +12,7 @@
 use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
 use crate::kernel::switch::Next;
 use crate::kernel::vcpu::ResumeCache;
+use crate::kernel::GateCache;
 use crate::kernel::{Kernel, Obj, ThreadState, Wait};
 use crate::slab::Id;
 use abi::syscall::FLAGS_MASK;
@@ -55,15 +56,19 @@ impl<A: Arch> Kernel<A> {
             return None;
         }
         let call = flags == CALL;
+        let sel = CapSel::from_raw(rdx).idx().0;
         let (dst, label) = if call {
-            let task = self.threads.get(me)?.task?;
-            let cap = self.tasks.get(task)?.caps.get(CapSel::from_raw(rdx).idx())?;
-            let Obj::Gate(g) = cap.obj else { return None };
-            let gate = self.gates.get(g)?;
-            (gate.thread?, gate.label)
+            // The gate this thread called last, while no capability or binding changed:
+            // neither the task, the capability table nor the gate is touched then.
+            let epoch = self.cap_epoch;
+            match self.threads.get(me)?.gate_cache.filter(|c| (c.epoch == epoch) & (c.sel == sel)) {
+                Some(c) => (c.dst, c.label),
+                None => self.gate_lookup(me, sel)?,
+            }
         } else {
             (self.threads.get(me)?.reply_to?, 0)
         };
+        let epoch = self.cap_epoch;
         let (t, d) = self.threads.get2_mut(me, dst)?;
         // The partner must wait for exactly this, with a user frame to resume by sysret, and
         // nothing may be queued at us that an open wait would have to take first.
@@ -92,6 +97,7 @@ impl<A: Arch> Kernel<A> {
         // A call hands the partner our reply capability; a reply uses up ours.
         if call {
             d.reply_to = Some(me);
+            t.gate_cache = Some(GateCache { epoch, sel, dst, label });
         } else {
             t.reply_to = None;
         }
@@ -158,6 +164,16 @@ impl<A: Arch> Kernel<A> {
         self.resume_by =
             if ctx[2] == ctx[15] && ctx[10] == ctx[17] { Resume::Syscall } else { Resume::Exception };
         self.resume_self()
+    }
+
+    /// The thread behind gate capability `sel` of `me`'s task, and the gate's label: the call
+    /// fast path's lookups the slow way (task, capability table, gate).
+    #[inline(always)]
+    pub(crate) fn gate_lookup(&self, me: Id, sel: u64) -> Option<(Id, u64)> {
+        let task = self.threads.get(me)?.task?;
+        let Obj::Gate(g) = self.tasks.get(task)?.caps.get(abi::CapIdx(sel))?.obj else { return None };
+        let gate = self.gates.get(g)?;
+        Some((gate.thread?, gate.label))
     }
 
     /// `VcpuResume`'s lookups the slow way (capability and task tables): `me`'s own thread

@@ -485,6 +485,7 @@ impl<A: Arch> Kernel<A> {
             fs_base: 0,
             vcpu: None,
             vcpu_user: None,
+            gate_cache: None,
             state: ThreadState::Inactive,
             prio: 0,
             quantum: QUANTUM,
@@ -516,6 +517,7 @@ impl<A: Arch> Kernel<A> {
                 let gate = self.gates.get_mut(g).ok_or(Error::NoEnt)?;
                 gate.thread = Some(t);
                 gate.label = label;
+                self.caps_changed();
                 Ok(Vec::new())
             }
             proto::ipc_gate::Op::GetInfo => {

@@ -185,7 +185,20 @@ pub struct Thread<A: Arch> {
     pub vcpu: Option<vcpu::VcpuArea>,
     /// The user task a vCPU runs in now (its `USER_MODE`).
     pub vcpu_user: Option<Id>,
+    /// The gate this thread called last on the fast path (see [`GateCache`]).
+    pub gate_cache: Option<GateCache>,
     pub factory: Option<Id>,
+}
+
+/// A call's lookups through gate capability `sel`: the thread bound to the gate and its label,
+/// valid while [`Kernel::cap_epoch`] is `epoch` (the epoch also moves when a gate is bound or
+/// loses its thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateCache {
+    pub epoch: u64,
+    pub sel: u64,
+    pub dst: Id,
+    pub label: u64,
 }
 
 pub struct Gate {
@@ -273,8 +286,9 @@ pub struct Kernel<A: Arch> {
     /// Console input and the terminal task.
     pub console: console::Console,
     /// Changes whenever a capability slot loses or changes what it holds, a task goes away or
-    /// gets an I/O bitmap: a lookup remembered with the value it had is still right while the
-    /// value is the same ([`vcpu::ResumeCache`]).
+    /// gets an I/O bitmap, a gate is bound or loses its thread: a lookup remembered with the
+    /// value it had is still right while the value is the same ([`vcpu::ResumeCache`],
+    /// [`GateCache`]).
     pub cap_epoch: u64,
 }
 
@@ -575,6 +589,7 @@ impl<A: Arch> Kernel<A> {
                 g.thread = None;
             }
         }
+        self.caps_changed();
         if let Some(task) = task.and_then(|t| self.tasks.get_mut(t)) {
             task.threads.retain(|t| *t != id);
         }
@@ -617,7 +632,13 @@ impl<A: Arch> Kernel<A> {
         if caps != self.capdb.len() {
             return Err("capability database holds slots no table has");
         }
-        // A remembered `VcpuResume` lookup of the current epoch must still be what the tables say.
+        // Remembered lookups of the current epoch must still be what the tables say.
+        for (id, t) in self.threads.iter() {
+            let Some(c) = t.gate_cache.filter(|c| c.epoch == self.cap_epoch) else { continue };
+            if self.gate_lookup(id, c.sel) != Some((c.dst, c.label)) {
+                return Err("a thread's gate lookup outlived a capability or binding change");
+            }
+        }
         for (id, t) in self.threads.iter() {
             let Some(c) = t.vcpu.and_then(|a| a.resume_cache).filter(|c| c.epoch == self.cap_epoch) else {
                 continue;

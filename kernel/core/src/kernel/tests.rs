@@ -181,6 +181,33 @@ fn call_and_reply_both_paths() {
 }
 
 #[test]
+fn a_remembered_gate_follows_its_binding() {
+    let mut m = machine(4 << 20);
+    let (s1, s2) = (m.thread(CapIdx(20), 1), m.thread(CapIdx(22), 2));
+    m.gate(CapIdx(21), CapIdx(20), 0x21);
+    // A call through the gate and its answer, on the fast path; returns who got the call.
+    let round = |m: &mut M| {
+        for s in [s1, s2] {
+            m.wait(s, 0);
+        }
+        m.call(m.root, CapIdx(21), &[1]);
+        let got = [s1, s2].into_iter().find(|s| m.k.threads.get(*s).unwrap().state == ThreadState::Running);
+        if let Some(s) = got {
+            m.reply_and_wait(s, &[2]);
+        }
+        got.map(|s| (s, m.woke_with(s).1))
+    };
+    assert_eq!(round(&mut m), Some((s1, 0x21)));
+    assert!(m.k.threads.get(m.root).unwrap().gate_cache.is_some(), "the call was remembered");
+    assert_eq!(round(&mut m), Some((s1, 0x21)), "again, from what it remembered");
+    assert_eq!(m.k.self_check(), Ok(()));
+    // Bound to the other thread with another label: the next call follows.
+    m.op(CapIdx(21), proto::ipc_gate::LABEL, &[proto::ipc_gate::Op::Bind.code(), 22, 0x22]).unwrap();
+    assert_eq!(round(&mut m), Some((s2, 0x22)));
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[test]
 fn deleting_the_server_wakes_its_caller_with_an_error() {
     let mut m = machine(4 << 20);
     let s = m.thread(CapIdx(20), 1);
