@@ -236,9 +236,6 @@ fn user_fault_general(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
         let me = k.current?;
         k.raise_fault(me, vector, error, addr, f)
     });
-    if matches!(sent, Some(Outcome::Resume)) {
-        resume_current();
-    }
     if sent.is_none() {
         with_kernel(|k| {
             let Some(task) = k.current_task() else { return };

@@ -56,11 +56,10 @@ impl<A: Arch> Kernel<A> {
             return None;
         }
         let call = flags == CALL;
-        let sel = CapSel::from_raw(rdx).idx().0;
+        let (sel, epoch) = (CapSel::from_raw(rdx).idx().0, self.cap_epoch);
         let (dst, label) = if call {
             // The gate this thread called last, while no capability or binding changed:
             // neither the task, the capability table nor the gate is touched then.
-            let epoch = self.cap_epoch;
             match self.threads.get(me)?.gate_cache.filter(|c| (c.epoch == epoch) & (c.sel == sel)) {
                 Some(c) => (c.dst, c.label),
                 None => self.gate_lookup(me, sel)?,
@@ -68,7 +67,6 @@ impl<A: Arch> Kernel<A> {
         } else {
             (self.threads.get(me)?.reply_to?, 0)
         };
-        let epoch = self.cap_epoch;
         let (t, d) = self.threads.get2_mut(me, dst)?;
         // The partner must wait for exactly this, with a user frame to resume by sysret, and
         // nothing may be queued at us that an open wait would have to take first.
@@ -190,9 +188,8 @@ impl<A: Arch> Kernel<A> {
         if user == own {
             return None;
         }
-        let ut = self.tasks.get(user)?;
-        let (root, io) = (A::space_root(&ut.space), if ut.io.is_some() { user.as_u64() } else { 0 });
-        Some(ResumeCache { epoch: self.cap_epoch, sel, user_idx, user, root, io })
+        let root = A::space_root(&self.tasks.get(user)?.space);
+        Some(ResumeCache { epoch: self.cap_epoch, sel, user_idx, user, root, io: self.io_key(user) })
     }
 
     /// `VcpuResume` by `me` failed after its map items were taken: the error goes back to

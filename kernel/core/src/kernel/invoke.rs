@@ -320,7 +320,7 @@ impl<A: Arch> Kernel<A> {
                     let tk = self.tasks.get(task).ok_or(Error::NoEnt)?;
                     let frame = tk.utcb_frame(addr).ok_or(Error::Inval)?;
                     let root = A::space_root(&tk.space);
-                    let has_io = tk.io.is_some();
+                    let io = self.io_key(task);
                     if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
                         return Err(Error::Exists);
                     }
@@ -332,7 +332,7 @@ impl<A: Arch> Kernel<A> {
                     th.utcb_user = addr;
                     th.root = root;
                     th.gs_base = addr;
-                    th.io_task = if has_io { task.as_u64() } else { 0 };
+                    th.io_task = io;
                 }
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
                 if flags & SET_PAGER != 0 {

@@ -406,7 +406,8 @@ impl<A: Arch> Kernel<A> {
     }
 
     /// A user exception of the current thread `me`: sends the fault message to its pager
-    /// (page faults) or exception handler. Returns `None` if there is no handler.
+    /// (page faults) or exception handler, and `me` blocks. Returns `None` if there is no
+    /// handler. (A vCPU's user task upcalls instead: [`Kernel::vcpu_fault`].)
     pub fn raise_fault<R: UserRegs>(
         &mut self,
         me: Id,
@@ -414,12 +415,7 @@ impl<A: Arch> Kernel<A> {
         error: u64,
         addr: u64,
         f: &R,
-    ) -> Option<Outcome> {
-        if self.threads.get(me)?.vcpu_user.is_some() {
-            // A user task of a vCPU: the guest kernel handles it.
-            self.vcpu_upcall(me, vector as u64, error, addr, None, true);
-            return Some(Outcome::Resume);
-        }
+    ) -> Option<()> {
         let (kind, handler_idx) = {
             let t = self.threads.get(me)?;
             if vector == 14 {
@@ -470,7 +466,7 @@ impl<A: Arch> Kernel<A> {
                 d.senders.push_back(me);
             }
         }
-        Some(Outcome::Blocked)
+        Some(())
     }
 
     /// The thread and label an IPC to capability `idx` of `task` goes to (gate or thread).

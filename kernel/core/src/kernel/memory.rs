@@ -356,6 +356,16 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
+    /// The key [`Kernel::load_io`] takes for `task`'s threads: the task if it has an I/O
+    /// bitmap, else 0.
+    pub fn io_key(&self, task: Id) -> u64 {
+        if self.tasks.get(task).is_some_and(|t| t.io.is_some()) {
+            task.as_u64()
+        } else {
+            0
+        }
+    }
+
     /// Makes the TSS hold the I/O bitmap of task `key` (0: none) before that task runs.
     pub fn load_io(&mut self, key: u64) {
         if self.io_loaded == key {

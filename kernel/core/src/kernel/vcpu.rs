@@ -225,8 +225,7 @@ impl<A: Arch> Kernel<A> {
             set_word::<A>(&area, off::STATE, resumed);
             return Ok(());
         };
-        let root = A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space);
-        let io = if self.tasks.get(user).is_some_and(|x| x.io.is_some()) { user.as_u64() } else { 0 };
+        let (root, io) = (A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space), self.io_key(user));
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
         let own = (th.fs_base, th.root, th.io_task);
         if !th.kstack.regs().set_context(&ctx) {
