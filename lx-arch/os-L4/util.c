@@ -43,25 +43,20 @@ void os_check_bugs(void)
 void __init get_host_cpu_features(void (*flags_helper_func)(char *line),
 				  void (*cache_helper_func)(char *line))
 {
+	/* CPUID leaf 1, EDX: the bit of each feature UML may ask about. */
+	static const struct { unsigned int bit; const char *name; } edx[] = {
+		{ 0, " fpu" }, { 4, " tsc" }, { 8, " cx8" }, { 15, " cmov" },
+		{ 24, " fxsr" }, { 25, " sse" }, { 26, " sse2" },
+	};
 	static char flags[128];
 	unsigned int r[4];
+	size_t i;
 
 	lx_cpuid(1, r);
 	strscpy(flags, "flags :", sizeof(flags));
-	if (r[3] & (1 << 0))
-		strlcat(flags, " fpu", sizeof(flags));
-	if (r[3] & (1 << 4))
-		strlcat(flags, " tsc", sizeof(flags));
-	if (r[3] & (1 << 8))
-		strlcat(flags, " cx8", sizeof(flags));
-	if (r[3] & (1 << 15))
-		strlcat(flags, " cmov", sizeof(flags));
-	if (r[3] & (1 << 24))
-		strlcat(flags, " fxsr", sizeof(flags));
-	if (r[3] & (1 << 25))
-		strlcat(flags, " sse", sizeof(flags));
-	if (r[3] & (1 << 26))
-		strlcat(flags, " sse2", sizeof(flags));
+	for (i = 0; i < ARRAY_SIZE(edx); i++)
+		if (r[3] & (1u << edx[i].bit))
+			strlcat(flags, edx[i].name, sizeof(flags));
 	strlcat(flags, " ", sizeof(flags));
 	flags_helper_func(flags);
 }

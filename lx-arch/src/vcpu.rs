@@ -330,26 +330,24 @@ pub unsafe extern "C" fn lx_kernel_context(out: *mut u64) {
     }
 }
 
-/// Resumes with what is in the state area and `items` map items (MR[1..], into the user task);
-/// only returns if the kernel refuses.
-fn resume(items: u64) -> c_int {
+/// The message of a `VcpuResume` (of what is in the state area) with `items` map items
+/// (already in MR[1..], into the user task): sets MR[0] and returns the tag.
+fn resume_tag(items: u64) -> MsgTag {
     l4::ipc::set_mr(0, Op::VcpuResume.code());
-    let r = l4::sys::invoke(
-        CapSel::from_idx(wk::THREAD),
-        Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, items, 0),
-    );
-    match r.result() {
-        Ok(_) => 0,
-        Err(e) => -(e as c_int),
-    }
+    MsgTag::new(proto::thread::LABEL, 1, items, 0)
+}
+
+/// The result of a `VcpuResume` the kernel answered (it refused) as the negative error the
+/// C half expects.
+fn refused(r: MsgTag) -> c_int {
+    -(r.result().err().unwrap_or(abi::Error::Inval) as c_int)
 }
 
 /// `lx_resume_kernel`: continues the context of Linux an upcall interrupted.
 #[no_mangle]
 pub extern "C" fn lx_resume_kernel() -> ! {
-    let e = resume(0);
-    l4::println!("cannot resume its own context ({e})");
+    let r = l4::sys::invoke(CapSel::from_idx(wk::THREAD), Flags::CALL, resume_tag(0));
+    l4::println!("cannot resume its own context ({})", refused(r));
     lx_fatal()
 }
 
@@ -475,21 +473,18 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
         Ok(items) => items,
         Err(e) => return e,
     };
-    l4::ipc::set_mr(0, Op::VcpuResume.code());
+    let tag = resume_tag(items);
     let rdx = CapSel::from_idx(wk::THREAD).raw() | Flags::CALL.bits();
     // SAFETY: lx_vcpu_enter follows the C ABI; the state area holds the process's context
     // and the UTCB the message (MR[0] and the items) for the `VcpuResume` it makes.
-    let r = unsafe { lx_vcpu_enter(rdx, MsgTag::new(proto::thread::LABEL, 1, items, 0).0) };
-    if r == 0 {
-        if HOT.profile.load(Ordering::Relaxed) {
-            HOT.profile_t0.store(l4::sys::cycles(), Ordering::Relaxed);
-        }
-        return 0;
+    let r = unsafe { lx_vcpu_enter(rdx, tag.0) };
+    if r != 0 {
+        return refused(MsgTag(r));
     }
-    match MsgTag(r).result() {
-        Ok(_) => -(abi::Error::Inval as c_int),
-        Err(e) => -(e as c_int),
+    if HOT.profile.load(Ordering::Relaxed) {
+        HOT.profile_t0.store(l4::sys::cycles(), Ordering::Relaxed);
     }
+    0
 }
 
 /// `lx_fpu_forget`: the FPU registers or a process's `regs->fp` were set from elsewhere (exec,
