@@ -3,8 +3,8 @@
  *
  * Under TCG every address-space switch flushes the emulated TLB, so what a fast path costs is
  * mostly the number of distinct pages it touches after a switch (docs/costs.md). This plugin
- * splits execution into windows at each execution of one instruction (`split=ADDR`, the
- * kernel's `mov cr3`) and lists, per window, every page touched for the first time (code or
+ * splits execution into windows at each execution of the kernel's `mov cr3` instructions
+ * (`split=ADDR[/ADDR...]`, up to 8) and lists, per window, every page touched for the first time (code or
  * data, with the instruction that touched it first), the instructions executed and the
  * translation blocks entered. Recording starts at the first execution of `mark=ADDR` and
  * stops after `windows=N` windows (default 24), or, with `toggle=1`, at the next execution of
@@ -57,7 +57,9 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 2;
 struct page { uint64_t addr, first_ip; bool code; };
 struct window { long insns, blocks; int n; struct page p[MAX_PAGES]; };
 
-static uint64_t split_at, mark_at;
+#define MAX_SPLITS 8
+static uint64_t split_at[MAX_SPLITS], mark_at;
+static int n_splits;
 static bool toggle, recording, done_recording;
 static int max_windows = 24, nw;
 static uint64_t ip_now;
@@ -96,7 +98,10 @@ static void on_insn(unsigned vcpu, void *ip_)
 	ip_now = ip;
 	win[nw].insns++;
 	touch(ip, true);
-	if (ip == split_at) {
+	bool split = false;
+	for (int i = 0; i < n_splits; i++)
+		split |= ip == split_at[i];
+	if (split) {
 		if (nw + 1 >= max_windows) {
 			recording = false;
 			done_recording = true;
@@ -163,8 +168,14 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
 
-		if (!strncmp(a, "split=", 6))
-			split_at = strtoull(a + 6, NULL, 16);
+		if (!strncmp(a, "split=", 6)) {
+			char *p = (char *)a + 6;
+			while (*p && n_splits < MAX_SPLITS) {
+				split_at[n_splits++] = strtoull(p, &p, 16);
+				if (*p == '/')
+					p++;
+			}
+		}
 		else if (!strncmp(a, "mark=", 5))
 			mark_at = strtoull(a + 5, NULL, 16);
 		else if (!strncmp(a, "windows=", 8))
@@ -178,7 +189,7 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
 			return -1;
 		}
 	}
-	if (!split_at || !mark_at || max_windows < 1 || max_windows > MAX_WINDOWS) {
+	if (!n_splits || !mark_at || max_windows < 1 || max_windows > MAX_WINDOWS) {
 		fprintf(stderr, "tcg-pages: need split=ADDR mark=ADDR [windows=1..%d]\n", MAX_WINDOWS);
 		return -1;
 	}

@@ -28,6 +28,9 @@ pub enum Resume {
     Exception,
 }
 
+/// Untyped words [`ThreadStack::hand_off`] carries (the IPC fast path's longest message).
+pub const HAND_OFF_WORDS: usize = 16;
+
 /// Registers of a thread saved on kernel entry from user mode.
 pub trait UserRegs {
     /// `(rdx, rax, rsi, r8)` on x86_64: selector|flags, tag, label, timeout.
@@ -66,6 +69,15 @@ pub trait ThreadStack {
     /// Abandons the thread's kernel context: it will resume from its user registers the way
     /// `how` says.
     fn prepare_resume(&mut self, how: Resume);
+    /// Hands this thread, blocked in a system call and prepared to resume by
+    /// [`Resume::Syscall`], a short message: `n` (at most [`HAND_OFF_WORDS`]) words from the
+    /// UTCB at `src` into its UTCB at `dst`, and `(tag, label)` as the call's result. Returns
+    /// the kernel stack pointer to resume it at ([`ThreadStack::saved`]).
+    ///
+    /// The source is read now; the rest may be staged until the next context resume, which
+    /// must be this thread's (x86_64: after the address-space switch, so that its stack and
+    /// UTCB are touched only in its own address space: the IPC fast path's receiver).
+    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64;
     /// Saves the FPU/SSE registers into this thread's area (the FPU must be enabled).
     fn fpu_save(&mut self);
     /// Loads the FPU/SSE registers from this thread's area (the FPU must be enabled).
@@ -109,6 +121,9 @@ pub trait Arch: Sized + 'static {
     fn space_root(s: &Self::Space) -> u64;
     /// The root the CPU uses now.
     fn active_root() -> u64;
+    /// Switches to the address space with page-table root `root` now (every root shares the
+    /// kernel half), unless it is already active.
+    fn load_root(root: u64);
 
     /// Copies `bytes` into physical memory at `pa` (through the kernel's direct map).
     fn write_phys(pa: PhysAddr, bytes: &[u8]);

@@ -1,6 +1,9 @@
 //! Per-CPU state, descriptor tables and the control registers the kernel relies on.
 
+use crate::paging;
 use crate::trap;
+use kernel_core::hal::HAND_OFF_WORDS;
+use kernel_core::mem::PhysAddr;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
@@ -25,6 +28,46 @@ pub struct PerCpu {
     /// IA32_FS_BASE and IA32_KERNEL_GS_BASE (user mode's GS base) as last written.
     user_fs: u64,
     user_gs: u64,
+    /// The IPC fast path's message for the thread resumed next (`resume_context` delivers it).
+    hand_off: HandOff,
+}
+
+/// A message staged by [`stage_hand_off`] and delivered by `resume_context` (trap.rs) once it
+/// has switched to the receiver's address space and stack: under TCG each page touched after
+/// a switch costs a TLB refill, and the receiver's stack and UTCB are touched there anyway.
+#[repr(C)]
+pub struct HandOff {
+    /// The receiver's user frame; 0: nothing staged.
+    frame: u64,
+    /// The receiver's UTCB (direct-map address), the number of words, the result registers.
+    dst: u64,
+    words: u64,
+    tag: u64,
+    label: u64,
+    buf: [u64; HAND_OFF_WORDS],
+}
+
+/// Offsets into the per-CPU data (GS) of the staged hand-off, for `resume_context`.
+pub const HAND_OFF_FRAME: usize = core::mem::offset_of!(PerCpu, hand_off);
+pub const HAND_OFF_DST: usize = HAND_OFF_FRAME + core::mem::offset_of!(HandOff, dst);
+pub const HAND_OFF_WORDS_AT: usize = HAND_OFF_FRAME + core::mem::offset_of!(HandOff, words);
+pub const HAND_OFF_TAG: usize = HAND_OFF_FRAME + core::mem::offset_of!(HandOff, tag);
+pub const HAND_OFF_LABEL: usize = HAND_OFF_FRAME + core::mem::offset_of!(HandOff, label);
+pub const HAND_OFF_BUF: usize = HAND_OFF_FRAME + core::mem::offset_of!(HandOff, buf);
+const _: () = assert!(core::mem::offset_of!(HandOff, frame) == 0);
+
+/// Stages a message for the thread resumed next: `n` words read now from the UTCB at `src`,
+/// written to the one at `dst` with `(tag, label)` into the user frame at `frame` by
+/// `resume_context`.
+#[inline(always)]
+pub fn stage_hand_off(frame: u64, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) {
+    assert!(n <= HAND_OFF_WORDS && dst.0 + n as u64 * 8 <= paging::DIRECT_MAP_SIZE);
+    // SAFETY: single CPU with interrupts masked in the kernel: nothing else uses the staging
+    // area until `resume_context` consumes it; `read_words` checks the source.
+    let h = unsafe { &mut (*tables()).percpu.hand_off };
+    paging::read_words(src, &mut h.buf[..n]);
+    (h.dst, h.words, h.tag, h.label) = (paging::phys_to_virt(dst) as u64, n as u64, tag, label);
+    h.frame = frame;
 }
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
@@ -87,7 +130,15 @@ struct Tables {
 
 #[link_section = ".data.hot.1"]
 static mut TABLES: Tables = Tables {
-    percpu: PerCpu { self_ptr: 0, kstack_top: 0, user_rsp: 0, fpu_traps: true, user_fs: 0, user_gs: 0 },
+    percpu: PerCpu {
+        self_ptr: 0,
+        kstack_top: 0,
+        user_rsp: 0,
+        fpu_traps: true,
+        user_fs: 0,
+        user_gs: 0,
+        hand_off: HandOff { frame: 0, dst: 0, words: 0, tag: 0, label: 0, buf: [0; HAND_OFF_WORDS] },
+    },
     gdt: GlobalDescriptorTable::new(),
     tss: TaskStateSegment::new(),
     iobitmap: [0xff; IO_BITMAP_BYTES + 1],

@@ -7,6 +7,7 @@
 
 use abi::proto::exc_regs;
 use core::arch::global_asm;
+use kernel_core::mem::PhysAddr;
 
 /// Vector number recorded in frames built by the `syscall` entry.
 pub const SYSCALL_VECTOR: u64 = 0x100;
@@ -246,6 +247,17 @@ impl kernel_core::hal::ThreadStack for KernelStack {
         self.saved_rsp
     }
 
+    #[inline(always)]
+    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64 {
+        // Only addresses are computed here: the stack's page is first touched by
+        // `resume_context`, after the switch. A context prepared for sysret sits right below
+        // the frame (`prepare_resume`), so `saved_rsp` need not be read either.
+        let frame = self.regs() as *mut TrapFrame as u64;
+        debug_assert_eq!(self.saved_rsp, frame - SWITCH_WORDS as u64 * 8);
+        crate::cpu::stage_hand_off(frame, dst, src, n, tag, label);
+        frame - SWITCH_WORDS as u64 * 8
+    }
+
     fn prepare_resume(&mut self, how: kernel_core::hal::Resume) {
         let how = match how {
             kernel_core::hal::Resume::Syscall => Resume::Sysret,
@@ -374,24 +386,47 @@ switch_context:
     xor edi, edi
 
     /* resume_context(cr3 [rdi] or 0, rsp [rsi]): load an address space (late: every page
-       touched after this write costs a TLB refill under TCG) and resume a saved context. */
+       touched after this write costs a TLB refill under TCG) and resume a saved context,
+       delivering the IPC fast path's staged message to it first (cpu::HandOff). */
     .global resume_context
 resume_context:
     test rdi, rdi
     jz 1f
     mov cr3, rdi
 1:  mov rsp, rsi
-    pop r15
+    mov rdi, gs:[{ho_frame}]
+    test rdi, rdi
+    jnz 3f
+2:  pop r15
     pop r14
     pop r13
     pop r12
     pop rbx
     pop rbp
     ret
+3:  mov rax, gs:[{ho_tag}]
+    mov [rdi + {frame_rax}], rax
+    mov rax, gs:[{ho_label}]
+    mov [rdi + {frame_rsi}], rax
+    mov qword ptr gs:[{ho_frame}], 0
+    mov rdi, gs:[{ho_dst}]
+    mov rcx, gs:[{ho_words}]
+    mov rsi, gs:[0]
+    add rsi, {ho_buf}
+    rep movsq
+    jmp 2b
     "#,
     user_ss = const USER_SS,
     user_cs = const USER_CS,
     syscall_vector = const SYSCALL_VECTOR,
+    ho_frame = const crate::cpu::HAND_OFF_FRAME,
+    ho_dst = const crate::cpu::HAND_OFF_DST,
+    ho_words = const crate::cpu::HAND_OFF_WORDS_AT,
+    ho_tag = const crate::cpu::HAND_OFF_TAG,
+    ho_label = const crate::cpu::HAND_OFF_LABEL,
+    ho_buf = const crate::cpu::HAND_OFF_BUF,
+    frame_rax = const core::mem::offset_of!(TrapFrame, rax),
+    frame_rsi = const core::mem::offset_of!(TrapFrame, rsi),
 );
 
 extern "C" {

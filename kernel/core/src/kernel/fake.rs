@@ -199,6 +199,15 @@ impl ThreadStack for FakeStack {
         self.resumed_by = Some(how);
     }
 
+    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64 {
+        // The contract the real stacks rely on: a thread waiting for the result of a call.
+        assert_eq!(self.resumed_by, Some(Resume::Syscall), "hand-off to a thread not waiting in a call");
+        assert!(n <= crate::hal::HAND_OFF_WORDS);
+        Fake::copy_words(dst, src, n);
+        self.regs.set_syscall_result(tag, label);
+        self.saved
+    }
+
     fn fpu_save(&mut self) {
         FPU_OPS.with(|f| f.borrow_mut().push(("save", self.id)));
     }
@@ -271,6 +280,10 @@ impl Arch for Fake {
 
     fn active_root() -> u64 {
         ACTIVE.with(|a| a.get())
+    }
+
+    fn load_root(root: u64) {
+        ACTIVE.with(|a| a.set(root))
     }
 
     fn write_phys(pa: PhysAddr, bytes: &[u8]) {

@@ -19,7 +19,7 @@ use abi::syscall::FLAGS_MASK;
 use abi::{CapSel, MsgTag};
 
 /// Untyped words the fast path copies; longer messages take the general path.
-const MAX_WORDS: usize = 16;
+const MAX_WORDS: usize = crate::hal::HAND_OFF_WORDS;
 const CALL: u64 = 0x3;
 const REPLY_AND_WAIT: u64 = 0xf;
 
@@ -88,8 +88,15 @@ impl<A: Arch> Kernel<A> {
             return None;
         }
         let (src_utcb, dst_utcb) = (t.utcb_frame?, d.utcb_frame?);
-        A::copy_words(dst_utcb, src_utcb, words);
-        d.kstack.regs().set_syscall_result(MsgTag::new(tag.label(), words as u64, 0, 0).0, label);
+        // Delivered once the address space is switched (see `ThreadStack::hand_off`): the
+        // partner's stack and UTCB are touched only in its own window.
+        let rsp = d.kstack.hand_off(
+            dst_utcb,
+            src_utcb,
+            words,
+            MsgTag::new(tag.label(), words as u64, 0, 0).0,
+            label,
+        );
         d.state = ThreadState::Running;
         d.resume = None;
         // A call hands the partner our reply capability; a reply uses up ours.
@@ -102,7 +109,7 @@ impl<A: Arch> Kernel<A> {
         t.state = ThreadState::Receiving(if call { Wait::Reply(dst) } else { Wait::Open });
         t.kstack.prepare_resume(Resume::Syscall);
         t.resume = Some(Resume::Syscall);
-        let next = Next::enter(d);
+        let next = Next::enter_at(d, rsp);
         self.current = Some(dst);
         self.fpu_for(dst);
         Some(next)

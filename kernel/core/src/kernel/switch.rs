@@ -17,12 +17,18 @@ impl Next {
     /// says where to resume it. The caller makes it current.
     #[inline(always)]
     pub fn enter<A: Arch>(t: &Thread<A>) -> Next {
+        Self::enter_at(t, t.kstack.saved())
+    }
+
+    /// [`Next::enter`] with the stack pointer already known (from `ThreadStack::hand_off`).
+    #[inline(always)]
+    pub fn enter_at<A: Arch>(t: &Thread<A>, rsp: u64) -> Next {
         A::set_kernel_stack(t.kstack.top());
         A::set_user_gs(t.gs_base);
         A::set_user_fs(t.fs_base);
         debug_assert!(t.root != 0, "runnable threads are bound");
         let root = if A::active_root() == t.root { 0 } else { t.root };
-        Next { root, rsp: t.kstack.saved() }
+        Next { root, rsp }
     }
 }
 

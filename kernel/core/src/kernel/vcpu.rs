@@ -77,6 +77,13 @@ impl<A: Arch> Kernel<A> {
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
+        if (self.current == Some(t)) & th.vcpu_user.is_some() {
+            // Out of the user task into the vCPU's own address space first: the state area
+            // and the rest of this path are then touched only there, where the handler and
+            // `VcpuResume` touch them anyway (under TCG a page touched after a switch costs a
+            // TLB refill). The resume that follows finds the root loaded.
+            A::load_root(area.kernel_root);
+        }
         // One read of the header, one write of context and trap words, one of the flags.
         let head: [u64; off::REGS] = A::read_array(area.frame);
         let c: [u64; 20] = if save {
