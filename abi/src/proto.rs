@@ -361,6 +361,12 @@ pub mod fpage {
             ((self.0 >> 6) & 0x3f) as u32
         }
 
+        /// Whether the flexpage is of type `t` (a comparison of the type bits, without
+        /// decoding them: kernel fast paths avoid the jump table a `match` may become).
+        pub const fn is(self, t: Type) -> bool {
+            (self.0 >> 4) & 3 == t as u64
+        }
+
         pub fn typ(self) -> Option<Type> {
             match (self.0 >> 4) & 3 {
                 1 => Some(Type::Memory),

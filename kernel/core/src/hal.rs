@@ -105,14 +105,10 @@ pub trait Arch: Sized + 'static {
 
     /// An empty user address space sharing the kernel's half.
     fn new_space(fa: &mut FrameAllocator) -> Option<Self::Space>;
-    /// Maps one page; replaces an existing mapping of `va` and returns its frame.
-    fn map(
-        s: &mut Self::Space,
-        va: VirtAddr,
-        pa: PhysAddr,
-        p: Perms,
-        fa: &mut FrameAllocator,
-    ) -> Result<Option<PhysAddr>, MapError>;
+    /// Maps one page; replaces an existing mapping of `va` and returns its frame. Page tables
+    /// it lacks come from the frame allocator, taken only then ([`Arch::with_frames`]: the
+    /// caller must not hold it).
+    fn map(s: &mut Self::Space, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError>;
     /// Removes the mapping of `va` (flushing the TLB if the space is active); returns its frame.
     fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr>;
     /// Frees the page tables of a space (not the frames mapped through it).

@@ -5,10 +5,24 @@
 //! It holds what the slot maps (`V`: a frame or an object) and its rights. Roots are slots whose
 //! content did not come from another slot (sigma0's memory, a freshly created object's first
 //! capability). Mapping derives a child; granting moves a node; unmapping revokes a subtree.
+//!
+//! Slots are found through a hash index ([`index`]); the slots of one space are also on a list
+//! (anchored in the index under the reserved position [`HEAD`]), for the range operations
+//! (unmapping a flexpage, a space going away) that an unordered index cannot answer by itself.
+
+mod index;
 
 use crate::slab::{Id, Slab};
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+pub use index::Key;
+use index::{Index, Probe};
+
+/// The position under which the index keeps a space's list of slots (no slot has it).
+const HEAD: u64 = u64::MAX;
+
+/// Range operations look up each position of a range of at most this many positions, and walk
+/// the space's list for larger ones.
+const PROBE_LIMIT: u64 = 1024;
 
 /// Why a mapping operation was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,48 +38,59 @@ pub enum MapDbError {
 /// A slot in the tree. Children hang off their parent as a doubly linked list through the
 /// nodes themselves (`first_child`, `prev`/`next` siblings): deriving a mapping allocates
 /// nothing but its node, and removing one is O(1) — the map path of every page fault a
-/// vCPU's guest resolves goes through here.
-struct Node<K, V> {
-    key: K,
+/// vCPU's guest resolves goes through here. `space_prev`/`space_next` link the slots of one
+/// space.
+struct Node<V> {
+    key: Key,
     value: V,
     rights: u8,
     parent: Option<Id>,
     first_child: Option<Id>,
     prev: Option<Id>,
     next: Option<Id>,
+    space_prev: Option<Id>,
+    space_next: Option<Id>,
 }
 
-impl<K, V> Node<K, V> {
-    fn new(key: K, value: V, rights: u8, parent: Option<Id>) -> Self {
-        Node { key, value, rights, parent, first_child: None, prev: None, next: None }
+impl<V> Node<V> {
+    fn new(key: Key, value: V, rights: u8, parent: Option<Id>) -> Self {
+        assert!(key.1 != HEAD, "reserved slot position");
+        Node {
+            key,
+            value,
+            rights,
+            parent,
+            first_child: None,
+            prev: None,
+            next: None,
+            space_prev: None,
+            space_next: None,
+        }
     }
 }
 
 /// A removed or changed slot: the caller must update its page tables / capability tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry<K, V> {
-    pub key: K,
+pub struct Entry<V> {
+    pub key: Key,
     pub value: V,
     pub rights: u8,
 }
 
 /// What a map or grant did: the entries it displaced at the target, and the new entry.
-pub type Mapped<K, V> = (Vec<Entry<K, V>>, Entry<K, V>);
+pub type Mapped<V> = (Vec<Entry<V>>, Entry<V>);
 
-pub struct MapDb<K, V> {
-    nodes: Slab<Node<K, V>>,
-    index: BTreeMap<K, Id>,
+pub struct MapDb<V> {
+    nodes: Slab<Node<V>>,
+    index: Index,
+    /// The distance between two slots of a space (the page size for memory).
+    step: u64,
 }
 
-impl<K: Ord + Copy, V: Copy> Default for MapDb<K, V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
-    pub const fn new() -> Self {
-        MapDb { nodes: Slab::new(), index: BTreeMap::new() }
+impl<V: Copy> MapDb<V> {
+    /// An empty database whose slots lie `step` apart in a space.
+    pub const fn new(step: u64) -> Self {
+        MapDb { nodes: Slab::new(), index: Index::new(), step }
     }
 
     pub fn len(&self) -> usize {
@@ -76,23 +101,38 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         self.nodes.is_empty()
     }
 
+    /// The node of a slot (never a list head: positions of slots are below `HEAD`).
+    #[inline(always)]
+    fn find(&self, key: Key) -> Option<Id> {
+        if key.1 == HEAD {
+            return None;
+        }
+        self.index.get(key)
+    }
+
     /// What `key` maps, with its rights.
-    pub fn get(&self, key: K) -> Option<(V, u8)> {
-        let n = self.nodes.get(*self.index.get(&key)?)?;
+    pub fn get(&self, key: Key) -> Option<(V, u8)> {
+        let n = self.nodes.get(self.find(key)?)?;
         Some((n.value, n.rights))
     }
 
-    fn entry(n: &Node<K, V>) -> Entry<K, V> {
+    fn entry(n: &Node<V>) -> Entry<V> {
         Entry { key: n.key, value: n.value, rights: n.rights }
     }
 
+    #[inline(always)]
+    fn node(&mut self, id: Id) -> &mut Node<V> {
+        self.nodes.get_mut(id).expect("linked node exists")
+    }
+
     /// Makes `key` a root holding `value`. Fails if the slot is occupied.
-    pub fn insert_root(&mut self, key: K, value: V, rights: u8) -> Result<(), MapDbError> {
-        if self.index.contains_key(&key) {
+    pub fn insert_root(&mut self, key: Key, value: V, rights: u8) -> Result<(), MapDbError> {
+        if self.find(key).is_some() {
             return Err(MapDbError::Occupied);
         }
         let id = self.nodes.insert(Node::new(key, value, rights, None));
         self.index.insert(key, id);
+        self.link_space(id, key.0);
         Ok(())
     }
 
@@ -110,54 +150,68 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
 
     /// Maps `from` to `to` with `from`'s rights reduced by `mask`. Whatever `to` held is revoked
     /// first (returned, together with its subtree). Returns the removed entries and the new one.
-    pub fn derive(&mut self, from: K, to: K, mask: u8) -> Result<Mapped<K, V>, MapDbError> {
-        let src = *self.index.get(&from).ok_or(MapDbError::NoSource)?;
-        // The common case, an empty target: one descent of the index to find and fill it.
-        if let alloc::collections::btree_map::Entry::Vacant(slot) = self.index.entry(to) {
-            let s = self.nodes.get(src).expect("indexed node exists");
-            let node = Node::new(to, s.value, s.rights & mask, Some(src));
-            let e = Self::entry(&node);
-            let id = self.nodes.insert(node);
-            slot.insert(id);
-            self.link_child(src, id);
-            return Ok((Vec::new(), e));
-        }
-        let mut removed = Vec::new();
-        if let Some(&old) = self.index.get(&to) {
-            if self.is_ancestor_or_self(old, src) {
-                return Err(MapDbError::Cycle);
-            }
-            self.remove_subtree(old, &mut removed);
-        }
+    ///
+    /// Inlined into its callers (the memory one sits in the map path's code section), the
+    /// uncommon case of an occupied target out of line.
+    #[inline(always)]
+    pub fn derive(&mut self, from: Key, to: Key, mask: u8) -> Result<Mapped<V>, MapDbError> {
+        let src = self.find(from).ok_or(MapDbError::NoSource)?;
+        assert!(to.1 != HEAD, "reserved slot position");
+        // Room for the slot and its space's list head, so the probe's entry stays valid.
+        self.index.reserve(2);
+        let (at, removed) = match self.index.probe(to) {
+            // The common case, an empty target: one probe to find and fill it.
+            Probe::Vacant(i) => (i, Vec::new()),
+            Probe::Found(i) => self.vacate(src, i, to)?,
+        };
         let s = self.nodes.get(src).expect("indexed node exists");
         let node = Node::new(to, s.value, s.rights & mask, Some(src));
         let e = Self::entry(&node);
         let id = self.nodes.insert(node);
+        self.index.fill(at, to, id);
         self.link_child(src, id);
-        self.index.insert(to, id);
+        self.link_space(id, to.0);
         Ok((removed, e))
+    }
+
+    /// Empties the slot `to` (found at index entry `i`) for a mapping from `src`, unless that
+    /// would cut `src` off its own root. Returns the entry to fill and what was removed.
+    #[inline(never)]
+    fn vacate(&mut self, src: Id, i: usize, to: Key) -> Result<(usize, Vec<Entry<V>>), MapDbError> {
+        let old = self.index.id_at(i);
+        if self.is_ancestor_or_self(old, src) {
+            return Err(MapDbError::Cycle);
+        }
+        let mut removed = Vec::new();
+        self.remove_subtree(old, &mut removed);
+        self.index.reserve(2);
+        let Probe::Vacant(i) = self.index.probe(to) else { unreachable!("slot just emptied") };
+        Ok((i, removed))
     }
 
     /// Moves the node at `from` to `to` (rights reduced by `mask`): the grantor loses it, the
     /// derivations stay. Returns what `to` held before, and the new entry.
-    pub fn grant(&mut self, from: K, to: K, mask: u8) -> Result<Mapped<K, V>, MapDbError> {
-        let src = *self.index.get(&from).ok_or(MapDbError::NoSource)?;
+    pub fn grant(&mut self, from: Key, to: Key, mask: u8) -> Result<Mapped<V>, MapDbError> {
+        let src = self.find(from).ok_or(MapDbError::NoSource)?;
         if from == to {
             return Err(MapDbError::Cycle);
         }
+        assert!(to.1 != HEAD, "reserved slot position");
         let mut removed = Vec::new();
-        if let Some(&old) = self.index.get(&to) {
+        if let Some(old) = self.find(to) {
             if self.is_ancestor_or_self(old, src) {
                 return Err(MapDbError::Cycle);
             }
             self.remove_subtree(old, &mut removed);
         }
-        self.index.remove(&from);
-        let n = self.nodes.get_mut(src).expect("indexed node exists");
+        self.index.remove(from);
+        self.unlink_space(src);
+        let n = self.node(src);
         n.key = to;
         n.rights &= mask;
         let e = Self::entry(n);
         self.index.insert(to, src);
+        self.link_space(src, to.0);
         // Rights of the subtree may not exceed the granted node's.
         let r = e.rights;
         self.reduce_below(src, r, &mut Vec::new());
@@ -165,13 +219,52 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
     }
 
     /// Makes `child` (not linked anywhere) the first child of `parent`.
+    #[inline(always)]
     fn link_child(&mut self, parent: Id, child: Id) {
-        let first = self.nodes.get_mut(parent).expect("parent exists").first_child.replace(child);
+        let first = self.node(parent).first_child.replace(child);
         if let Some(f) = first {
-            self.nodes.get_mut(f).expect("sibling exists").prev = Some(child);
+            self.node(f).prev = Some(child);
         }
-        let c = self.nodes.get_mut(child).expect("child exists");
+        let c = self.node(child);
         (c.parent, c.prev, c.next) = (Some(parent), None, first);
+    }
+
+    /// Puts `id` (on no list) first on the list of the slots of `space`.
+    #[inline(always)]
+    fn link_space(&mut self, id: Id, space: u64) {
+        self.index.reserve(1);
+        let first = match self.index.probe((space, HEAD)) {
+            Probe::Found(i) => {
+                let first = self.index.id_at(i);
+                self.index.set_at(i, id);
+                self.node(first).space_prev = Some(id);
+                Some(first)
+            }
+            Probe::Vacant(i) => {
+                self.index.fill(i, (space, HEAD), id);
+                None
+            }
+        };
+        let n = self.node(id);
+        (n.space_prev, n.space_next) = (None, first);
+    }
+
+    /// Takes `id` off the list of its space.
+    fn unlink_space(&mut self, id: Id) {
+        let n = self.node(id);
+        let (space, prev, next) = (n.key.0, n.space_prev.take(), n.space_next.take());
+        if let Some(nx) = next {
+            self.node(nx).space_prev = prev;
+        }
+        match (prev, next) {
+            (Some(p), _) => self.node(p).space_next = next,
+            (None, Some(nx)) => {
+                self.index.insert((space, HEAD), nx);
+            }
+            (None, None) => {
+                self.index.remove((space, HEAD));
+            }
+        }
     }
 
     /// The children of `id`, in list order.
@@ -190,7 +283,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         let Some(n) = self.nodes.get_mut(id) else { return };
         let (parent, prev, next) = (n.parent.take(), n.prev.take(), n.next.take());
         match prev {
-            Some(p) => self.nodes.get_mut(p).expect("sibling exists").next = next,
+            Some(p) => self.node(p).next = next,
             None => {
                 if let Some(pn) = parent.and_then(|p| self.nodes.get_mut(p)) {
                     pn.first_child = next;
@@ -198,11 +291,11 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
             }
         }
         if let Some(nx) = next {
-            self.nodes.get_mut(nx).expect("sibling exists").prev = prev;
+            self.node(nx).prev = prev;
         }
     }
 
-    fn remove_subtree(&mut self, id: Id, out: &mut Vec<Entry<K, V>>) {
+    fn remove_subtree(&mut self, id: Id, out: &mut Vec<Entry<V>>) {
         self.detach_from_parent(id);
         // Depth first through the lists of children; a leaf (the common case: a page in a
         // process) never touches the stack, so nothing is allocated for it.
@@ -214,17 +307,21 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
                 stack.push(x);
                 c = self.nodes.get(x).and_then(|y| y.next);
             }
+            if self.nodes.get(n).is_none() {
+                continue;
+            }
+            self.unlink_space(n);
             if let Some(node) = self.nodes.remove(n) {
-                self.index.remove(&node.key);
+                self.index.remove(node.key);
                 out.push(Self::entry(&node));
             }
         }
     }
 
     /// Removes everything derived from `key` (and `key` itself if `include_self`).
-    pub fn revoke(&mut self, key: K, include_self: bool) -> Vec<Entry<K, V>> {
+    pub fn revoke(&mut self, key: Key, include_self: bool) -> Vec<Entry<V>> {
         let mut out = Vec::new();
-        let Some(&id) = self.index.get(&key) else { return out };
+        let Some(id) = self.find(key) else { return out };
         if include_self {
             self.remove_subtree(id, &mut out);
         } else {
@@ -235,7 +332,7 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         out
     }
 
-    fn reduce_below(&mut self, id: Id, allowed: u8, out: &mut Vec<Entry<K, V>>) {
+    fn reduce_below(&mut self, id: Id, allowed: u8, out: &mut Vec<Entry<V>>) {
         let mut stack = self.children(id);
         while let Some(c) = stack.pop() {
             stack.extend(self.children(c));
@@ -249,11 +346,11 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
 
     /// Takes `rights` away from everything derived from `key` (and from `key` if
     /// `include_self`). Returns the entries whose rights changed.
-    pub fn reduce(&mut self, key: K, rights: u8, include_self: bool) -> Vec<Entry<K, V>> {
+    pub fn reduce(&mut self, key: Key, rights: u8, include_self: bool) -> Vec<Entry<V>> {
         let mut out = Vec::new();
-        let Some(&id) = self.index.get(&key) else { return out };
+        let Some(id) = self.find(key) else { return out };
         if include_self {
-            let n = self.nodes.get_mut(id).expect("indexed");
+            let n = self.node(id);
             if n.rights & rights != 0 {
                 n.rights &= !rights;
                 out.push(Self::entry(n));
@@ -271,21 +368,43 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         out
     }
 
-    /// Removes every slot in `range` with everything derived from them (a space going away).
-    pub fn remove_range(&mut self, range: core::ops::RangeInclusive<K>) -> Vec<Entry<K, V>> {
-        self.revoke_range(range, true)
+    /// The slots of `space` at positions `first..=last`, by position: a lookup per position
+    /// for short ranges, a walk of the space's list for long ones.
+    fn slots_in(&self, space: u64, first: u64, last: u64) -> Vec<(u64, Id)> {
+        let last = last.min(HEAD - 1);
+        let Some(first) = first.checked_next_multiple_of(self.step).filter(|f| *f <= last) else {
+            return Vec::new();
+        };
+        let positions = (last - first) / self.step + 1;
+        if positions <= PROBE_LIMIT {
+            return (0..positions)
+                .map(|i| first + i * self.step)
+                .filter_map(|p| Some((p, self.index.get((space, p))?)))
+                .collect();
+        }
+        let mut out = Vec::new();
+        let mut n = self.index.get((space, HEAD));
+        while let Some(id) = n {
+            let node = self.nodes.get(id).expect("listed node exists");
+            if (first..=last).contains(&node.key.1) {
+                out.push((node.key.1, id));
+            }
+            n = node.space_next;
+        }
+        out.sort_unstable_by_key(|(p, _)| *p);
+        out
     }
 
-    /// [`MapDb::revoke`] of every slot in `range` (a flexpage unmapped): one walk of the index
-    /// for all of them, rather than a lookup each.
-    pub fn revoke_range(
-        &mut self,
-        range: core::ops::RangeInclusive<K>,
-        include_self: bool,
-    ) -> Vec<Entry<K, V>> {
-        let ids: Vec<Id> = self.index.range(range).map(|(_, id)| *id).collect();
+    /// Removes every slot of `space` with everything derived from them (a space going away).
+    pub fn remove_space(&mut self, space: u64) -> Vec<Entry<V>> {
+        self.revoke_range(space, 0, HEAD - 1, true)
+    }
+
+    /// [`MapDb::revoke`] of every slot of `space` at `first..=last` (a flexpage unmapped),
+    /// found in one pass rather than a lookup each.
+    pub fn revoke_range(&mut self, space: u64, first: u64, last: u64, include_self: bool) -> Vec<Entry<V>> {
         let mut out = Vec::new();
-        for id in ids {
+        for (_, id) in self.slots_in(space, first, last) {
             // Gone already if it was derived from a slot of the range revoked before it.
             if self.nodes.get(id).is_none() {
                 continue;
@@ -301,13 +420,13 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
         out
     }
 
-    /// Keys in `range`, in order.
-    pub fn keys_in(&self, range: core::ops::RangeInclusive<K>) -> Vec<K> {
-        self.index.range(range).map(|(k, _)| *k).collect()
+    /// Slots of `space` at `first..=last`, in order.
+    pub fn keys_in(&self, space: u64, first: u64, last: u64) -> Vec<Key> {
+        self.slots_in(space, first, last).into_iter().map(|(p, _)| (space, p)).collect()
     }
 
     /// All slots holding `value` (e.g. every capability to an object being destroyed).
-    pub fn slots_of(&self, value: V) -> Vec<K>
+    pub fn slots_of(&self, value: V) -> Vec<Key>
     where
         V: PartialEq,
     {
@@ -316,11 +435,38 @@ impl<K: Ord + Copy, V: Copy> MapDb<K, V> {
 
     /// Checks the structural invariants; returns a description of the first violation.
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.index.len() != self.nodes.len() {
+        let (mut listed, mut spaces) = (0, 0);
+        for (key, first) in self.index.iter() {
+            if key.1 != HEAD {
+                if self.nodes.get(first).is_none_or(|n| n.key != key) {
+                    return Err("index names a node of another slot");
+                }
+                continue;
+            }
+            // A space's list: its nodes, each of that space, the links agreeing; bounded by
+            // the node count, so a cycle is caught too.
+            spaces += 1;
+            let (mut prev, mut n) = (None, Some(first));
+            while let Some(id) = n {
+                let Some(node) = self.nodes.get(id) else { return Err("dangling space link") };
+                if node.key.0 != key.0 || node.space_prev != prev {
+                    return Err("space list links disagree");
+                }
+                listed += 1;
+                if listed > self.nodes.len() {
+                    return Err("space lists hold more than every node");
+                }
+                (prev, n) = (Some(id), node.space_next);
+            }
+        }
+        if listed != self.nodes.len() {
+            return Err("a node on no space list");
+        }
+        if self.index.len() != self.nodes.len() + spaces {
             return Err("index and node count differ");
         }
         for (id, n) in self.nodes.iter() {
-            if self.index.get(&n.key) != Some(&id) {
+            if self.find(n.key) != Some(id) {
                 return Err("node not indexed under its key");
             }
             // Local checks only (each link against its other end), so the whole check stays
@@ -360,11 +506,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    type Db = MapDb<(u8, u8), u32>;
+    type Db = MapDb<u32>;
+
+    fn k(s: u8, p: u8) -> Key {
+        (s as u64, p as u64)
+    }
 
     #[test]
     fn derive_revoke_grant() {
-        let mut db = Db::new();
+        let mut db = Db::new(1);
         db.insert_root((0, 1), 100, 0b111).unwrap();
         assert_eq!(db.insert_root((0, 1), 1, 1), Err(MapDbError::Occupied));
         db.derive((0, 1), (1, 1), 0b110).unwrap();
@@ -381,8 +531,30 @@ mod tests {
         let changed = db.reduce((0, 1), 0b010, false);
         assert_eq!(changed.len(), 1);
         assert_eq!(db.get((1, 1)), Some((100, 0b100)));
-        assert_eq!(db.remove_range((0, 0)..=(0, 255)).len(), 2);
+        assert_eq!(db.remove_space(0).len(), 2);
         assert!(db.is_empty());
+        assert_eq!(db.get((0, u64::MAX)), None, "a list head is not a slot");
+        db.check().unwrap();
+    }
+
+    #[test]
+    fn ranges_by_lookup_and_by_list_agree() {
+        // Page-sized steps: a range of PROBE_LIMIT pages is looked up position by position,
+        // a longer one walks the space's list; both give the slots in order.
+        let mut db = Db::new(4096);
+        for p in [7u64, 1, 5000, 3, 1023, 1024] {
+            db.insert_root((1, p << 12), p as u32, 1).unwrap();
+        }
+        db.insert_root((2, 1 << 12), 0, 1).unwrap();
+        let short = db.keys_in(1, 0, (PROBE_LIMIT << 12) - 1);
+        let long = db.keys_in(1, 0, u64::MAX);
+        let want: Vec<Key> = [1u64, 3, 7, 1023].iter().map(|p| (1, p << 12)).collect();
+        assert_eq!(short, want);
+        assert_eq!(long[..4], want[..]);
+        assert_eq!(long[4..], [(1, 1024 << 12), (1, 5000 << 12)]);
+        assert_eq!(db.keys_in(1, (3 << 12) + 1, 7 << 12), vec![(1, 7 << 12)], "unaligned start");
+        assert_eq!(db.revoke_range(1, 0, u64::MAX, true).len(), 6);
+        assert_eq!(db.len(), 1);
         db.check().unwrap();
     }
 
@@ -395,6 +567,8 @@ mod tests {
         Reduce(u8, u8, u8, bool),
         RemoveSpace(u8),
         RevokeRange(u8, u8, u8, bool),
+        /// A range too long to look up slot by slot: the space's list is walked.
+        RevokeAll(u8, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -409,13 +583,15 @@ mod tests {
             (k.clone(), k.clone(), any::<u8>(), any::<bool>())
                 .prop_map(|(a, b, r, s)| Op::Reduce(a, b, r, s)),
             k.clone().prop_map(Op::RemoveSpace),
-            (k.clone(), k.clone(), k, any::<bool>()).prop_map(|(s, a, b, me)| Op::RevokeRange(s, a, b, me)),
+            (k.clone(), k.clone(), k.clone(), any::<bool>())
+                .prop_map(|(s, a, b, me)| Op::RevokeRange(s, a, b, me)),
+            (k, any::<bool>()).prop_map(|(s, me)| Op::RevokeAll(s, me)),
         ]
     }
 
     /// Keys derived (transitively) from `k`, found by following the rights chain the slow way.
-    fn descendants(db: &Db, k: (u8, u8)) -> Vec<(u8, u8)> {
-        let Some(&id) = db.index.get(&k) else { return vec![] };
+    fn descendants(db: &Db, k: Key) -> Vec<Key> {
+        let Some(id) = db.find(k) else { return vec![] };
         let mut out = vec![];
         let mut stack = db.children(id);
         while let Some(c) = stack.pop() {
@@ -425,67 +601,78 @@ mod tests {
         out
     }
 
+    /// `revoke_range` of `s` at `a..=b`, checked against what the slots there held before.
+    fn revoke_and_check(db: &mut Db, s: u8, a: u64, b: u64, me: bool) -> Result<(), TestCaseError> {
+        let slots: Vec<Key> = (0..=u8::MAX as u64)
+            .filter(|x| (a..=b).contains(x))
+            .map(|x| (s as u64, x))
+            .filter(|key| db.get(*key).is_some())
+            .collect();
+        let below: Vec<Key> = slots.iter().flat_map(|key| descendants(db, *key)).collect();
+        db.revoke_range(s as u64, a, b, me);
+        for d in &below {
+            prop_assert!(db.get(*d).is_none(), "derived mapping survived a range revoke");
+        }
+        for key in slots {
+            // A slot of the range stays unless it goes itself or was derived from another
+            // one of the range.
+            prop_assert_eq!(db.get(key).is_none(), me || below.contains(&key));
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut db = Db::new();
+            let mut db = Db::new(1);
             let mut next_value = 0u32;
             for o in ops {
                 match o {
                     Op::Root(s, a, r) => {
                         next_value += 1;
-                        let _ = db.insert_root((s, a), next_value, r);
+                        let _ = db.insert_root(k(s, a), next_value, r);
                     }
                     Op::Derive(s, a, t, b, m) => {
-                        let before = db.get((s, a));
-                        if let Ok((_, e)) = db.derive((s, a), (t, b), m) {
+                        let before = db.get(k(s, a));
+                        if let Ok((_, e)) = db.derive(k(s, a), k(t, b), m) {
                             let (v, r) = before.unwrap();
                             prop_assert_eq!(e.value, v);
                             prop_assert_eq!(e.rights & !r, 0, "rights grew through map");
                         }
                     }
                     Op::Grant(s, a, t, b, m) => {
-                        let before = db.get((s, a));
-                        if let Ok((_, e)) = db.grant((s, a), (t, b), m) {
-                            prop_assert_eq!(db.get((s, a)), None);
+                        let before = db.get(k(s, a));
+                        if let Ok((_, e)) = db.grant(k(s, a), k(t, b), m) {
+                            prop_assert_eq!(db.get(k(s, a)), None);
                             prop_assert_eq!(e.rights & !before.unwrap().1, 0);
                         }
                     }
                     Op::Revoke(s, a, me) => {
-                        let below = descendants(&db, (s, a));
-                        db.revoke((s, a), me);
-                        for k in below {
-                            prop_assert!(db.get(k).is_none(), "derived mapping survived revoke");
+                        let below = descendants(&db, k(s, a));
+                        db.revoke(k(s, a), me);
+                        for d in below {
+                            prop_assert!(db.get(d).is_none(), "derived mapping survived revoke");
                         }
                         if me {
-                            prop_assert!(db.get((s, a)).is_none());
+                            prop_assert!(db.get(k(s, a)).is_none());
                         }
                     }
                     Op::Reduce(s, a, r, me) => {
-                        let below = descendants(&db, (s, a));
-                        db.reduce((s, a), r, me);
-                        for k in below {
-                            prop_assert_eq!(db.get(k).unwrap().1 & r, 0);
+                        let below = descendants(&db, k(s, a));
+                        db.reduce(k(s, a), r, me);
+                        for d in below {
+                            prop_assert_eq!(db.get(d).unwrap().1 & r, 0);
                         }
                     }
                     Op::RevokeRange(s, a, b, me) => {
                         let (a, b) = (a.min(b), a.max(b));
-                        let slots: Vec<(u8, u8)> = (a..=b).map(|x| (s, x)).filter(|k| db.get(*k).is_some()).collect();
-                        let below: Vec<(u8, u8)> = slots.iter().flat_map(|k| descendants(&db, *k)).collect();
-                        db.revoke_range((s, a)..=(s, b), me);
-                        for k in &below {
-                            prop_assert!(db.get(*k).is_none(), "derived mapping survived a range revoke");
-                        }
-                        for k in slots {
-                            // A slot of the range stays unless it goes itself or was derived
-                            // from another one of the range.
-                            prop_assert_eq!(db.get(k).is_none(), me || below.contains(&k));
-                        }
+                        revoke_and_check(&mut db, s, a as u64, b as u64, me)?;
                     }
+                    Op::RevokeAll(s, me) => revoke_and_check(&mut db, s, 0, u64::MAX, me)?,
                     Op::RemoveSpace(s) => {
-                        db.remove_range((s, 0)..=(s, u8::MAX));
-                        prop_assert!(db.index.range((s, 0)..=(s, u8::MAX)).next().is_none());
+                        db.remove_space(s as u64);
+                        prop_assert!((0..=u8::MAX).all(|a| db.get(k(s, a)).is_none()));
                     }
                 }
                 prop_assert_eq!(db.check(), Ok(()));

@@ -47,6 +47,9 @@ impl<T> Slab<T> {
         Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
     }
 
+    /// (Always inlined: the map path inserts a mapping node on every page fault it resolves,
+    /// and an out-of-line generic lands far from it, one more code page to touch.)
+    #[inline(always)]
     pub fn insert(&mut self, value: T) -> Id {
         self.len += 1;
         if let Some(index) = self.free.pop() {

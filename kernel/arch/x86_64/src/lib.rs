@@ -57,14 +57,9 @@ impl Arch for X86_64 {
         paging::AddressSpace::new(fa)
     }
 
-    fn map(
-        s: &mut Self::Space,
-        va: VirtAddr,
-        pa: PhysAddr,
-        p: Perms,
-        fa: &mut FrameAllocator,
-    ) -> Result<Option<PhysAddr>, MapError> {
-        s.map(va, pa, p, fa)
+    #[inline(always)]
+    fn map(s: &mut Self::Space, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError> {
+        s.map(va, pa, p)
     }
 
     fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr> {

@@ -253,13 +253,7 @@ impl Arch for Fake {
         Some(FakeSpace { root: root << 12, pages: BTreeMap::new(), table })
     }
 
-    fn map(
-        s: &mut FakeSpace,
-        va: VirtAddr,
-        pa: PhysAddr,
-        p: Perms,
-        _: &mut FrameAllocator,
-    ) -> Result<Option<PhysAddr>, MapError> {
+    fn map(s: &mut FakeSpace, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError> {
         if !va.is_page_aligned() || va.0 >= abi::kip::USER_END {
             return Err(MapError::BadAddress);
         }

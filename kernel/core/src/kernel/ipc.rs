@@ -184,6 +184,7 @@ impl<A: Arch> Kernel<A> {
 
     /// Carries out the typed items of `s`'s message (after its untyped words) from task `from`
     /// into task `to`, through `window` (`None`: the whole space, as for page-fault replies).
+    #[link_section = ".text.fast.map"]
     fn map_items_into(
         &mut self,
         s: Id,
@@ -205,10 +206,14 @@ impl<A: Arch> Kernel<A> {
                 return Err(Error::Inval);
             }
             let fp = Fpage(fp);
-            let win = window.unwrap_or(match fp.typ() {
-                Some(abi::proto::fpage::Type::Object) => Fpage::object(abi::CapIdx(0), 16, Rights::ALL),
-                Some(abi::proto::fpage::Type::IoPort) => Fpage::io(0, 16, Rights::ALL),
-                _ => Fpage::memory(0, 47, Rights::ALL),
+            // (Tests of the type bits, not a `match`: its jump table would be one more page.)
+            use abi::proto::fpage::Type;
+            let win = window.unwrap_or(if fp.is(Type::Object) {
+                Fpage::object(abi::CapIdx(0), 16, Rights::ALL)
+            } else if fp.is(Type::IoPort) {
+                Fpage::io(0, 16, Rights::ALL)
+            } else {
+                Fpage::memory(0, 47, Rights::ALL)
             });
             self.map_fpage(from, to, fp, w0 & !0xfff, win, w0 & map::GRANT != 0)?;
         }
@@ -216,6 +221,7 @@ impl<A: Arch> Kernel<A> {
     }
 
     /// Map items of a `VcpuResume` message of `me` (task `own`) into the user task.
+    #[link_section = ".text.fast.map"]
     pub fn map_items(&mut self, me: Id, own: Id, user: Id, tag: MsgTag) -> Result<(), Error> {
         if tag.words() + 2 * tag.items() > MR_COUNT {
             return Err(Error::MsgTooLong);

@@ -2,8 +2,8 @@
 //! and keeping page tables and capability tables in step with the mapping databases.
 
 use crate::hal::Arch;
-use crate::kernel::{Kernel, Obj, Slot};
-use crate::mapdb::{Entry, MapDb, MapDbError};
+use crate::kernel::{Kernel, Obj};
+use crate::mapdb::{Entry, MapDbError};
 use crate::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::slab::Id;
 use abi::proto::fpage::{self, Fpage, Type};
@@ -58,7 +58,8 @@ fn placement(fp: Fpage, snd_base: u64, window: Fpage) -> Option<(u64, u64, u64)>
 
 impl<A: Arch> Kernel<A> {
     /// Applies removed memory mappings to the page tables.
-    pub fn unmap_entries(&mut self, gone: &[Entry<Slot, PhysAddr>]) {
+    #[link_section = ".text.fast.map"]
+    pub fn unmap_entries(&mut self, gone: &[Entry<PhysAddr>]) {
         for e in gone {
             if let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) {
                 A::unmap(&mut t.space, VirtAddr(e.key.1));
@@ -66,16 +67,15 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
-    /// Applies reduced rights to the page tables.
-    fn remap_entries(&mut self, changed: &[Entry<Slot, PhysAddr>]) {
+    /// Applies reduced rights (or a new mapping) to the page tables.
+    #[link_section = ".text.fast.map"]
+    fn remap_entries(&mut self, changed: &[Entry<PhysAddr>]) {
         for e in changed {
             let Some(t) = self.tasks.get_mut(Id::from_u64(e.key.0)) else { continue };
             if e.rights == 0 {
                 A::unmap(&mut t.space, VirtAddr(e.key.1));
             } else {
-                let _ = A::with_frames(|fa| {
-                    A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights), fa)
-                });
+                let _ = A::map(&mut t.space, VirtAddr(e.key.1), e.value, perms(e.rights));
             }
         }
     }
@@ -87,8 +87,7 @@ impl<A: Arch> Kernel<A> {
         self.unmap_entries(&gone);
         self.memdb.insert_root(key, pa, rights).map_err(db_error)?;
         let t = self.tasks.get_mut(task).ok_or(Error::NoEnt)?;
-        A::with_frames(|fa| A::map(&mut t.space, VirtAddr(va), pa, perms(rights), fa))
-            .map_err(|_| Error::NoMem)?;
+        A::map(&mut t.space, VirtAddr(va), pa, perms(rights)).map_err(|_| Error::NoMem)?;
         Ok(())
     }
 
@@ -123,7 +122,87 @@ impl<A: Arch> Kernel<A> {
 
     /// Maps (or grants) the flexpage `fp` of `src` into `dst` at the place `snd_base` selects
     /// inside `window`. Slots the source does not have are skipped, as in L4.
+    #[inline(always)]
     pub fn map_fpage(
+        &mut self,
+        src: Id,
+        dst: Id,
+        fp: Fpage,
+        snd_base: u64,
+        window: Fpage,
+        grant: bool,
+    ) -> Result<(), Error> {
+        if fp.is(Type::Memory) & window.is(Type::Memory) {
+            return self.map_memory(src, dst, fp, snd_base, window, grant);
+        }
+        self.map_other(src, dst, fp, snd_base, window, grant)
+    }
+
+    /// [`Kernel::map_fpage`] of memory: every page fault a vCPU's guest resolves comes here,
+    /// so it sits with the rest of the map path in `.text.fast.map` (few code pages to touch).
+    #[inline(never)]
+    #[link_section = ".text.fast.map"]
+    fn map_memory(
+        &mut self,
+        src: Id,
+        dst: Id,
+        fp: Fpage,
+        snd_base: u64,
+        window: Fpage,
+        grant: bool,
+    ) -> Result<(), Error> {
+        if fp.order() > MAX_MEM_ORDER || fp.order() < 12 {
+            return Err(Error::Inval);
+        }
+        let (from, to, size) = placement(fp, snd_base, window).ok_or(Error::Inval)?;
+        let mask = fp.rights().bits();
+        let (s, d) = (src.as_u64(), dst.as_u64());
+        let mut off = 0;
+        while off < size {
+            let (sk, dk) = ((s, from + off), (d, to + off));
+            off += PAGE_SIZE;
+            if dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR {
+                return Err(Error::Inval);
+            }
+            if sk == dk {
+                continue;
+            }
+            // Slots the source does not have are skipped (lazy memory materializes first, then
+            // it is tried once more); the database's own lookup tells, rather than one more
+            // before it. (One call site: `derive` is inlined here.)
+            let mut retried = false;
+            let r = loop {
+                let r = if grant { self.memdb.grant(sk, dk, mask) } else { self.memdb.derive(sk, dk, mask) };
+                if matches!(r, Err(MapDbError::NoSource))
+                    && !retried
+                    && !self.lazy.is_empty()
+                    && self.materialize(src, sk.1)
+                {
+                    retried = true;
+                    continue;
+                }
+                break r;
+            };
+            let (gone, e) = match r {
+                Err(MapDbError::NoSource) => continue,
+                r => r.map_err(db_error)?,
+            };
+            if !gone.is_empty() {
+                self.unmap_entries(&gone);
+            }
+            if grant {
+                if let Some(t) = self.tasks.get_mut(src) {
+                    A::unmap(&mut t.space, VirtAddr(sk.1));
+                }
+            }
+            self.remap_entries(&[e]);
+        }
+        Ok(())
+    }
+
+    /// [`Kernel::map_fpage`] of capabilities and I/O ports (and of mismatched types).
+    #[inline(never)]
+    fn map_other(
         &mut self,
         src: Id,
         dst: Id,
@@ -135,78 +214,39 @@ impl<A: Arch> Kernel<A> {
         if fp.typ() != window.typ() {
             return Err(Error::Inval);
         }
-        let (order_max, unit) = match fp.typ() {
-            Some(Type::Memory) => (MAX_MEM_ORDER, PAGE_SIZE),
-            Some(Type::Object) => (MAX_OBJ_ORDER, 1),
+        match fp.typ() {
+            Some(Type::Object) => {}
             Some(Type::IoPort) => return self.map_ports(src, dst, fp, grant),
-            None => return Err(Error::Inval),
-        };
-        if fp.order() > order_max || (unit == PAGE_SIZE && fp.order() < 12) {
+            _ => return Err(Error::Inval),
+        }
+        if fp.order() > MAX_OBJ_ORDER {
             return Err(Error::Inval);
         }
-        // The send base is a byte address for memory and a selector (index << 12) for objects.
-        let snd = if unit == 1 { snd_base >> 12 } else { snd_base };
-        let (from, to, size) = placement(fp, snd, window).ok_or(Error::Inval)?;
+        // The send base is a selector (index << 12) for objects.
+        let (from, to, size) = placement(fp, snd_base >> 12, window).ok_or(Error::Inval)?;
         let mask = fp.rights().bits();
         let (s, d) = (src.as_u64(), dst.as_u64());
-        let mut off = 0;
-        while off < size {
+        for off in 0..size {
             let (sk, dk) = ((s, from + off), (d, to + off));
-            off += unit;
-            if unit == PAGE_SIZE && (dk.1 >= abi::kip::USER_END || dk.1 == abi::kip::KIP_ADDR) {
-                return Err(Error::Inval);
-            }
-            if sk == dk {
+            if sk == dk || self.capdb.get(sk).is_none() {
                 continue;
             }
-            if unit == PAGE_SIZE {
-                // Slots the source does not have are skipped (lazy memory materializes first);
-                // the database's own lookup tells, rather than one more before it.
-                let op = |db: &mut MapDb<Slot, PhysAddr>| {
-                    if grant {
-                        db.grant(sk, dk, mask)
-                    } else {
-                        db.derive(sk, dk, mask)
-                    }
-                };
-                let r = match op(&mut self.memdb) {
-                    Err(MapDbError::NoSource) if !self.lazy.is_empty() && self.materialize(src, sk.1) => {
-                        op(&mut self.memdb)
-                    }
-                    r => r,
-                };
-                let (gone, e) = match r {
-                    Err(MapDbError::NoSource) => continue,
-                    r => r.map_err(db_error)?,
-                };
-                self.unmap_entries(&gone);
-                if grant {
-                    if let Some(t) = self.tasks.get_mut(src) {
-                        A::unmap(&mut t.space, VirtAddr(sk.1));
-                    }
-                }
-                self.remap_entries(&[e]);
-            } else {
-                if self.capdb.get(sk).is_none() {
-                    continue;
-                }
-                if CapIdx(dk.1).0 == 0 || dk.1 as usize >= crate::captable::MAX_SLOTS {
-                    return Err(Error::Inval);
-                }
-                let r = if grant { self.capdb.grant(sk, dk, mask) } else { self.capdb.derive(sk, dk, mask) };
-                let (gone, e) = r.map_err(db_error)?;
-                if !grant {
-                    self.cap_added(e.value);
-                }
-                self.drop_caps(&gone);
-                if grant {
-                    self.caps_changed();
-                    if let Some(t) = self.tasks.get_mut(src) {
-                        t.caps.take(CapIdx(sk.1));
-                    }
-                }
-                self.update_caps(&[e]);
+            if CapIdx(dk.1).0 == 0 || dk.1 as usize >= crate::captable::MAX_SLOTS {
+                return Err(Error::Inval);
             }
+            let r = if grant { self.capdb.grant(sk, dk, mask) } else { self.capdb.derive(sk, dk, mask) };
+            let (gone, e) = r.map_err(db_error)?;
+            if !grant {
+                self.cap_added(e.value);
+            }
+            self.drop_caps(&gone);
+            if grant {
+                self.caps_changed();
+                if let Some(t) = self.tasks.get_mut(src) {
+                    t.caps.take(CapIdx(sk.1));
+                }
+            }
+            self.update_caps(&[e]);
         }
         Ok(())
     }
@@ -222,14 +262,14 @@ impl<A: Arch> Kernel<A> {
             Some(Type::Memory) if fp.order() >= 12 && fp.order() <= 47 => {
                 let size = fp.size().ok_or(Error::Inval)?;
                 let base = fp.base();
-                let range = (t, base)..=(t, base.saturating_add(size) - 1);
+                let last = base.saturating_add(size) - 1;
                 let rights = fp.rights().bits();
                 // The flexpage's rights are the ones to take away; taking R removes.
                 if rights & MEM_R != 0 {
-                    let gone = self.memdb.revoke_range(range, include_self);
+                    let gone = self.memdb.revoke_range(t, base, last, include_self);
                     self.unmap_entries(&gone);
                 } else {
-                    for k in self.memdb.keys_in(range) {
+                    for k in self.memdb.keys_in(t, base, last) {
                         let changed = self.memdb.reduce(k, rights, include_self);
                         self.remap_entries(&changed);
                     }
@@ -260,7 +300,7 @@ impl<A: Arch> Kernel<A> {
             }
             Some(Type::IoPort) if fp.order() <= 16 => {
                 let (first, end) = (fp.base(), (fp.base() + (1 << fp.order())).min(PORTS));
-                let keys = self.iodb.keys_in((t, first)..=(t, end.max(first + 1) - 1));
+                let keys = self.iodb.keys_in(t, first, end.max(first + 1) - 1);
                 for k in keys {
                     let gone = self.iodb.revoke(k, include_self);
                     self.deny_ports(&gone);
@@ -315,7 +355,7 @@ impl<A: Arch> Kernel<A> {
     }
 
     /// Removed port mappings: their tasks lose the ports.
-    pub fn deny_ports(&mut self, gone: &[Entry<Slot, u64>]) {
+    pub fn deny_ports(&mut self, gone: &[Entry<u64>]) {
         for e in gone {
             self.set_port(Id::from_u64(e.key.0), e.value, false);
         }

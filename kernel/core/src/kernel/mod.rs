@@ -24,7 +24,7 @@ mod tests;
 use crate::captable::{Cap, CapTable};
 use crate::hal::{Arch, Resume, ThreadStack};
 use crate::mapdb::{Entry, MapDb};
-use crate::mem::PhysAddr;
+use crate::mem::{PhysAddr, PAGE_SIZE};
 use crate::sched::ReadyQueues;
 use crate::slab::{Id, Slab};
 use abi::proto::Protocol;
@@ -67,7 +67,7 @@ impl Obj {
 }
 
 /// A key of the mapping databases: (task, page address or slot index).
-pub type Slot = (u64, u64);
+pub type Slot = crate::mapdb::Key;
 
 pub struct Task<A: Arch> {
     pub name: String,
@@ -245,10 +245,10 @@ pub struct Kernel<A: Arch> {
     pub irqs: Slab<Irq>,
     pub sems: Slab<Semaphore>,
     pub factories: Slab<Factory>,
-    pub capdb: MapDb<Slot, Obj>,
-    pub memdb: MapDb<Slot, PhysAddr>,
+    pub capdb: MapDb<Obj>,
+    pub memdb: MapDb<PhysAddr>,
     /// I/O port mappings: (task, port) → port.
-    pub iodb: MapDb<Slot, u64>,
+    pub iodb: MapDb<u64>,
     /// The task whose I/O bitmap the TSS holds (0: none loaded).
     pub io_loaded: u64,
     pub ready: ReadyQueues<Id>,
@@ -301,9 +301,9 @@ impl<A: Arch> Kernel<A> {
             irqs: Slab::new(),
             sems: Slab::new(),
             factories: Slab::new(),
-            capdb: MapDb::new(),
-            memdb: MapDb::new(),
-            iodb: MapDb::new(),
+            capdb: MapDb::new(1),
+            memdb: MapDb::new(PAGE_SIZE),
+            iodb: MapDb::new(1),
             io_loaded: 0,
             ready: ReadyQueues::new(),
             current: None,
@@ -383,7 +383,7 @@ impl<A: Arch> Kernel<A> {
 
     /// Mirrors removed capability slots into the tables; objects left without any capability
     /// are destroyed.
-    pub fn drop_caps(&mut self, gone: &[Entry<Slot, Obj>]) {
+    pub fn drop_caps(&mut self, gone: &[Entry<Obj>]) {
         if !gone.is_empty() {
             self.caps_changed();
         }
@@ -422,7 +422,7 @@ impl<A: Arch> Kernel<A> {
     }
 
     /// Mirrors changed capability rights into the tables.
-    pub fn update_caps(&mut self, changed: &[Entry<Slot, Obj>]) {
+    pub fn update_caps(&mut self, changed: &[Entry<Obj>]) {
         if !changed.is_empty() {
             self.caps_changed();
         }
@@ -518,11 +518,11 @@ impl<A: Arch> Kernel<A> {
             self.destroy_thread(t);
         }
         let k = id.as_u64();
-        let gone = self.capdb.remove_range((k, 0)..=(k, u64::MAX));
+        let gone = self.capdb.remove_space(k);
         self.drop_caps(&gone);
-        let gone = self.memdb.remove_range((k, 0)..=(k, u64::MAX));
+        let gone = self.memdb.remove_space(k);
         self.unmap_entries(&gone);
-        let gone = self.iodb.remove_range((k, 0)..=(k, u64::MAX));
+        let gone = self.iodb.remove_space(k);
         self.deny_ports(&gone);
         if self.io_loaded == k {
             self.io_loaded = 0;
