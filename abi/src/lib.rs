@@ -26,4 +26,4 @@ pub use msgtag::MsgTag;
 
 /// Version of the contract described by this crate. Bumped on every incompatible change; the
 /// kernel publishes it in the KIP and user programs check it at start-up.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;

@@ -5,11 +5,13 @@
 //! rdx  in : capability selector | Flags      (selector bits 12.., flags bits 0..3)
 //! rax  in : message tag (MsgTag)             out: result tag (label < 0: error, see Error)
 //! rsi  in : label for open wait / reply      out: label of the received message
-//! r8   in : timeout                          (reserved in ABI v1)
+//! r8   in : timeouts (see [`timeout`])
+//! r15, r14, r13, r12: message words 0..4 of a register message (MsgTag::REGS), in and out
 //! rcx, r11: clobbered (hardware)             all other registers preserved
 //! ```
 //! Message words travel in the caller's UTCB (`utcb::Utcb::mr`), never in pointers the kernel
-//! would have to dereference.
+//! would have to dereference — or, for a short message flagged [`crate::MsgTag::REGS`], in
+//! [`REG_WORDS`] registers (see there).
 
 use bitflags::bitflags;
 
@@ -31,6 +33,13 @@ bitflags! {
 
 /// Mask of the flag bits inside `rdx`.
 pub const FLAGS_MASK: u64 = 0xf;
+
+/// Message words a register message ([`crate::MsgTag::REGS`]) carries at most: words 0, 1, 2, 3
+/// in r15, r14, r13, r12 — the order in which the kernel saves them, so it moves them with one
+/// copy. A sender flags such a message (no typed items); the kernel delivers it in the same
+/// registers with the flag set, or in the receiver's UTCB without it: a receiver accepts both.
+/// A kernel object invoked with one reads the words as its message registers 0..4.
+pub const REG_WORDS: usize = 4;
 
 /// IPC timeouts in `r8`: bits 0..32 the receive phase, bits 32..64 the send phase.
 /// Each half: [`timeout::NEVER`] (0) waits forever, [`timeout::ZERO`] never blocks, any other

@@ -424,7 +424,7 @@ fn defs() -> Vec<Def> {
             checks: vec![
                 ("proxy-bound", "logproxy: standing in for the log".into()),
                 ("filtered", "logproxy: dropped a line of [client] (it mentions a secret)".into()),
-                ("forwarded", "logproxy: [client] kernel ABI v1".into()),
+                ("forwarded", format!("logproxy: [client] kernel ABI v{}", abi::ABI_VERSION)),
                 ("client-unaware", "logproxy: [client] exit status 1".into()),
                 ("exit-reported", "moe: hello exited with status 1".into()),
             ],

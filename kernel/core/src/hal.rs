@@ -5,6 +5,7 @@
 use crate::frames::FrameAllocator;
 use crate::mem::{Perms, PhysAddr, VirtAddr};
 use abi::proto::exc_regs;
+use abi::syscall::REG_WORDS;
 use alloc::boxed::Box;
 
 /// Why a mapping could not be made.
@@ -31,12 +32,24 @@ pub enum Resume {
 /// Untyped words [`ThreadStack::hand_off`] carries (the IPC fast path's longest message).
 pub const HAND_OFF_WORDS: usize = 16;
 
+/// The message [`ThreadStack::hand_off`] delivers.
+#[derive(Clone, Copy, Debug)]
+pub enum Message {
+    /// `words` untyped words from the UTCB at `src` into the receiver's UTCB at `dst`.
+    Utcb { dst: PhysAddr, src: PhysAddr, words: usize },
+    /// A register message (`abi::MsgTag::REGS`): its first `n` words into the receiver's
+    /// message registers.
+    Regs { words: [u64; REG_WORDS], n: usize },
+}
+
 /// Registers of a thread saved on kernel entry from user mode.
 pub trait UserRegs {
     /// `(rdx, rax, rsi, r8)` on x86_64: selector|flags, tag, label, timeout.
     fn syscall_args(&self) -> [u64; 4];
     /// Sets the result registers `(tag, label)`.
     fn set_syscall_result(&mut self, tag: u64, label: u64);
+    /// The message words of a register message (`abi::syscall::REG_WORDS`).
+    fn reg_words(&self) -> [u64; REG_WORDS];
     fn ip(&self) -> u64;
     fn sp(&self) -> u64;
     fn flags(&self) -> u64;
@@ -70,14 +83,14 @@ pub trait ThreadStack {
     /// `how` says.
     fn prepare_resume(&mut self, how: Resume);
     /// Hands this thread, blocked in a system call and prepared to resume by
-    /// [`Resume::Syscall`], a short message: `n` (at most [`HAND_OFF_WORDS`]) words from the
-    /// UTCB at `src` into its UTCB at `dst`, and `(tag, label)` as the call's result. Returns
-    /// the kernel stack pointer to resume it at ([`ThreadStack::saved`]).
+    /// [`Resume::Syscall`], a short message `msg` (at most [`HAND_OFF_WORDS`] words), and
+    /// `(tag, label)` as the call's result. Returns the kernel stack pointer to resume it at
+    /// ([`ThreadStack::saved`]).
     ///
     /// The source is read now; the rest may be staged until the next context resume, which
     /// must be this thread's (x86_64: after the address-space switch, so that its stack and
     /// UTCB are touched only in its own address space: the IPC fast path's receiver).
-    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64;
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64;
     /// Saves the FPU/SSE registers into this thread's area (the FPU must be enabled).
     fn fpu_save(&mut self);
     /// Loads the FPU/SSE registers from this thread's area (the FPU must be enabled).

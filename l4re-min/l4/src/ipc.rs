@@ -1,9 +1,9 @@
 //! IPC and kernel-object stubs. Each stub puts its opcode and arguments into the message
 //! registers as `abi::proto` documents them and makes one `invoke`.
 
-use crate::sys::{call_words, invoke_full, utcb};
+use crate::sys::{call_words, invoke_full, invoke_regs, utcb};
 use abi::proto::{self, fpage::Fpage, Protocol};
-use abi::syscall::Flags;
+use abi::syscall::{Flags, REG_WORDS};
 use abi::utcb::{pack_bytes, unpack_bytes, MR_COUNT};
 use abi::{CapIdx, CapSel, Error, MsgTag};
 
@@ -97,6 +97,70 @@ pub fn server_loop(mut handle: impl FnMut(Result<(MsgTag, u64), Error>) -> Optio
         msg = match handle(msg) {
             Some(reply) => reply_and_wait(reply, 0),
             None => wait(0),
+        };
+    }
+}
+
+/// The words of a short message received with tag `t`: the registers `w` if it came in them,
+/// else the UTCB's first message registers (`abi::syscall::REG_WORDS` of them).
+#[inline]
+fn short_words(t: MsgTag, w: [u64; REG_WORDS]) -> [u64; REG_WORDS] {
+    if t.in_regs() {
+        w
+    } else {
+        utcb_words(t)
+    }
+}
+
+/// The first words of a message received in the UTCB (out of line: the register case is the
+/// one to keep small).
+#[inline(never)]
+fn utcb_words(t: MsgTag) -> [u64; REG_WORDS] {
+    core::array::from_fn(|i| if i < t.words() { mr(i) } else { 0 })
+}
+
+/// The register message with `words` (at most `abi::syscall::REG_WORDS`) and `label`.
+#[inline]
+fn short(label: i64, words: &[u64]) -> (MsgTag, [u64; REG_WORDS]) {
+    assert!(words.len() <= REG_WORDS, "a register message has at most {REG_WORDS} words");
+    let mut w = [0; REG_WORDS];
+    w[..words.len()].copy_from_slice(words);
+    (MsgTag::new(label, words.len() as u64, 0, MsgTag::REGS), w)
+}
+
+/// Call with a short message in registers (at most `abi::syscall::REG_WORDS` words): on the
+/// kernel's fast path neither UTCB is touched. Returns the reply tag and its first words,
+/// wherever they came (the tag's `words` says how many are valid).
+#[inline]
+pub fn call_short(gate: CapIdx, label: i64, words: &[u64]) -> Result<(MsgTag, [u64; REG_WORDS]), Error> {
+    let (tag, w) = short(label, words);
+    let (t, _, w) = invoke_regs(CapSel::from_idx(gate), Flags::CALL, tag, 0, w);
+    let t = t.result()?;
+    Ok((t, short_words(t, w)))
+}
+
+/// A request of [`server_loop_short`]: its tag, label and first words (wherever they came).
+pub type ShortRequest = Result<(MsgTag, u64, [u64; REG_WORDS]), Error>;
+
+/// [`server_loop`] for short messages: `handle` gets each request's first words and returns
+/// the reply's label and words (at most `abi::syscall::REG_WORDS`), sent in registers.
+pub fn server_loop_short<const N: usize>(
+    mut handle: impl FnMut(ShortRequest) -> Option<(i64, [u64; N])>,
+) -> ! {
+    let recv = |flags: Flags, tag: MsgTag, w| -> ShortRequest {
+        let (t, label, w) = invoke_regs(CapSel::INVALID, flags, tag, 0, w);
+        let t = t.ipc_result()?;
+        Ok((t, label, short_words(t, w)))
+    };
+    let wait = Flags::RECV | Flags::OPEN_WAIT;
+    let mut msg = recv(wait, MsgTag::new(0, 0, 0, 0), [0; REG_WORDS]);
+    loop {
+        msg = match handle(msg) {
+            Some((label, words)) => {
+                let (tag, w) = short(label, &words);
+                recv(wait | Flags::SEND | Flags::REPLY, tag, w)
+            }
+            None => recv(wait, MsgTag::new(0, 0, 0, 0), [0; REG_WORDS]),
         };
     }
 }

@@ -3,17 +3,26 @@
 
 use abi::cap::well_known;
 use abi::proto::{fpage, platform_ctl, task};
-use abi::syscall::Flags;
+use abi::syscall::{Flags, REG_WORDS};
 use abi::utcb::{Utcb, TCR_SELF_OFFSET};
 use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
 
-/// The raw system call with timeouts (`abi::syscall::timeout`). Returns the result tag and the
-/// label of a received message.
+/// The raw system call with timeouts (`abi::syscall::timeout`) and the message words of a
+/// register message (`MsgTag::REGS`) in and out. Returns the result tag, the label of a
+/// received message and the words of one received in registers.
 #[inline(always)]
-pub fn invoke_full(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> (MsgTag, u64) {
+pub fn invoke_regs(
+    sel: CapSel,
+    flags: Flags,
+    tag: MsgTag,
+    timeouts: u64,
+    w: [u64; REG_WORDS],
+) -> (MsgTag, u64, [u64; REG_WORDS]) {
     let (rax, rsi): (u64, u64);
+    let mut o = [0u64; REG_WORDS];
     // SAFETY: the kernel's `invoke` reads only registers and this thread's UTCB, and preserves
-    // all registers but rax, rsi (results) and rcx, r11 (clobbered by `syscall`).
+    // all registers but rax, rsi (results), r15..r12 (words of a message received in
+    // registers) and rcx, r11 (clobbered by `syscall`).
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -21,12 +30,33 @@ pub fn invoke_full(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> (Ms
             in("rdx") sel.raw() | flags.bits(),
             inlateout("rsi") 0u64 => rsi,
             in("r8") timeouts,
+            inlateout("r15") w[0] => o[0],
+            inlateout("r14") w[1] => o[1],
+            inlateout("r13") w[2] => o[2],
+            inlateout("r12") w[3] => o[3],
             out("rcx") _,
             out("r11") _,
             options(nostack),
         );
     }
-    (MsgTag(rax), rsi)
+    (MsgTag(rax), rsi, o)
+}
+
+/// The raw system call with timeouts (`abi::syscall::timeout`). Returns the result tag and the
+/// label of a received message, whose words are in the UTCB: one that came in registers is put
+/// there (and its tag loses `MsgTag::REGS`).
+#[inline(always)]
+pub fn invoke_full(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> (MsgTag, u64) {
+    let (t, label, w) = invoke_regs(sel, flags, tag, timeouts, [0; REG_WORDS]);
+    if !t.in_regs() {
+        return (t, label);
+    }
+    let u = utcb();
+    for (i, &w) in w.iter().enumerate().take(t.words()) {
+        // SAFETY: this thread's UTCB, mapped read-write; i < REG_WORDS < MR_COUNT.
+        unsafe { (*u).mr[i] = w };
+    }
+    (MsgTag(t.0 & !(MsgTag::REGS << MsgTag::FLAGS_SHIFT)), label)
 }
 
 /// The raw system call without timeouts. Returns the result tag.

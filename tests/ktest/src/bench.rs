@@ -1,7 +1,7 @@
 //! `ktest bench`: kernel micro-benchmarks, printed as `BENCH <name> <value> cycles` (medians).
 
 use crate::intertask::{make_b, map_image};
-use crate::objects::{echo_server, ok, spawn, stack_top, R};
+use crate::objects::{echo_server, echo_server_short, ok, spawn, stack_top, R};
 use abi::cap::well_known as wk;
 use abi::kip::BOOT_UTCB_ADDR;
 use abi::proto::{fpage::unmap_mask, fpage::Fpage, thread_control as tc};
@@ -22,6 +22,9 @@ const PAGER: CapIdx = CapIdx(107);
 const PAGER_GATE: CapIdx = CapIdx(108);
 const FPU_SERVER: CapIdx = CapIdx(109);
 const FPU_GATE: CapIdx = CapIdx(110);
+const TASK_D: CapIdx = CapIdx(111);
+const THREAD_D: CapIdx = CapIdx(112);
+const GATE_D: CapIdx = CapIdx(113);
 /// First slot of the idle tasks created for the scaling measurement.
 const IDLE_TASKS: u64 = 1000;
 
@@ -52,7 +55,23 @@ fn fpu_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
     crate::median(&mut s[..n])
 }
 
-/// Median over `batches` batches of `per` calls through `gate`, in cycles per call.
+/// Median over `batches` batches of `per` calls through `gate` with a one-word register
+/// message (the shortest IPC there is), in cycles per call.
+fn short_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
+    let mut s = [0u64; 64];
+    let n = batches.min(s.len());
+    for v in s[..n].iter_mut() {
+        let t0 = cycles();
+        for _ in 0..per {
+            let _ = ipc::call_short(gate, 1, &[1]);
+        }
+        *v = (cycles() - t0) / per;
+    }
+    crate::median(&mut s[..n])
+}
+
+/// Median over `batches` batches of `per` calls through `gate` with a one-word message in the
+/// UTCB, in cycles per call.
 fn call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
     let mut s = [0u64; 64];
     let n = batches.min(s.len());
@@ -130,12 +149,13 @@ pub extern "C" fn trace_mark() {
     core::hint::black_box(0);
 }
 
-/// `ktest trace`: a few inter-task round trips between two calls of `trace_mark`.
+/// `ktest trace`: a few inter-task round trips (register messages, as the benchmark's) between
+/// two calls of `trace_mark`.
 pub fn trace() -> R {
-    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server)?;
-    call_cost(GATE_B, 4, 50);
+    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server_short)?;
+    short_call_cost(GATE_B, 4, 50);
     trace_mark();
-    call_cost(GATE_B, 1, 4);
+    short_call_cost(GATE_B, 1, 4);
     trace_mark();
     Ok(())
 }
@@ -143,16 +163,19 @@ pub fn trace() -> R {
 pub fn run() -> R {
     let null = null_cost();
     println!("BENCH syscall_roundtrip {null} cycles");
-    spawn(SERVER, wk::TASK, BOOT_UTCB_ADDR + 1024, echo_server, 0, 100)?;
+    spawn(SERVER, wk::TASK, BOOT_UTCB_ADDR + 1024, echo_server_short, 0, 100)?;
     ok(factory::gate(wk::FACTORY, GATE, SERVER, 1), "gate")?;
-    println!("BENCH ipc_intra_task_roundtrip {} cycles", call_cost(GATE, 63, 500));
+    println!("BENCH ipc_intra_task_roundtrip {} cycles", short_call_cost(GATE, 63, 500));
     // The same with both sides using SSE: what lazy FPU switching costs per round trip.
     spawn(FPU_SERVER, wk::TASK, BOOT_UTCB_ADDR + 3 * 1024, fpu_echo_server, 5, 100)?;
     ok(factory::gate(wk::FACTORY, FPU_GATE, FPU_SERVER, 1), "fpu gate")?;
     println!("BENCH ipc_intra_task_roundtrip_fpu {} cycles", fpu_call_cost(FPU_GATE, 63, 300));
-    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server)?;
-    let inter = call_cost(GATE_B, 63, 500);
+    make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server_short)?;
+    let inter = short_call_cost(GATE_B, 63, 500);
     println!("BENCH ipc_inter_task_roundtrip {inter} cycles");
+    // The same with the word in the UTCBs (another task pair: a server of its own).
+    make_b(TASK_D, THREAD_D, GATE_D, 6, echo_server)?;
+    println!("BENCH ipc_inter_task_roundtrip_utcb {} cycles", call_cost(GATE_D, 63, 500));
     println!("BENCH map_unmap_page {} cycles", map_unmap_cost()?);
     // Page faults of task C resolved by our pager thread.
     spawn(PAGER, wk::TASK, BOOT_UTCB_ADDR + 2048, pager, 2, 120)?;
@@ -188,7 +211,7 @@ pub fn run() -> R {
             ok(factory::task(wk::FACTORY, slot, area), "idle task")?;
             alive += 1;
         }
-        println!("BENCH ipc_inter_task_roundtrip_{target}_tasks {} cycles", call_cost(GATE_B, 63, 300));
+        println!("BENCH ipc_inter_task_roundtrip_{target}_tasks {} cycles", short_call_cost(GATE_B, 63, 300));
     }
     Ok(())
 }

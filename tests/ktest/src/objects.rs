@@ -62,6 +62,8 @@ pub mod slot {
     pub const VICTIM: CapIdx = CapIdx(47);
     pub const VICTIM_GATE: CapIdx = CapIdx(48);
     pub const CLIENT: CapIdx = CapIdx(49);
+    pub const SHORT_SERVER: CapIdx = CapIdx(50);
+    pub const SHORT_GATE: CapIdx = CapIdx(51);
 }
 
 /// A stack for a helper thread, in .bss (shared with any task the image is mapped into).
@@ -96,6 +98,16 @@ fn utcb(n: u64) -> u64 {
 }
 
 /// An echo server: replies to every call with MR0 + 1 and the label it saw in MR1.
+/// [`echo_server`] with register messages (`MsgTag::REGS`): answers MR0 + 1 and the label.
+pub extern "C" fn echo_server_short() -> ! {
+    ipc::server_loop_short(|msg| {
+        Some(match msg {
+            Ok((_, label, w)) => (0, [w[0] + 1, label]),
+            Err(_) => (0, [0, 0]),
+        })
+    })
+}
+
 pub extern "C" fn echo_server() -> ! {
     ipc::server_loop(|msg| {
         Some(match msg {
@@ -275,8 +287,62 @@ fn ipc_intra() -> R {
     expect_err(ipc::call(slot::GATE, MsgTag::new(1, 1, 1, 0), 0), Error::MsgTooLong, "no receive window")?;
     let (mask, prio) = ok(scheduler::info(wk::SCHEDULER), "scheduler info")?;
     check(mask == 1 && prio == 255, "scheduler info")?;
+    register_messages()?;
     println!("intra-task IPC, gates, errors ok");
     Ok(())
+}
+
+/// Register messages (`MsgTag::REGS`) through the fast path and the general path, to servers
+/// reading their requests from registers or from the UTCB, to a kernel object, and malformed.
+fn register_messages() -> R {
+    use abi::syscall::{Flags, REG_WORDS};
+    use l4::sys::invoke_regs;
+    let regs = |label, n| MsgTag::new(label, n, 0, MsgTag::REGS);
+    // To the UTCB echo server: its stub finds the words in its UTCB, its reply comes there.
+    let (t, w) = ok(ipc::call_short(slot::GATE, 7, &[41]), "register call to a UTCB server")?;
+    check(t.words() == 2 && w[..2] == [42, 0x1234], "register request, UTCB reply")?;
+    spawn(slot::SHORT_SERVER, wk::TASK, utcb(3), echo_server_short, 2, 100)?;
+    ok(factory::gate(wk::FACTORY, slot::SHORT_GATE, slot::SHORT_SERVER, 0x5678), "short gate")?;
+    // Registers both ways (the fast path), and what a register reply does to a UTCB caller.
+    for i in 0..3 {
+        let (t, w) = ok(ipc::call_short(slot::SHORT_GATE, 7, &[40 + i]), "register call")?;
+        check(t.in_regs() && t.words() == 2 && w[..2] == [41 + i, 0x5678], "register request and reply")?;
+    }
+    set_mr(0, 9);
+    let t = ok(ipc::call(slot::SHORT_GATE, MsgTag::new(7, 1, 0, 0), 0), "UTCB call to a register server")?;
+    check(
+        !t.in_regs() && t.words() == 2 && mr(0) == 10 && mr(1) == 0x5678,
+        "UTCB request, reply put in the UTCB",
+    )?;
+    // A send timeout takes the general path, which reads the words from the registers too.
+    let gate = abi::CapSel::from_idx(slot::SHORT_GATE);
+    let (t, _, w) = invoke_regs(gate, Flags::CALL, regs(7, 1), timeout::pack(1_000_000, 0), [70, 0, 0, 0]);
+    let t = ok(t.result(), "register call, general path")?;
+    check(t.words() == 2 && short_reply(t, w)[..2] == [71, 0x5678], "register call, general path")?;
+    // Too many words, or a typed item: refused.
+    let (t, _, _) = invoke_regs(gate, Flags::CALL, regs(7, REG_WORDS as u64 + 1), 0, [0; REG_WORDS]);
+    expect_err(t.result(), Error::Inval, "register message of five words")?;
+    let (t, _, _) = invoke_regs(gate, Flags::CALL, MsgTag::new(7, 0, 1, MsgTag::REGS), 0, [0; REG_WORDS]);
+    expect_err(t.result(), Error::Inval, "register message with an item")?;
+    // A kernel object reads the words as its message registers.
+    let info = [abi::proto::ipc_gate::Op::GetInfo.code(), 0, 0, 0];
+    let (t, _, _) = invoke_regs(gate, Flags::CALL, regs(abi::proto::ipc_gate::LABEL, 1), 0, info);
+    ok(t.result(), "gate info by a register message")?;
+    check(mr(0) == 0x5678 && mr(1) == 1, "gate info by a register message")?;
+    ok(
+        task::unmap(wk::TASK, unmap_mask::DELETE_OBJ, &[Fpage::object(slot::SHORT_SERVER, 0, Rights::ALL)]),
+        "delete the register server",
+    )?;
+    Ok(())
+}
+
+/// The words of a reply received by `invoke_regs`: its registers, or the UTCB.
+fn short_reply(t: MsgTag, w: [u64; abi::syscall::REG_WORDS]) -> [u64; abi::syscall::REG_WORDS] {
+    if t.in_regs() {
+        w
+    } else {
+        core::array::from_fn(mr)
+    }
 }
 
 fn irqs() -> R {

@@ -2,6 +2,7 @@
 
 use crate::paging;
 use crate::trap;
+use abi::syscall::REG_WORDS;
 use kernel_core::hal::HAND_OFF_WORDS;
 use kernel_core::mem::PhysAddr;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -67,6 +68,18 @@ pub fn stage_hand_off(frame: u64, dst: PhysAddr, src: PhysAddr, n: usize, tag: u
     let h = unsafe { &mut (*tables()).percpu.hand_off };
     paging::read_words(src, &mut h.buf[..n]);
     (h.dst, h.words, h.tag, h.label) = (paging::phys_to_virt(dst) as u64, n as u64, tag, label);
+    h.frame = frame;
+}
+
+/// [`stage_hand_off`] of words at hand (a register message): the first `n` go to the kernel
+/// address `dst` (the receiver's frame).
+#[inline(always)]
+pub fn stage_regs(frame: u64, dst: u64, words: [u64; REG_WORDS], n: usize, tag: u64, label: u64) {
+    let n = n.min(REG_WORDS);
+    // SAFETY: as in `stage_hand_off`.
+    let h = unsafe { &mut (*tables()).percpu.hand_off };
+    h.buf[..REG_WORDS].copy_from_slice(&words);
+    (h.dst, h.words, h.tag, h.label) = (dst, n as u64, tag, label);
     h.frame = frame;
 }
 

@@ -6,8 +6,9 @@
 //! interrupt or exception, `sysretq` after `syscall`); a new thread starts through `trap_return`.
 
 use abi::proto::exc_regs;
+use abi::syscall::REG_WORDS;
 use core::arch::global_asm;
-use kernel_core::mem::PhysAddr;
+use kernel_core::hal::Message;
 
 /// Vector number recorded in frames built by the `syscall` entry.
 pub const SYSCALL_VECTOR: u64 = 0x100;
@@ -53,6 +54,10 @@ pub struct TrapFrame {
 }
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 176);
+// A register message's words (abi::syscall::REG_WORDS: r15, r14, r13, r12) open the frame, in
+// order: `resume_context` delivers them with the copy that delivers UTCB words.
+const _: () =
+    assert!(core::mem::offset_of!(TrapFrame, r15) == 0 && core::mem::offset_of!(TrapFrame, r12) == 24);
 
 impl TrapFrame {
     /// A frame that enters user mode at `ip` with stack `sp` and interrupts enabled.
@@ -73,6 +78,11 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     fn set_syscall_result(&mut self, tag: u64, label: u64) {
         self.rax = tag;
         self.rsi = label;
+    }
+
+    #[inline(always)]
+    fn reg_words(&self) -> [u64; REG_WORDS] {
+        [self.r15, self.r14, self.r13, self.r12]
     }
 
     fn ip(&self) -> u64 {
@@ -248,13 +258,19 @@ impl kernel_core::hal::ThreadStack for KernelStack {
     }
 
     #[inline(always)]
-    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64 {
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64 {
         // Only addresses are computed here: the stack's page is first touched by
         // `resume_context`, after the switch. A context prepared for sysret sits right below
         // the frame (`prepare_resume`), so `saved_rsp` need not be read either.
         let frame = self.regs() as *mut TrapFrame as u64;
         debug_assert_eq!(self.saved_rsp, frame - SWITCH_WORDS as u64 * 8);
-        crate::cpu::stage_hand_off(frame, dst, src, n, tag, label);
+        match msg {
+            Message::Utcb { dst, src, words } => {
+                crate::cpu::stage_hand_off(frame, dst, src, words, tag, label)
+            }
+            // Into the frame's r15, r14, r13, r12, which open it.
+            Message::Regs { words, n } => crate::cpu::stage_regs(frame, frame, words, n, tag, label),
+        }
         frame - SWITCH_WORDS as u64 * 8
     }
 

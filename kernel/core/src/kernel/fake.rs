@@ -3,7 +3,7 @@
 //! test thread has its own machine.
 
 use crate::frames::FrameAllocator;
-use crate::hal::{Arch, MapError, Resume, ThreadStack, UserRegs, IO_BITMAP_BYTES};
+use crate::hal::{Arch, MapError, Message, Resume, ThreadStack, UserRegs, IO_BITMAP_BYTES};
 use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
@@ -98,6 +98,8 @@ pub struct FakeRegs {
     pub flags: u64,
     /// rax, rbx, rcx, rdx, rsi, rdi, rbp, r8
     pub gpr: [u64; 8],
+    /// The message registers of a register message.
+    pub words: [u64; abi::syscall::REG_WORDS],
 }
 
 impl UserRegs for FakeRegs {
@@ -108,6 +110,10 @@ impl UserRegs for FakeRegs {
     fn set_syscall_result(&mut self, tag: u64, label: u64) {
         self.gpr[0] = tag;
         self.gpr[4] = label;
+    }
+
+    fn reg_words(&self) -> [u64; abi::syscall::REG_WORDS] {
+        self.words
     }
 
     fn ip(&self) -> u64 {
@@ -199,11 +205,16 @@ impl ThreadStack for FakeStack {
         self.resumed_by = Some(how);
     }
 
-    fn hand_off(&mut self, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) -> u64 {
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64 {
         // The contract the real stacks rely on: a thread waiting for the result of a call.
         assert_eq!(self.resumed_by, Some(Resume::Syscall), "hand-off to a thread not waiting in a call");
-        assert!(n <= crate::hal::HAND_OFF_WORDS);
-        Fake::copy_words(dst, src, n);
+        match msg {
+            Message::Utcb { dst, src, words } => {
+                assert!(words <= crate::hal::HAND_OFF_WORDS);
+                Fake::copy_words(dst, src, words);
+            }
+            Message::Regs { words, n } => self.regs.words[..n].copy_from_slice(&words[..n]),
+        }
         self.regs.set_syscall_result(tag, label);
         self.saved
     }

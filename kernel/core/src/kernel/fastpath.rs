@@ -9,13 +9,13 @@
 //! items, timeouts, a higher-priority thread ready, queued senders, pending interrupts) takes
 //! the general path in `ipc.rs`, which has the same semantics.
 
-use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
+use crate::hal::{Arch, Message, Resume, ThreadStack, UserRegs};
 use crate::kernel::switch::Next;
 use crate::kernel::vcpu::ResumeCache;
 use crate::kernel::GateCache;
 use crate::kernel::{Kernel, Obj, ThreadState, Wait};
 use crate::slab::Id;
-use abi::syscall::FLAGS_MASK;
+use abi::syscall::{FLAGS_MASK, REG_WORDS};
 use abi::{CapSel, MsgTag};
 
 /// Untyped words the fast path copies; longer messages take the general path.
@@ -46,11 +46,13 @@ impl<A: Arch> Kernel<A> {
         if t.vcpu.is_some() & (flags == CALL) & (r8 == 0) & (tag.0 & !items == resume) {
             return self.vcpu_resume_fast(me, rdx, tag);
         }
-        let words = tag.words();
-        // No timeouts, no typed items, no tag flags, a short message, a call or reply-and-wait.
+        let (words, regs) = (tag.words(), tag.in_regs());
+        // No timeouts, no typed items, no tag flags but REGS, a short message, a call or
+        // reply-and-wait.
         let shape = (r8 == 0)
-            & (tag.0 & 0xffc0 == 0)
+            & (tag.0 & 0xffc0 & !(MsgTag::REGS << MsgTag::FLAGS_SHIFT) == 0)
             & (words <= MAX_WORDS)
+            & (!regs | (words <= REG_WORDS))
             & ((flags == CALL) | (flags == REPLY_AND_WAIT));
         if !shape {
             return None;
@@ -87,16 +89,16 @@ impl<A: Arch> Kernel<A> {
         if !ok {
             return None;
         }
-        let (src_utcb, dst_utcb) = (t.utcb_frame?, d.utcb_frame?);
+        // A register message stays one: neither UTCB is touched.
+        let msg = if regs {
+            Message::Regs { words: t.kstack.regs().reg_words(), n: words }
+        } else {
+            Message::Utcb { dst: d.utcb_frame?, src: t.utcb_frame?, words }
+        };
+        let rtag = MsgTag::new(tag.label(), words as u64, 0, if regs { MsgTag::REGS } else { 0 });
         // Delivered once the address space is switched (see `ThreadStack::hand_off`): the
         // partner's stack and UTCB are touched only in its own window.
-        let rsp = d.kstack.hand_off(
-            dst_utcb,
-            src_utcb,
-            words,
-            MsgTag::new(tag.label(), words as u64, 0, 0).0,
-            label,
-        );
+        let rsp = d.kstack.hand_off(msg, rtag.0, label);
         d.state = ThreadState::Running;
         d.resume = None;
         // A call hands the partner our reply capability; a reply uses up ours.

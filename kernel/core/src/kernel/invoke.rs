@@ -58,6 +58,23 @@ fn need(rights: Rights, r: Rights) -> Result<(), Error> {
 pub const QUANTUM: u32 = 10;
 
 impl<A: Arch> Kernel<A> {
+    /// The general path takes a register message (`MsgTag::REGS`) as if its words had been in
+    /// the UTCB: they are put there, and the flag cleared, so that queued sends, kernel
+    /// objects and the receivers it delivers to see one format. (Only the fast path delivers
+    /// in registers.)
+    fn regs_to_utcb(&mut self, me: Id, rdx: u64, tag: MsgTag) -> Result<MsgTag, Error> {
+        if !tag.in_regs() || rdx & Flags::SEND.bits() == 0 {
+            return Ok(tag);
+        }
+        if tag.items() > 0 || tag.words() > abi::syscall::REG_WORDS {
+            return Err(Error::Inval);
+        }
+        let t = self.threads.get_mut(me).ok_or(Error::Inval)?;
+        let words = t.kstack.regs().reg_words();
+        A::write_words(t.utcb_frame.ok_or(Error::Inval)?, &words[..tag.words()]);
+        Ok(MsgTag(tag.0 & !(MsgTag::REGS << MsgTag::FLAGS_SHIFT)))
+    }
+
     /// Handles one `invoke` of the current thread.
     pub fn invoke(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Outcome {
         let Some(me) = self.current else { return Outcome::err(Error::Inval) };
@@ -66,6 +83,10 @@ impl<A: Arch> Kernel<A> {
             self.vcpu_upcall(me, abi::vcpu::trap::SYSCALL, 0, 0, None, true);
             return Outcome::Resume;
         }
+        let tag = match self.regs_to_utcb(me, rdx, tag) {
+            Ok(t) => t,
+            Err(e) => return Outcome::err(e),
+        };
         let Some(task) = self.current_task() else { return Outcome::err(Error::Inval) };
         let flags = Flags::from_bits_truncate(rdx & abi::syscall::FLAGS_MASK);
         if flags.contains(Flags::REPLY) {
