@@ -32,6 +32,7 @@ impl<A: Arch> Kernel<A> {
     #[link_section = ".text.fast.ipc"]
     pub fn fastpath(&mut self, rdx: u64, tag: MsgTag, r8: u64) -> Option<Next> {
         let me = self.current?;
+        self.leave_user_task(me);
         let t = self.threads.get(me)?;
         if t.vcpu_user.is_some() {
             // A system call of a vCPU's user task (a Linux process): straight up to the guest
@@ -166,6 +167,7 @@ impl<A: Arch> Kernel<A> {
             (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
             a.resume_cache = Some(found);
         }
+        self.user_vcpu = Some((me, own.1));
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
         self.resume_by =

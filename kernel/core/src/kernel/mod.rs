@@ -269,6 +269,12 @@ pub struct Kernel<A: Arch> {
     /// The current thread's context was replaced (a vCPU upcall or resume): it must be
     /// resumed afresh from its frame, in its (possibly new) address space.
     pub resume_current: bool,
+    /// A vCPU thread that runs a user task, with its own task's page-table root, while it is
+    /// current: an event of the user task switches there before it touches the thread arena
+    /// (under TCG a page touched before the switch costs a TLB refill in the user task's
+    /// window too). A stale entry could only cost a switch: the entry names a live thread
+    /// whenever it is current, so the root is live too.
+    pub user_vcpu: Option<(Id, u64)>,
     /// A thread became ready during this kernel entry: the caller may have to yield to it
     /// (see [`Kernel::take_preempt`]). Saves the ready-queue scan on the common path.
     readied: bool,
@@ -315,6 +321,7 @@ impl<A: Arch> Kernel<A> {
             dying: Vec::new(),
             reaping_objects: false,
             resume_current: false,
+            user_vcpu: None,
             readied: false,
             lazy: Vec::new(),
             resume_by: Resume::Exception,
@@ -637,6 +644,12 @@ impl<A: Arch> Kernel<A> {
             let Some(c) = t.gate_cache.filter(|c| c.epoch == self.cap_epoch) else { continue };
             if self.gate_lookup(id, c.sel) != Some((c.dst, c.label)) {
                 return Err("a thread's gate lookup outlived a capability or binding change");
+            }
+        }
+        if let Some((v, root)) = self.user_vcpu.filter(|(v, _)| self.current == Some(*v)) {
+            let t = self.threads.get(v).ok_or("the current vCPU is gone")?;
+            if t.vcpu_user.is_none() || t.vcpu.map(|a| a.kernel_root) != Some(root) {
+                return Err("the current vCPU is not in the user task it is remembered in");
             }
         }
         for (id, t) in self.threads.iter() {

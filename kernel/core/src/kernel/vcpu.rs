@@ -124,6 +124,9 @@ impl<A: Arch> Kernel<A> {
         if th.vcpu_user.take().is_some() {
             // Back from a user task to its own: as it was at the resume.
             (th.fs_base, th.root, th.io_task) = (area.kernel_fs, area.kernel_root, area.kernel_io);
+            if self.user_vcpu.is_some_and(|(v, _)| v == t) {
+                self.user_vcpu = None;
+            }
         }
         if self.current == Some(t) {
             self.resume_current = true;
@@ -136,9 +139,21 @@ impl<A: Arch> Kernel<A> {
     #[link_section = ".text.fast.vcpu"]
     pub fn vcpu_fault(&mut self, vector: u8, error: u64, addr: u64) -> Option<Next> {
         let me = self.current?;
+        self.leave_user_task(me);
         self.threads.get(me)?.vcpu_user?;
         self.vcpu_upcall(me, vector as u64, error, addr, None, true);
         self.resume_self()
+    }
+
+    /// If `me` is the vCPU remembered to run a user task ([`Kernel::user_vcpu`]): into its own
+    /// address space at once, before the thread arena is touched.
+    #[inline(always)]
+    pub(crate) fn leave_user_task(&self, me: Id) {
+        if let Some((v, root)) = self.user_vcpu {
+            if v == me {
+                A::load_root(root);
+            }
+        }
     }
 
     /// No usable upcall entry point: the guest kernel cannot take the event, its task goes.
@@ -245,6 +260,7 @@ impl<A: Arch> Kernel<A> {
             }
         }
         (th.root, th.io_task, th.fs_base, th.gs_base) = (root, io, fs, gs);
+        self.user_vcpu = th.vcpu.map(|a| (me, a.kernel_root));
         set_word::<A>(&area, off::STATE, resumed);
         Ok(())
     }
