@@ -38,52 +38,45 @@ extern "C" fn fpu_echo_server() -> ! {
     })
 }
 
-/// Like `call_cost`, with the caller writing xmm0 before every call.
-fn fpu_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
+/// Median over `batches` batches of `per` runs of `f` (given the run's number), in cycles per
+/// run.
+fn cost(batches: usize, per: u64, mut f: impl FnMut(u64)) -> u64 {
     let mut s = [0u64; 64];
     let n = batches.min(s.len());
     for v in s[..n].iter_mut() {
         let t0 = cycles();
         for i in 0..per {
-            // SAFETY: as in `fpu_echo_server`.
-            unsafe { core::arch::asm!("movq xmm0, {}", in(reg) i, out("xmm0") _) };
-            set_mr(0, 1);
-            let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
+            f(i);
         }
         *v = (cycles() - t0) / per;
     }
     crate::median(&mut s[..n])
 }
 
-/// Median over `batches` batches of `per` calls through `gate` with a one-word register
-/// message (the shortest IPC there is), in cycles per call.
+/// Like `call_cost`, with the caller writing xmm0 before every call.
+fn fpu_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
+    cost(batches, per, |i| {
+        // SAFETY: as in `fpu_echo_server`.
+        unsafe { core::arch::asm!("movq xmm0, {}", in(reg) i, out("xmm0") _) };
+        set_mr(0, 1);
+        let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
+    })
+}
+
+/// Calls through `gate` with a one-word register message (the shortest IPC there is): cycles
+/// per call, as [`cost`] measures.
 fn short_call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
-    let mut s = [0u64; 64];
-    let n = batches.min(s.len());
-    for v in s[..n].iter_mut() {
-        let t0 = cycles();
-        for _ in 0..per {
-            let _ = ipc::call_short(gate, 1, &[1]);
-        }
-        *v = (cycles() - t0) / per;
-    }
-    crate::median(&mut s[..n])
+    cost(batches, per, |_| {
+        let _ = ipc::call_short(gate, 1, &[1]);
+    })
 }
 
-/// Median over `batches` batches of `per` calls through `gate` with a one-word message in the
-/// UTCB, in cycles per call.
+/// Calls through `gate` with a one-word message in the UTCB: cycles per call.
 fn call_cost(gate: CapIdx, batches: usize, per: u64) -> u64 {
-    let mut s = [0u64; 64];
-    let n = batches.min(s.len());
-    for v in s[..n].iter_mut() {
-        let t0 = cycles();
-        for _ in 0..per {
-            set_mr(0, 1);
-            let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
-        }
-        *v = (cycles() - t0) / per;
-    }
-    crate::median(&mut s[..n])
+    cost(batches, per, |_| {
+        set_mr(0, 1);
+        let _ = ipc::call(gate, MsgTag::new(1, 1, 0, 0), 0);
+    })
 }
 
 fn null_cost() -> u64 {

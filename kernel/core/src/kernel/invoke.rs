@@ -7,7 +7,7 @@
 use crate::captable::CapTable;
 use crate::hal::{Arch, ThreadStack, UserRegs};
 use crate::kernel::ipc::Outcome;
-use crate::kernel::memory::MEM_ALL;
+use crate::kernel::memory::{MapItem, MEM_ALL};
 use crate::kernel::Wait;
 use crate::kernel::{cost, Factory, Gate, Irq, Kernel, Obj, Semaphore, Task, Thread, ThreadState};
 use crate::mem::PhysAddr;
@@ -279,12 +279,7 @@ impl<A: Arch> Kernel<A> {
                 };
                 let fp = Fpage(m.get(2)?);
                 let base = m.get(3)?;
-                let window = match fp.typ() {
-                    Some(proto::fpage::Type::Object) => Fpage::object(CapIdx(0), 16, Rights::ALL),
-                    Some(proto::fpage::Type::IoPort) => Fpage::io(0, 16, Rights::ALL),
-                    _ => Fpage::memory(0, 47, Rights::ALL),
-                };
-                self.map_fpage(src, t, fp, base & !0xfff, window, base & proto::map::GRANT != 0)?;
+                self.map_fpage(src, t, MapItem::new(base, fp, None))?;
                 Ok(Vec::new())
             }
             proto::task::Op::Unmap => {

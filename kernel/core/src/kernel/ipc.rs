@@ -6,13 +6,14 @@
 
 use crate::hal::Arch;
 use crate::hal::{Resume, ThreadStack, UserRegs};
+use crate::kernel::memory::MapItem;
 use crate::kernel::{Kernel, PendingSend, ThreadState, Wait};
 use crate::mem::PhysAddr;
 use crate::slab::Id;
 use abi::proto::{event, exc_regs, fpage::Fpage, map};
 use abi::syscall::timeout;
 use abi::utcb::{BR_OFFSET, MR_COUNT};
-use abi::{Error, MsgTag, Rights};
+use abi::{Error, MsgTag};
 
 /// What a system call did to the calling thread.
 pub enum Outcome {
@@ -205,17 +206,7 @@ impl<A: Arch> Kernel<A> {
             if w0 & map::ITEM == 0 {
                 return Err(Error::Inval);
             }
-            let fp = Fpage(fp);
-            // (Tests of the type bits, not a `match`: its jump table would be one more page.)
-            use abi::proto::fpage::Type;
-            let win = window.unwrap_or(if fp.is(Type::Object) {
-                Fpage::object(abi::CapIdx(0), 16, Rights::ALL)
-            } else if fp.is(Type::IoPort) {
-                Fpage::io(0, 16, Rights::ALL)
-            } else {
-                Fpage::memory(0, 47, Rights::ALL)
-            });
-            self.map_fpage(from, to, fp, w0 & !0xfff, win, w0 & map::GRANT != 0)?;
+            self.map_fpage(from, to, MapItem::new(w0, Fpage(fp), window))?;
         }
         Ok(())
     }

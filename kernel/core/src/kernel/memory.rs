@@ -46,6 +46,35 @@ fn db_error(e: MapDbError) -> Error {
     }
 }
 
+/// A map or grant item as the kernel carries it out: the flexpage `fp` of the sender, placed at
+/// `snd_base` inside the receiver's `window`; granted (the sender loses it) or mapped.
+#[derive(Clone, Copy, Debug)]
+pub struct MapItem {
+    pub fp: Fpage,
+    pub snd_base: u64,
+    pub window: Fpage,
+    pub grant: bool,
+}
+
+impl MapItem {
+    /// The item whose words are `w0` (send base | `map::GRANT`) and `fp`, into `window`
+    /// (`None`: the receiver's whole space of `fp`'s type, as for page-fault replies and
+    /// `Task::Map`).
+    #[inline(always)]
+    pub fn new(w0: u64, fp: Fpage, window: Option<Fpage>) -> Self {
+        // (Tests of the type bits, not a `match`: its jump table would be one more page to
+        // touch on the fault path.)
+        let window = window.unwrap_or(if fp.is(Type::Object) {
+            Fpage::object(CapIdx(0), 16, Rights::ALL)
+        } else if fp.is(Type::IoPort) {
+            Fpage::io(0, 16, Rights::ALL)
+        } else {
+            Fpage::memory(0, 47, Rights::ALL)
+        });
+        MapItem { fp, snd_base: w0 & !0xfff, window, grant: w0 & abi::proto::map::GRANT != 0 }
+    }
+}
+
 /// Where one item lands: source base, destination base, and size (units of the fpage type).
 fn placement(fp: Fpage, snd_base: u64, window: Fpage) -> Option<(u64, u64, u64)> {
     let (fs, ws) = (fp.size()?, window.size()?);
@@ -123,34 +152,19 @@ impl<A: Arch> Kernel<A> {
     /// Maps (or grants) the flexpage `fp` of `src` into `dst` at the place `snd_base` selects
     /// inside `window`. Slots the source does not have are skipped, as in L4.
     #[inline(always)]
-    pub fn map_fpage(
-        &mut self,
-        src: Id,
-        dst: Id,
-        fp: Fpage,
-        snd_base: u64,
-        window: Fpage,
-        grant: bool,
-    ) -> Result<(), Error> {
-        if fp.is(Type::Memory) & window.is(Type::Memory) {
-            return self.map_memory(src, dst, fp, snd_base, window, grant);
+    pub fn map_fpage(&mut self, src: Id, dst: Id, it: MapItem) -> Result<(), Error> {
+        if it.fp.is(Type::Memory) & it.window.is(Type::Memory) {
+            return self.map_memory(src, dst, it);
         }
-        self.map_other(src, dst, fp, snd_base, window, grant)
+        self.map_other(src, dst, it)
     }
 
     /// [`Kernel::map_fpage`] of memory: every page fault a vCPU's guest resolves comes here,
     /// so it sits with the rest of the map path in `.text.fast.map` (few code pages to touch).
     #[inline(never)]
     #[link_section = ".text.fast.map"]
-    fn map_memory(
-        &mut self,
-        src: Id,
-        dst: Id,
-        fp: Fpage,
-        snd_base: u64,
-        window: Fpage,
-        grant: bool,
-    ) -> Result<(), Error> {
+    fn map_memory(&mut self, src: Id, dst: Id, it: MapItem) -> Result<(), Error> {
+        let MapItem { fp, snd_base, window, grant } = it;
         if fp.order() > MAX_MEM_ORDER || fp.order() < 12 {
             return Err(Error::Inval);
         }
@@ -202,15 +216,8 @@ impl<A: Arch> Kernel<A> {
 
     /// [`Kernel::map_fpage`] of capabilities and I/O ports (and of mismatched types).
     #[inline(never)]
-    fn map_other(
-        &mut self,
-        src: Id,
-        dst: Id,
-        fp: Fpage,
-        snd_base: u64,
-        window: Fpage,
-        grant: bool,
-    ) -> Result<(), Error> {
+    fn map_other(&mut self, src: Id, dst: Id, it: MapItem) -> Result<(), Error> {
+        let MapItem { fp, snd_base, window, grant } = it;
         if fp.typ() != window.typ() {
             return Err(Error::Inval);
         }
