@@ -181,6 +181,45 @@ fn call_and_reply_both_paths() {
 }
 
 #[test]
+fn register_messages_on_both_paths() {
+    let mut m = machine(4 << 20);
+    let s = m.thread(CapIdx(20), 1);
+    m.gate(CapIdx(21), CapIdx(20), 0x42);
+    let regs = |label, n| MsgTag::new(label, n, 0, MsgTag::REGS);
+    let call = CapSel::from_idx(CapIdx(21)).raw() | Flags::CALL.bits();
+    // The fast path: frame to frame, flagged, neither UTCB written.
+    m.wait(s, 0);
+    m.set_mrs(s, &[0; 4]);
+    m.k.threads.get_mut(m.root).unwrap().kstack.regs().words = [10, 11, 12, 13];
+    assert_eq!(m.sys(m.root, call, regs(7, 3), 0), None);
+    let (tag, label) = m.woke_with(s);
+    assert_eq!((tag.in_regs(), tag.words(), tag.label(), label), (true, 3, 7, 0x42));
+    assert_eq!(m.k.threads.get_mut(s).unwrap().kstack.regs().words[..3], [10, 11, 12]);
+    assert_eq!(m.mrs(s, 4), vec![0; 4], "the receiver's UTCB is untouched");
+    // The reply in registers too.
+    m.k.threads.get_mut(s).unwrap().kstack.regs().words = [20, 21, 0, 0];
+    assert_eq!(m.sys(s, 0xf, regs(0, 2), 0), None);
+    let (tag, _) = m.woke_with(m.root);
+    assert_eq!((tag.in_regs(), tag.words()), (true, 2));
+    assert_eq!(m.k.threads.get_mut(m.root).unwrap().kstack.regs().words[..2], [20, 21]);
+    // With a send timeout the general path takes it: the words arrive in the UTCB, unflagged.
+    m.k.threads.get_mut(m.root).unwrap().kstack.regs().words = [30, 31, 32, 33];
+    assert_eq!(m.sys(m.root, call, regs(7, 4), timeout::pack(1000, 0)), None);
+    let (tag, _) = m.woke_with(s);
+    assert_eq!((tag.in_regs(), tag.words()), (false, 4));
+    assert_eq!(m.mrs(s, 4), vec![30, 31, 32, 33]);
+    m.reply_and_wait(s, &[1]);
+    // Five words, or an item: refused on either path.
+    for (tag, r8) in
+        [(regs(7, 5), 0), (MsgTag::new(7, 0, 1, MsgTag::REGS), 0), (regs(7, 5), timeout::pack(1000, 0))]
+    {
+        let r = m.sys(m.root, call, tag, r8).map(|(t, _)| t.ipc_result());
+        assert_eq!(r, Some(Err(Error::Inval)), "{tag:?}");
+    }
+    assert_eq!(m.k.self_check(), Ok(()));
+}
+
+#[test]
 fn a_remembered_gate_follows_its_binding() {
     let mut m = machine(4 << 20);
     let (s1, s2) = (m.thread(CapIdx(20), 1), m.thread(CapIdx(22), 2));
