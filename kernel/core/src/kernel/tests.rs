@@ -501,13 +501,20 @@ fn vcpu_resume_with_map_items_takes_the_fast_path() {
         m.k.fastpath(rdx, MsgTag::new(proto::thread::LABEL, 1, 1, 0), 0).is_some()
     };
     assert!(resume(&mut m, 0x1000, 0x30_0000), "a page-fault answer takes the fast path");
+    let own_root = m.k.threads.get(m.root).unwrap().root;
     let t = m.k.threads.get_mut(v).unwrap();
     assert_eq!((t.vcpu_user, t.kstack.regs().ip()), (Some(user), 0x1000));
     assert_eq!(m.k.tasks.get(user).unwrap().space.pages[&0x30_0000].0, page, "mapped on the way");
-    // Back to the vCPU (a system call in the user task), then a resume whose context is bad:
-    // the item is taken, as on the general path, and the error returns to the vCPU.
+    assert_eq!(m.k.user_vcpu, Some((v, own_root)), "remembered in its user task");
+    assert_eq!(m.k.self_check(), Ok(()));
+    // Back to the vCPU (a system call in the user task): its own address space is loaded
+    // before anything else, then a resume whose context is bad: the item is taken, as on the
+    // general path, and the error returns to the vCPU.
+    Fake::load_root(Fake::space_root(&m.k.tasks.get(user).unwrap().space));
     m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0);
+    assert_eq!(Fake::active_root(), own_root, "the vCPU's own space, loaded at the event");
     assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
+    assert_eq!(m.k.user_vcpu, None, "forgotten at the upcall");
     assert!(resume(&mut m, abi::kip::USER_END, 0x31_0000));
     assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None, "still in its own task");
     assert_eq!(m.woke_with(v).0.result(), Err(Error::Inval));
