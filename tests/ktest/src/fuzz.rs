@@ -1,7 +1,7 @@
 //! `ktest fuzz SEED COUNT`: a hostile task throws COUNT random invocations at the kernel —
-//! random selectors, flags, tags, message and buffer registers, flexpages and timeouts — then
-//! the kernel must still run and pass its self-check. The seed is printed, so a failure can be
-//! replayed with the same arguments.
+//! random selectors, flags, tags, message and buffer registers (in the UTCB and in registers),
+//! flexpages and timeouts — then the kernel must still run and pass its self-check. The seed is
+//! printed, so a failure can be replayed with the same arguments.
 
 use crate::intertask::{map_image, B_UTCB};
 use crate::objects::{check, ok, stack_top, R};
@@ -82,7 +82,9 @@ fn one(rng: &mut Rng) {
     } else {
         timeout::pack(timeout::ZERO, timeout::ZERO)
     };
-    let _ = l4::sys::invoke_full(sel, flags, tag, t);
+    // Random words in the message registers too (a tag may flag a register message).
+    let w = [rng.word(), rng.word(), rng.word(), rng.word()];
+    let _ = l4::sys::invoke_regs(sel, flags, tag, t, w);
 }
 
 /// The hostile thread: runs in its own task with only a small factory and the log. It
