@@ -190,6 +190,7 @@ pub fn init() {
             *gate = Gate::new(stubs + 16 * v as u64, kcode.0, if v == 8 { 1 } else { 0 });
         }
         t.idt.0[14] = Gate::new(trap::page_fault_entry as *const () as usize as u64, kcode.0, 0);
+        t.idt.0[7] = Gate::new(trap::fpu_trap_entry as *const () as usize as u64, kcode.0, 0);
         // `int 0x80` is allowed from user mode (Linux's old system-call gate): it arrives as an
         // exception with that vector. So are `int3` and `into` (#BP, #OF), as on every x86 OS:
         // debuggers' breakpoints must arrive as #BP, not as a #GP for the gate's privilege.

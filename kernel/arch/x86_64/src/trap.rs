@@ -341,12 +341,17 @@ isr_stubs:
        entry: a vCPU's user task enters here on every fault, and under TCG each code page
        touched after an address-space switch costs a TLB refill. */
     .section .text.fast.0, "ax"
-    /* #PF has its own copy of the stub here, next to isr_common: every page fault of a
-       vCPU's user task (a Linux process) comes this way, and the stub array is a page of
-       its own. */
+    /* #PF and #NM have their own copies of the stub here, next to isr_common: every page
+       fault of a vCPU's user task (a Linux process) and every lazy FPU switch comes this
+       way, and the stub array is a page of its own. */
     .global page_fault_entry
 page_fault_entry:
     push 14
+    jmp isr_common
+    .global fpu_trap_entry
+fpu_trap_entry:
+    push 0
+    push 7
     jmp isr_common
 isr_common:
     test qword ptr [rsp + 24], 3
@@ -455,8 +460,9 @@ resume_context:
 extern "C" {
     /// First of 256 16-byte entry stubs, one per vector.
     pub fn isr_stubs();
-    /// The entry of #PF (vector 14), beside the common stub.
+    /// The entries of #PF (vector 14) and #NM (7), beside the common stub.
     pub fn page_fault_entry();
+    pub fn fpu_trap_entry();
     fn trap_return();
     fn syscall_return();
     pub fn syscall_entry();
