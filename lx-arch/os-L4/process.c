@@ -32,7 +32,7 @@ static_assert(HOST_IP == 16 && HOST_EFLAGS == 18 && HOST_SP == 19);
 static_assert(HOST_FS_BASE == 21 && HOST_GS_BASE == 22 && MAX_REG_NR == 27);
 static_assert(HOST_FP_SIZE * sizeof(long) >= 512);
 
-/* userspace_pid is defined in signal.c, next to the other variables every event touches. */
+/* userspace_pid is defined in lx-arch's vcpu::HOT, with the other variables every event touches. */
 
 int start_userspace(unsigned long stub_stack)
 {

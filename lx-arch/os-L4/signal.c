@@ -23,16 +23,13 @@
 asm(".section .text.hot.lx, \"ax\"\n\t.p2align 12\n\t.previous");
 
 /*
- * Variables every process event touches, defined together so that they share a page (under
- * TCG each page touched after an address-space switch costs a TLB refill); userspace_pid is
- * process.c's (the task slot of the process running).
+ * The variables every process event touches (userspace_pid: the task slot of the process
+ * running; signals_enabled; lx_in_upcall: set while the upcall handler runs, when the vCPU
+ * flag is off and must stay off until it resumes; lx_soft_pending: interrupts taken while
+ * signals_enabled was clear, for unblock_signals) are defined in lx-arch's vcpu::HOT, so that
+ * they share a page with its statics (under TCG each page touched after an address-space
+ * switch costs a TLB refill).
  */
-int userspace_pid[NR_CPUS];
-int signals_enabled;
-/* Set while the upcall handler runs: the vCPU flag is off and must stay off until it resumes. */
-int lx_in_upcall;
-/* Interrupts taken while signals_enabled was clear (idle wait), for unblock_signals. */
-unsigned int lx_soft_pending;
 
 /* Registers for handlers of interrupts that did not interrupt a process. */
 static struct uml_pt_regs lx_kernel_regs;

@@ -23,7 +23,7 @@ use abi::vcpu::{state, sticky, trap, VcpuState};
 use abi::{CapSel, MsgTag};
 use core::cell::UnsafeCell;
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 /// The state area: the second 1 KiB slot of our UTCB area (the first is the thread's UTCB).
 const STATE: u64 = BOOT_UTCB_ADDR + 1024;
@@ -44,6 +44,9 @@ const EV_GONE: c_int = 5;
 /// TCG; separate statics land wherever the linker puts them).
 #[repr(C, align(2048))]
 pub(crate) struct Hot {
+    /// os-L4's C variables that every event touches, here so that they share this page:
+    /// `signal.c` and UML's code know them by the names the assembler aliases below give them.
+    c: CHot,
     /// The FXSAVE image of the process that ran last (see [`Fx`]).
     fx: UnsafeCell<Fx>,
     /// Map items waiting for the next resume ([`crate::task`]).
@@ -64,10 +67,44 @@ pub(crate) struct Hot {
     pub(crate) profile: AtomicBool,
 }
 const _: () = assert!(core::mem::size_of::<Hot>() <= 2048);
+
+/// The C half's per-event variables (`int`s in C; UML is built for one CPU).
+#[repr(C)]
+struct CHot {
+    /// `userspace_pid[NR_CPUS]`: the task slot of the process running.
+    userspace_pid: AtomicI32,
+    /// `signals_enabled`: UML's interrupt flag.
+    signals_enabled: AtomicI32,
+    /// `lx_in_upcall`: set while the upcall handler runs.
+    in_upcall: AtomicI32,
+    /// `lx_soft_pending`: interrupts taken while `signals_enabled` was clear.
+    soft_pending: AtomicU32,
+}
+
+// The C names of `HOT.c`'s fields (symbols of this object, so the assembler resolves them).
+core::arch::global_asm!(
+    ".globl userspace_pid, signals_enabled, lx_in_upcall, lx_soft_pending",
+    ".set userspace_pid, {hot} + {c} + {pid}",
+    ".set signals_enabled, {hot} + {c} + {enabled}",
+    ".set lx_in_upcall, {hot} + {c} + {in_upcall}",
+    ".set lx_soft_pending, {hot} + {c} + {pending}",
+    hot = sym HOT,
+    c = const core::mem::offset_of!(Hot, c),
+    pid = const core::mem::offset_of!(CHot, userspace_pid),
+    enabled = const core::mem::offset_of!(CHot, signals_enabled),
+    in_upcall = const core::mem::offset_of!(CHot, in_upcall),
+    pending = const core::mem::offset_of!(CHot, soft_pending),
+);
 // SAFETY: the cells are used only by the vCPU thread, with interrupts off (the resume and
 // event paths); the rest are atomics.
 unsafe impl Sync for Hot {}
 pub(crate) static HOT: Hot = Hot {
+    c: CHot {
+        userspace_pid: AtomicI32::new(0),
+        signals_enabled: AtomicI32::new(0),
+        in_upcall: AtomicI32::new(0),
+        soft_pending: AtomicU32::new(0),
+    },
     fx: UnsafeCell::new(Fx([0; 512])),
     batch: UnsafeCell::new(crate::task::Batch::EMPTY),
     kernel_entry: [const { AtomicU64::new(0) }; 2],
