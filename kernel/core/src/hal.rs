@@ -65,6 +65,14 @@ pub trait UserRegs {
     /// Loads a whole context; `false` (nothing changed) if ip or sp is not a user address.
     /// Only the arithmetic and direction flags are taken; interrupts stay enabled.
     fn set_context(&mut self, c: &[u64; 18]) -> bool;
+    /// Writes the whole context ([`UserRegs::context`]'s order), then `tail`, to physical
+    /// memory at `pa` (8-byte aligned, kernel-owned): a vCPU upcall's save, in one pass from
+    /// the frame, without copies on the way (each is a memory access more under TCG).
+    fn save_context(&self, pa: PhysAddr, tail: [u64; 5]);
+    /// The context a vCPU upcall enters: `ip` and `sp`, rdi = `arg`, rcx = `ip` and r11 = the
+    /// flags (so that sysret is exact), every other register 0, interrupts enabled. `false`
+    /// (nothing changed) if ip or sp is not a user address.
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool;
 }
 
 /// A thread's kernel stack, with its saved user registers on top.

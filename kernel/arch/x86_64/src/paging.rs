@@ -225,6 +225,18 @@ pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
     unsafe { movsq(out.as_mut_ptr(), phys_to_virt(pa) as *const u64, out.len()) };
 }
 
+/// Runs `f` on the `N` words at `pa` (8-byte aligned, kernel-owned memory such as a UTCB-area
+/// frame), to write them in place: the vCPU upcall stores a context there straight from the
+/// frame.
+#[inline(always)]
+pub fn with_words_mut<const N: usize>(pa: PhysAddr, f: impl FnOnce(&mut [u64; N])) {
+    assert!(pa.0.is_multiple_of(8) && pa.0 + N as u64 * 8 <= DIRECT_MAP_SIZE);
+    // SAFETY: aligned and inside the direct map (checked above); the frame is the kernel's,
+    // reached only through the direct map by raw accesses like this one, and the reference
+    // lives only for `f`, on this single CPU with interrupts masked: nothing aliases it.
+    f(unsafe { &mut *(phys_to_virt(pa) as *mut [u64; N]) })
+}
+
 /// `N` words at `pa`, read without zeroing the array first.
 #[inline(always)]
 pub fn read_array<const N: usize>(pa: PhysAddr) -> [u64; N] {

@@ -9,6 +9,7 @@ use abi::proto::exc_regs;
 use abi::syscall::REG_WORDS;
 use core::arch::global_asm;
 use kernel_core::hal::Message;
+use kernel_core::mem::PhysAddr;
 
 /// Vector number recorded in frames built by the `syscall` entry.
 pub const SYSCALL_VECTOR: u64 = 0x100;
@@ -148,6 +149,31 @@ impl kernel_core::hal::UserRegs for TrapFrame {
             self.rsp,
             self.rflags,
         ]
+    }
+
+    #[inline(always)]
+    fn save_context(&self, pa: PhysAddr, tail: [u64; 5]) {
+        crate::paging::with_words_mut::<23>(pa, |d| {
+            [d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]] =
+                [self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.r8];
+            [d[8], d[9], d[10], d[11], d[12], d[13], d[14]] =
+                [self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15];
+            [d[15], d[16], d[17]] = [self.rip, self.rsp, self.rflags];
+            [d[18], d[19], d[20], d[21], d[22]] = tail;
+        })
+    }
+
+    #[inline(always)]
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool {
+        if ip >= abi::kip::USER_END || sp >= abi::kip::USER_END {
+            return false;
+        }
+        [self.rax, self.rbx, self.rdx, self.rsi, self.rbp, self.r8, self.r9, self.r10] = [0; 8];
+        [self.r12, self.r13, self.r14, self.r15] = [0; 4];
+        (self.rcx, self.rdi, self.r11) = (ip, arg, 0x202);
+        (self.rip, self.rsp, self.rflags) = (ip, sp, 0x202);
+        (self.cs, self.ss) = (USER_CS, USER_SS);
+        true
     }
 
     #[link_section = ".text.fast.vcpu"]

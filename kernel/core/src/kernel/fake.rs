@@ -165,6 +165,18 @@ impl UserRegs for FakeRegs {
         (self.ip, self.sp, self.flags) = (c[15], c[16], (c[17] & 0xcd5) | 0x202);
         true
     }
+
+    fn save_context(&self, pa: PhysAddr, tail: [u64; 5]) {
+        let mut w = self.context().to_vec();
+        w.extend_from_slice(&tail);
+        Fake::write_words(pa, &w);
+    }
+
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool {
+        let mut c = [0u64; 18];
+        (c[2], c[5], c[10], c[15], c[16], c[17]) = (ip, arg, 0x202, ip, sp, 0x202);
+        self.set_context(&c)
+    }
 }
 
 pub struct FakeStack {

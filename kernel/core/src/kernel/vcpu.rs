@@ -84,39 +84,21 @@ impl<A: Arch> Kernel<A> {
             // TLB refill). The resume that follows finds the root loaded.
             A::load_root(area.kernel_root);
         }
-        // One read of the header, one write of context and trap words, one of the flags.
+        // One read of the header; the context and trap words straight from the frame into the
+        // area (no copies in between: under TCG each is a memory access more); the flags.
         let head: [u64; off::REGS] = A::read_array(area.frame);
-        let c: [u64; 20] = if save {
-            let r = th.kstack.regs().context();
-            let (fs, gs) = (th.fs_base, th.gs_base);
-            core::array::from_fn(|i| {
-                if i < 18 {
-                    r[i]
-                } else if i == 18 {
-                    fs
-                } else {
-                    gs
-                }
-            })
+        let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
+        if save {
+            th.kstack.regs().save_context(regs, [th.fs_base, th.gs_base, trapno, err, pfa]);
         } else {
-            A::read_array(PhysAddr(area.frame.0 + off::REGS as u64 * 8))
-        };
-        let regs: [u64; 23] = core::array::from_fn(|i| match i {
-            0..20 => c[i],
-            20 => trapno,
-            21 => err,
-            _ => pfa,
-        });
-        A::write_words(PhysAddr(area.frame.0 + off::REGS as u64 * 8), &regs);
+            A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &[trapno, err, pfa]);
+        }
         A::write_words(PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[0, head[off::STATE]]);
         if let Some(l) = label {
             set_word::<A>(&area, off::IRQ_LABEL, l);
         }
         let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
-        // rcx and r11 hold ip and flags at entry (so the kernel may leave by sysret).
-        let mut ctx = [0u64; 18];
-        (ctx[2], ctx[5], ctx[10], ctx[15], ctx[16], ctx[17]) = (ip, area.user, 0x202, ip, sp, 0x202);
-        if !th.kstack.regs().set_context(&ctx) {
+        if !th.kstack.regs().set_entry(ip, sp, area.user) {
             let own = th.task;
             return self.vcpu_entry_unusable(own, ip, sp);
         }
