@@ -29,4 +29,81 @@ pub fn bench() {
     samples.sort_unstable();
     log::info!("BENCH cr3_write {} cycles", samples[BATCHES / 2]);
     log::info!("BENCH tsc_hz {} hz", A::cycles_hz());
+    after_switch();
+}
+
+/// Eight small functions, called through pointers: each a distinct indirect-branch target.
+#[inline(never)]
+fn f0(x: u64) -> u64 {
+    x.wrapping_mul(3)
+}
+#[inline(never)]
+fn f1(x: u64) -> u64 {
+    x.wrapping_mul(5)
+}
+#[inline(never)]
+fn f2(x: u64) -> u64 {
+    x.wrapping_mul(7)
+}
+#[inline(never)]
+fn f3(x: u64) -> u64 {
+    x.wrapping_mul(9)
+}
+#[inline(never)]
+fn f4(x: u64) -> u64 {
+    x.wrapping_mul(11)
+}
+#[inline(never)]
+fn f5(x: u64) -> u64 {
+    x.wrapping_mul(13)
+}
+#[inline(never)]
+fn f6(x: u64) -> u64 {
+    x.wrapping_mul(15)
+}
+#[inline(never)]
+fn f7(x: u64) -> u64 {
+    x.wrapping_mul(17)
+}
+
+/// Sixteen data pages to touch.
+#[repr(C, align(4096))]
+struct Pages([[u64; 512]; 16]);
+static PAGES: Pages = Pages([[1; 512]; 16]);
+
+/// What the fast paths pay after an address-space switch (`docs/perf.md`), measured as the
+/// extra cycles of a `cr3_write` followed by touching 16 distinct data pages
+/// (`switch_page_touch`, per page) or by 8 calls through pointers to distinct functions
+/// (`switch_indirect_call`, per call: under TCG the switch flushed the jump cache, so each new
+/// target is looked up in the translation-block hash table; includes the functions' code page
+/// once).
+fn after_switch() {
+    const N: u64 = 64;
+    let cr3 = arch_x86_64::paging::read_cr3();
+    let fs: [fn(u64) -> u64; 8] = core::hint::black_box([f0, f1, f2, f3, f4, f5, f6, f7]);
+    let run = |calls: usize, pages: usize| {
+        let mut samples = [0u64; 31];
+        for s in samples.iter_mut() {
+            let mut acc = 1u64;
+            let t0 = A::cycles();
+            for _ in 0..N {
+                arch_x86_64::paging::write_cr3(cr3);
+                for f in fs.iter().take(calls) {
+                    acc = f(acc);
+                }
+                for p in PAGES.0.iter().take(pages) {
+                    acc = acc.wrapping_add(*core::hint::black_box(&p[0]));
+                }
+            }
+            *s = (A::cycles() - t0) / N;
+            core::hint::black_box(acc);
+        }
+        samples.sort_unstable();
+        samples[samples.len() / 2]
+    };
+    let base = run(0, 0);
+    let pages = run(0, 16).saturating_sub(base) / 16;
+    let calls = run(8, 0).saturating_sub(base) / 8;
+    log::info!("BENCH switch_page_touch {pages} cycles");
+    log::info!("BENCH switch_indirect_call {calls} cycles");
 }
