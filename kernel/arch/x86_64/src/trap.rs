@@ -457,7 +457,22 @@ resume_context:
     pop r12
     pop rbx
     pop rbp
+    /* A context prepared to leave for user mode (prepare_resume) returns into syscall_return
+       or trap_return: jump there directly. A `ret` is an indirect branch, whose target,
+       after an address-space switch, QEMU looks up in its translation-block table (the
+       switch flushed its jump cache; ~150 cycles, `switch_indirect_call`); direct jumps
+       within a page stay chained. */
+    lea rax, [rip + syscall_return]
+    cmp [rsp], rax
+    je 4f
+    lea rax, [rip + trap_return]
+    cmp [rsp], rax
+    je 5f
     ret
+4:  add rsp, 8
+    jmp syscall_return
+5:  add rsp, 8
+    jmp trap_return
 3:  mov rax, gs:[{ho_tag}]
     mov [rdi + {frame_rax}], rax
     mov rax, gs:[{ho_label}]
