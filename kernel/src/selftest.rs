@@ -33,38 +33,17 @@ pub fn bench() {
 }
 
 /// Eight small functions, called through pointers: each a distinct indirect-branch target.
-#[inline(never)]
-fn f0(x: u64) -> u64 {
-    x.wrapping_mul(3)
+macro_rules! multipliers {
+    ($($name:ident $k:literal),*) => {
+        $(
+            #[inline(never)]
+            fn $name(x: u64) -> u64 {
+                x.wrapping_mul($k)
+            }
+        )*
+    };
 }
-#[inline(never)]
-fn f1(x: u64) -> u64 {
-    x.wrapping_mul(5)
-}
-#[inline(never)]
-fn f2(x: u64) -> u64 {
-    x.wrapping_mul(7)
-}
-#[inline(never)]
-fn f3(x: u64) -> u64 {
-    x.wrapping_mul(9)
-}
-#[inline(never)]
-fn f4(x: u64) -> u64 {
-    x.wrapping_mul(11)
-}
-#[inline(never)]
-fn f5(x: u64) -> u64 {
-    x.wrapping_mul(13)
-}
-#[inline(never)]
-fn f6(x: u64) -> u64 {
-    x.wrapping_mul(15)
-}
-#[inline(never)]
-fn f7(x: u64) -> u64 {
-    x.wrapping_mul(17)
-}
+multipliers!(f0 3, f1 5, f2 7, f3 9, f4 11, f5 13, f6 15, f7 17);
 
 /// Sixteen data pages to touch.
 #[repr(C, align(4096))]
