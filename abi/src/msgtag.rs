@@ -49,6 +49,12 @@ impl MsgTag {
         self.flags() & Self::REGS != 0
     }
 
+    /// The same tag without [`MsgTag::REGS`] (its words moved to the UTCB).
+    #[inline]
+    pub const fn without_regs(self) -> MsgTag {
+        MsgTag(self.0 & !(Self::REGS << Self::FLAGS_SHIFT))
+    }
+
     /// A result tag carrying an error.
     pub const fn error(e: Error) -> Self {
         Self::new(-e.code(), 0, 0, Self::ERROR)

@@ -311,10 +311,9 @@ impl<V: Copy> MapDb<V> {
                 continue;
             }
             self.unlink_space(n);
-            if let Some(node) = self.nodes.remove(n) {
-                self.index.remove(node.key);
-                out.push(Self::entry(&node));
-            }
+            let node = self.nodes.remove(n).expect("checked above");
+            self.index.remove(node.key);
+            out.push(Self::entry(&node));
         }
     }
 

@@ -104,7 +104,7 @@ pub fn server_loop(mut handle: impl FnMut(Result<(MsgTag, u64), Error>) -> Optio
 /// The words of a short message received with tag `t`: the registers `w` if it came in them,
 /// else the UTCB's first message registers (`abi::syscall::REG_WORDS` of them).
 #[inline]
-fn short_words(t: MsgTag, w: [u64; REG_WORDS]) -> [u64; REG_WORDS] {
+pub fn short_words(t: MsgTag, w: [u64; REG_WORDS]) -> [u64; REG_WORDS] {
     if t.in_regs() {
         w
     } else {
@@ -207,13 +207,13 @@ pub mod task {
         Ok((l as i64, r))
     }
 
-    /// Names `task` in kernel messages (log prefix, fault reports).
     /// Whether our slots `a` and `b` name the same object.
     pub fn cap_equal(task: CapIdx, a: CapIdx, b: CapIdx) -> Result<bool, Error> {
         call_words(task, LABEL, &[Op::CapEqual.code(), a.0, b.0])?;
         Ok(mr(0) == 1)
     }
 
+    /// Names `task` in kernel messages (log prefix, fault reports).
     pub fn set_name(task: CapIdx, name: &str) -> Result<(), Error> {
         if name.is_empty() || name.len() > proto::TASK_NAME_MAX {
             return Err(Error::Inval);

@@ -56,7 +56,7 @@ pub fn invoke_full(sel: CapSel, flags: Flags, tag: MsgTag, timeouts: u64) -> (Ms
         // SAFETY: this thread's UTCB, mapped read-write; i < REG_WORDS < MR_COUNT.
         unsafe { (*u).mr[i] = w };
     }
-    (MsgTag(t.0 & !(MsgTag::REGS << MsgTag::FLAGS_SHIFT)), label)
+    (t.without_regs(), label)
 }
 
 /// The raw system call without timeouts. Returns the result tag.

@@ -318,7 +318,7 @@ fn register_messages() -> R {
     let gate = abi::CapSel::from_idx(slot::SHORT_GATE);
     let (t, _, w) = invoke_regs(gate, Flags::CALL, regs(7, 1), timeout::pack(1_000_000, 0), [70, 0, 0, 0]);
     let t = ok(t.result(), "register call, general path")?;
-    check(t.words() == 2 && short_reply(t, w)[..2] == [71, 0x5678], "register call, general path")?;
+    check(t.words() == 2 && ipc::short_words(t, w)[..2] == [71, 0x5678], "register call, general path")?;
     // Too many words, or a typed item: refused.
     let (t, _, _) = invoke_regs(gate, Flags::CALL, regs(7, REG_WORDS as u64 + 1), 0, [0; REG_WORDS]);
     expect_err(t.result(), Error::Inval, "register message of five words")?;
@@ -334,15 +334,6 @@ fn register_messages() -> R {
         "delete the register server",
     )?;
     Ok(())
-}
-
-/// The words of a reply received by `invoke_regs`: its registers, or the UTCB.
-fn short_reply(t: MsgTag, w: [u64; abi::syscall::REG_WORDS]) -> [u64; abi::syscall::REG_WORDS] {
-    if t.in_regs() {
-        w
-    } else {
-        core::array::from_fn(mr)
-    }
 }
 
 fn irqs() -> R {

@@ -63,22 +63,33 @@ const _: () = assert!(core::mem::offset_of!(HandOff, frame) == 0);
 #[inline(always)]
 pub fn stage_hand_off(frame: u64, dst: PhysAddr, src: PhysAddr, n: usize, tag: u64, label: u64) {
     assert!(n <= HAND_OFF_WORDS && dst.0 + n as u64 * 8 <= paging::DIRECT_MAP_SIZE);
-    // SAFETY: single CPU with interrupts masked in the kernel: nothing else uses the staging
-    // area until `resume_context` consumes it; `read_words` checks the source.
-    let h = unsafe { &mut (*tables()).percpu.hand_off };
-    paging::read_words(src, &mut h.buf[..n]);
-    (h.dst, h.words, h.tag, h.label) = (paging::phys_to_virt(dst) as u64, n as u64, tag, label);
-    h.frame = frame;
+    // `read_words` checks the source.
+    let fill = |buf: &mut [u64; HAND_OFF_WORDS]| paging::read_words(src, &mut buf[..n]);
+    stage(frame, paging::phys_to_virt(dst) as u64, n, tag, label, fill);
 }
 
-/// [`stage_hand_off`] of words at hand (a register message): the first `n` go to the kernel
-/// address `dst` (the receiver's frame).
+/// [`stage_hand_off`] of a register message: its first `n` words go to the receiver's frame,
+/// whose r15, r14, r13, r12 open it.
 #[inline(always)]
-pub fn stage_regs(frame: u64, dst: u64, words: [u64; REG_WORDS], n: usize, tag: u64, label: u64) {
-    let n = n.min(REG_WORDS);
-    // SAFETY: as in `stage_hand_off`.
+pub fn stage_regs(frame: u64, words: [u64; REG_WORDS], n: usize, tag: u64, label: u64) {
+    let fill = |buf: &mut [u64; HAND_OFF_WORDS]| buf[..REG_WORDS].copy_from_slice(&words);
+    stage(frame, frame, n.min(REG_WORDS), tag, label, fill);
+}
+
+/// Fills the staging area's buffer with `fill` and records where `resume_context` delivers it.
+#[inline(always)]
+fn stage(
+    frame: u64,
+    dst: u64,
+    n: usize,
+    tag: u64,
+    label: u64,
+    fill: impl FnOnce(&mut [u64; HAND_OFF_WORDS]),
+) {
+    // SAFETY: single CPU with interrupts masked in the kernel: nothing else uses the staging
+    // area until `resume_context` consumes it.
     let h = unsafe { &mut (*tables()).percpu.hand_off };
-    h.buf[..REG_WORDS].copy_from_slice(&words);
+    fill(&mut h.buf);
     (h.dst, h.words, h.tag, h.label) = (dst, n as u64, tag, label);
     h.frame = frame;
 }

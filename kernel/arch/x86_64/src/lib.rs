@@ -80,9 +80,7 @@ impl Arch for X86_64 {
 
     #[inline(always)]
     fn load_root(root: u64) {
-        if paging::read_cr3().0 != root {
-            paging::write_cr3(PhysAddr(root));
-        }
+        paging::load_cr3(PhysAddr(root))
     }
 
     fn write_phys(pa: PhysAddr, bytes: &[u8]) {

@@ -71,6 +71,14 @@ pub fn write_cr3(pa: PhysAddr) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) pa.0, options(nostack, preserves_flags)) };
 }
 
+/// Switches the CPU to the space with page-table root `root` unless it is already active.
+#[inline(always)]
+pub fn load_cr3(root: PhysAddr) {
+    if read_cr3() != root {
+        write_cr3(root);
+    }
+}
+
 #[link_section = ".text.fast"]
 pub fn read_cr3() -> PhysAddr {
     let v: u64;
@@ -164,13 +172,6 @@ impl AddressSpace {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0 & !0xfff));
         }
         Some(old)
-    }
-
-    /// Switches the CPU to this space unless it is already active.
-    pub fn activate(&self) {
-        if read_cr3() != self.pml4 {
-            write_cr3(self.pml4);
-        }
     }
 
     /// Frees the user-half page tables (not the frames they map).

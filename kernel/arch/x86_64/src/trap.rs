@@ -294,8 +294,7 @@ impl kernel_core::hal::ThreadStack for KernelStack {
             Message::Utcb { dst, src, words } => {
                 crate::cpu::stage_hand_off(frame, dst, src, words, tag, label)
             }
-            // Into the frame's r15, r14, r13, r12, which open it.
-            Message::Regs { words, n } => crate::cpu::stage_regs(frame, frame, words, n, tag, label),
+            Message::Regs { words, n } => crate::cpu::stage_regs(frame, words, n, tag, label),
         }
         frame - SWITCH_WORDS as u64 * 8
     }

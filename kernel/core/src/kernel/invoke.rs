@@ -72,7 +72,7 @@ impl<A: Arch> Kernel<A> {
         let t = self.threads.get_mut(me).ok_or(Error::Inval)?;
         let words = t.kstack.regs().reg_words();
         A::write_words(t.utcb_frame.ok_or(Error::Inval)?, &words[..tag.words()]);
-        Ok(MsgTag(tag.0 & !(MsgTag::REGS << MsgTag::FLAGS_SHIFT)))
+        Ok(tag.without_regs())
     }
 
     /// Handles one `invoke` of the current thread.
