@@ -179,17 +179,22 @@ pub fn cmd_run(mut a: crate::util::Args, gdb: bool) -> Result<i32> {
 }
 
 /// `cargo xtask test`'s part: L4Linux boots and runs the ABI suite (`l4linux/abi/<name>`, the same
-/// tests and verdicts as the reference guest's), and a command's status reaches the host
-/// (`l4linux/exec-status`).
+/// tests and verdicts as the reference guest's), its own tests (`l4linux/<name>` for each
+/// `tests/l4linux/<name>.c`), and a command's status reaches the host (`l4linux/exec-status`).
 pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> bool) {
     let names = crate::rootfs::abi_test_names().unwrap_or_default();
     let abi_wanted = |n: &str| wanted(&format!("l4linux/abi/{n}"));
     let abi = wanted("l4linux/abi") || names.iter().any(|n| abi_wanted(n));
+    let own: Vec<String> = crate::rootfs::l4linux_test_names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| wanted(&format!("l4linux/{n}")))
+        .collect();
     let exec = wanted("l4linux/exec-status");
     let shell = wanted("l4linux/shell-input");
     let panic = wanted("l4linux/panic-reported");
     let mistakes = MISTAKES.iter().any(|(n, ..)| wanted(n));
-    if !abi && !exec && !shell && !panic && !mistakes {
+    if !abi && own.is_empty() && !exec && !shell && !panic && !mistakes {
         return;
     }
     step("L4Linux: build, ABI suite, exit status");
@@ -203,6 +208,9 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
     }
     if abi {
         abi_boot(art, report, &base, &abi_wanted);
+    }
+    if !own.is_empty() {
+        own_tests(art, report, &base, &own);
     }
     for (name, broken, said) in MISTAKES {
         if !wanted(name) {
@@ -248,6 +256,38 @@ pub fn run_tests(art: &Artifacts, report: &mut Report, wanted: &dyn Fn(&str) -> 
                 }
             }
         }
+    }
+}
+
+/// Runs the tests of L4Linux's own behaviour (`tests/l4linux`) in one boot, each judged by its
+/// `PASS`/`FAIL` line.
+fn own_tests(art: &Artifacts, report: &mut Report, base: &Image, names: &[String]) {
+    let dir = crate::rootfs::L4LINUX_TESTS;
+    let cmd = format!("s=0; for t in {}; do /{dir}/$t || s=1; done; exit $s", names.join(" "));
+    let r =
+        crate::rootfs::with_exec(base, &cmd, "l4linux-own").and_then(|image| machine(art, &image, "exec"));
+    let o = match r.and_then(|m| {
+        let mut s = scenario("l4linux/own", m, Duration::from_secs(300));
+        // The verdicts come from the result lines; the status only says whether all passed.
+        s.markers.push("l4rs-init: exit".into());
+        s.expect_status = None;
+        crate::qemu::run_scenario(&s)
+    }) {
+        Ok(o) => o,
+        Err(e) => return names.iter().for_each(|n| report.fail(&format!("l4linux/{n}"), &e.to_string())),
+    };
+    let log = console(&o.log);
+    let mut any_failed = false;
+    for (name, verdict) in crate::reference::verdicts(names, &log) {
+        let verdict = verdict.or_else(|| o.failure.clone());
+        any_failed |= verdict.is_some();
+        match verdict {
+            None => report.pass(&format!("l4linux/{name}"), ""),
+            Some(why) => report.fail(&format!("l4linux/{name}"), &why),
+        }
+    }
+    if any_failed {
+        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(30));
     }
 }
 

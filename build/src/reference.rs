@@ -170,6 +170,19 @@ fn parse_abi(log: &str) -> Vec<AbiResult> {
     out
 }
 
+/// One verdict per expected test from its `PASS`/`FAIL` line (`None`: passed), and a failure for
+/// a test without one.
+pub(crate) fn verdicts(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
+    let results = parse_abi(log);
+    expected
+        .iter()
+        .map(|name| match results.iter().find(|r| &r.name == name) {
+            Some(r) => (name.clone(), r.failure.clone()),
+            None => (name.clone(), Some("no result line".to_string())),
+        })
+        .collect()
+}
+
 /// The runner's `N passed, N failed` line.
 fn parse_summary(log: &str) -> Option<(usize, usize)> {
     log.lines().rev().find_map(|l| {
@@ -182,14 +195,7 @@ fn parse_summary(log: &str) -> Option<(usize, usize)> {
 /// unexpected names and a summary that disagrees with the lines.
 fn judge_abi(expected: &[String], log: &str) -> Vec<(String, Option<String>)> {
     let results = parse_abi(log);
-    let mut v = Vec::new();
-    for name in expected {
-        let verdict = match results.iter().find(|r| &r.name == name) {
-            Some(r) => r.failure.clone(),
-            None => Some("no result line".to_string()),
-        };
-        v.push((name.clone(), verdict));
-    }
+    let mut v = verdicts(expected, log);
     for r in results.iter().filter(|r| !expected.contains(&r.name)) {
         v.push((r.name.clone(), Some(format!("unexpected test in the output: {:?}", r.failure))));
     }

@@ -208,13 +208,14 @@ fn c_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Builds the guest programs into `dest` (`opt/l4rs/{bin,abi,bench}`).
+/// Builds the guest programs into `dest` (`opt/l4rs/{bin,abi,bench,l4linux}`).
 fn build_programs(dest: &Path) -> Result {
     let r = root();
     let bin = dest.join("opt/l4rs/bin");
     let abi = dest.join("opt/l4rs/abi");
     let bench = dest.join("opt/l4rs/bench");
-    for d in [&bin, &abi, &bench] {
+    let l4linux = dest.join(L4LINUX_TESTS);
+    for d in [&bin, &abi, &bench, &l4linux] {
         std::fs::create_dir_all(d)?;
     }
     let objs = r.join("target/linux-guest/programs");
@@ -252,7 +253,27 @@ fn build_programs(dest: &Path) -> Result {
         std::fs::copy(built(&format!("bench-{name}")), bench.join(&name))?;
     }
     std::fs::copy(bench_src.join("run"), bench.join("run"))?;
+
+    for name in l4linux_test_names()? {
+        let src = r.join("tests/l4linux").join(format!("{name}.c"));
+        let out = built(&format!("l4linux-{name}"));
+        cc(&src, &[abi_src.join("t.h")], &out, &["-static"])?;
+        std::fs::copy(&out, l4linux.join(&name))?;
+    }
     Ok(())
+}
+
+/// Where the image carries the tests of L4Linux's own behaviour (`tests/l4linux`).
+pub const L4LINUX_TESTS: &str = "opt/l4rs/l4linux";
+
+/// The tests of L4Linux's own behaviour: every `tests/l4linux/*.c`, by file stem.
+pub fn l4linux_test_names() -> Result<Vec<String>> {
+    c_files(&root().join("tests/l4linux"), "c")?
+        .iter()
+        .map(|p| {
+            p.file_stem().and_then(|s| s.to_str()).map(String::from).ok_or_else(|| "bad file name".into())
+        })
+        .collect()
 }
 
 /// The names of the ABI tests the image carries (what each prints as `PASS <name>`): every

@@ -6,7 +6,9 @@
  * splits execution into windows at each execution of the kernel's `mov cr3` instructions
  * (`split=ADDR[/ADDR...]`, up to 8) and lists, per window, every page touched for the first time (code or
  * data, with the instruction that touched it first), the instructions executed and the
- * translation blocks entered. Recording starts at the first execution of `mark=ADDR` and
+ * translation blocks entered, and every distinct block entered without a chained jump (after an
+ * indirect branch or from another page: QEMU chains direct jumps only within a page, the rest
+ * look the target up in the jump cache, which the switch flushed too). Recording starts at the first execution of `mark=ADDR` and
  * stops after `windows=N` windows (default 24), or, with `toggle=1`, at the next execution of
  * the mark. The result goes to `out=FILE` when QEMU exits.
  *
@@ -40,6 +42,7 @@ void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t,
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *, size_t);
 uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *);
+char *qemu_plugin_insn_disas(const struct qemu_plugin_insn *);
 void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *, void (*)(unsigned, void *),
 					    int, void *);
 void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *, void (*)(unsigned, void *),
@@ -54,8 +57,19 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 2;
 #define MAX_PAGES 512
 #define MAX_WINDOWS 256
 
+#define MAX_JUMPS 256
+
 struct page { uint64_t addr, first_ip; bool code; };
-struct window { long insns, blocks; int n; struct page p[MAX_PAGES]; };
+/* A translation block as the plugin saw it translated. */
+struct block { uint64_t start, last_ip; bool indirect; };
+/* A block entered without a chained jump: its start, and the instruction that led there. */
+struct jump { uint64_t target, from; };
+struct window {
+	long insns, blocks, lookups;
+	int n, nj;
+	struct page p[MAX_PAGES];
+	struct jump j[MAX_JUMPS];
+};
 
 #define MAX_SPLITS 8
 static uint64_t split_at[MAX_SPLITS], mark_at;
@@ -65,6 +79,7 @@ static int max_windows = 24, nw;
 static uint64_t ip_now;
 static const char *out = "tcg-pages.txt";
 static struct window *win;
+static const struct block *prev_block;
 
 static void touch(uint64_t va, bool code)
 {
@@ -111,12 +126,39 @@ static void on_insn(unsigned vcpu, void *ip_)
 	}
 }
 
-static void on_block(unsigned vcpu, void *unused)
+/* A block is entered through the jump cache unless a direct jump within its page led there. */
+static void on_block(unsigned vcpu, void *b_)
 {
+	const struct block *b = b_, *p = prev_block;
+
 	(void)vcpu;
-	(void)unused;
-	if (recording)
-		win[nw].blocks++;
+	prev_block = b;
+	if (!recording)
+		return;
+	struct window *w = &win[nw];
+	w->blocks++;
+	if (!p || (!p->indirect && !((p->start ^ b->start) & ~0xfffULL)))
+		return;
+	w->lookups++;
+	for (int i = 0; i < w->nj; i++)
+		if (w->j[i].target == b->start)
+			return;
+	if (w->nj < MAX_JUMPS)
+		w->j[w->nj++] = (struct jump){ b->start, p->last_ip };
+}
+
+/* ret, iret, sysret, syscall, a call or jmp through a register or memory, and a write to a
+ * control register (the block ends and QEMU's main loop finds the next). */
+static bool is_indirect(const char *d)
+{
+	while (*d == ' ')
+		d++;
+	if (!strncmp(d, "ret", 3) || !strncmp(d, "iret", 4) || !strncmp(d, "sys", 3) ||
+	    !strncmp(d, "int", 3))
+		return true;
+	if (strstr(d, ",%cr"))
+		return true;
+	return (!strncmp(d, "call", 4) || !strncmp(d, "jmp", 3)) && strchr(d, '*');
 }
 
 static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t va, void *unused)
@@ -131,14 +173,28 @@ static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t va, void 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
 	(void)id;
-	qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, CB_NO_REGS, NULL);
-	for (size_t i = 0; i < qemu_plugin_tb_n_insns(tb); i++) {
+	size_t n = qemu_plugin_tb_n_insns(tb);
+	struct block *b = calloc(1, sizeof(*b));
+
+	if (!b || !n)
+		return;
+	for (size_t i = 0; i < n; i++) {
 		struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
 		uint64_t ip = qemu_plugin_insn_vaddr(insn);
 
 		qemu_plugin_register_vcpu_insn_exec_cb(insn, on_insn, CB_NO_REGS, (void *)(uintptr_t)ip);
 		qemu_plugin_register_vcpu_mem_cb(insn, on_mem, CB_NO_REGS, MEM_RW, NULL);
+		if (i == 0)
+			b->start = ip;
+		if (i == n - 1) {
+			char *d = qemu_plugin_insn_disas(insn);
+
+			b->last_ip = ip;
+			b->indirect = d && is_indirect(d);
+			free(d);
+		}
 	}
+	qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, CB_NO_REGS, b);
 }
 
 static void report(qemu_plugin_id_t id, void *unused)
@@ -150,12 +206,15 @@ static void report(qemu_plugin_id_t id, void *unused)
 	if (!f)
 		return;
 	for (int w = 0; w <= nw && (w > 0 || win[0].insns); w++) {
-		fprintf(f, "window %d: %d pages, %ld instructions, %ld blocks\n", w, win[w].n,
-			win[w].insns, win[w].blocks);
+		fprintf(f, "window %d: %d pages, %ld instructions, %ld blocks, %ld lookups of %d targets\n",
+			w, win[w].n, win[w].insns, win[w].blocks, win[w].lookups, win[w].nj);
 		for (int i = 0; i < win[w].n; i++)
 			fprintf(f, "  %c %016llx %016llx\n", win[w].p[i].code ? 'I' : 'D',
 				(unsigned long long)win[w].p[i].addr,
 				(unsigned long long)win[w].p[i].first_ip);
+		for (int i = 0; i < win[w].nj; i++)
+			fprintf(f, "  J %016llx %016llx\n", (unsigned long long)win[w].j[i].target,
+				(unsigned long long)win[w].j[i].from);
 	}
 	fclose(f);
 }
