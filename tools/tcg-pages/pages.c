@@ -148,7 +148,7 @@ static void on_block(unsigned vcpu, void *b_)
 }
 
 /* ret, iret, sysret, syscall, a call or jmp through a register or memory, and a write to a
- * control register (the block ends and QEMU's main loop finds the next). */
+ * control register or an MSR (QEMU ends the block there and looks up the next). */
 static bool is_indirect(const char *d)
 {
 	while (*d == ' ')
@@ -156,7 +156,7 @@ static bool is_indirect(const char *d)
 	if (!strncmp(d, "ret", 3) || !strncmp(d, "iret", 4) || !strncmp(d, "sys", 3) ||
 	    !strncmp(d, "int", 3))
 		return true;
-	if (strstr(d, ",%cr"))
+	if (strstr(d, ",%cr") || !strncmp(d, "wrmsr", 5))
 		return true;
 	return (!strncmp(d, "call", 4) || !strncmp(d, "jmp", 3)) && strchr(d, '*');
 }
