@@ -115,6 +115,16 @@ extern "C" {
 static RESULTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 static PHASE: AtomicU64 = AtomicU64::new(0);
 static TIMER_DUE: AtomicU64 = AtomicU64::new(0);
+/// Timer interrupts measured; `timer_irq_latency` is the median of all but the first.
+const TIMER_IRQS: usize = 8;
+static IRQS: AtomicU64 = AtomicU64::new(0);
+static LATE: [AtomicU64; TIMER_IRQS] = [const { AtomicU64::new(0) }; TIMER_IRQS];
+
+/// Timer latency: a one-shot timer 1 ms ahead, while the task spins with IRQs enabled.
+fn arm_timer() {
+    TIMER_DUE.store(l4::sys::cycles() + l4::kip().tsc_hz / 1000, Ordering::SeqCst);
+    let _ = l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 1000, 1]);
+}
 
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -157,12 +167,8 @@ extern "C" fn vbench_upcall(st: *mut VcpuState) -> ! {
             if phase == 0 {
                 resume(0, state::USER_MODE)
             }
-            // Timer latency: a one-shot timer while the task spins with IRQs enabled.
             let _ = semaphore::up(DONE);
-            let due = l4::sys::cycles() + l4::kip().tsc_hz / 1000 * 3;
-            TIMER_DUE.store(due, Ordering::SeqCst);
-            let _ =
-                l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 3000, 1]);
+            arm_timer();
             resume(0, state::USER_MODE | state::IRQ)
         }
         (14, _) => {
@@ -173,7 +179,18 @@ extern "C" fn vbench_upcall(st: *mut VcpuState) -> ! {
         }
         (trap::IRQ, _) => {
             let late = l4::sys::cycles().saturating_sub(TIMER_DUE.load(Ordering::SeqCst));
-            RESULTS[2].store(late, Ordering::SeqCst);
+            let n = IRQS.fetch_add(1, Ordering::SeqCst) as usize;
+            LATE[n].store(late, Ordering::SeqCst);
+            if n + 1 < TIMER_IRQS {
+                arm_timer();
+                resume(0, state::USER_MODE | state::IRQ)
+            }
+            // The first upcall runs this path's code for the first time: under TCG it pays for
+            // translating it (~0.3 ms), which is not what the metric is about.
+            let mut warm: [u64; TIMER_IRQS - 1] =
+                core::array::from_fn(|i| LATE[i + 1].load(Ordering::SeqCst));
+            warm.sort_unstable();
+            RESULTS[2].store(warm[warm.len() / 2], Ordering::SeqCst);
             let _ = semaphore::up(DONE);
             loop {
                 let _ = l4::ipc::wait(0);
