@@ -10,7 +10,7 @@
  * indirect branch or from another page: QEMU chains direct jumps only within a page, the rest
  * look the target up in the jump cache, which the switch flushed too). Recording starts at the first execution of `mark=ADDR` and
  * stops after `windows=N` windows (default 24), or, with `toggle=1`, at the next execution of
- * the mark. The result goes to `out=FILE` when QEMU exits.
+ * the mark. Memory accesses are counted too. The result goes to `out=FILE` when QEMU exits.
  *
  * Only the few plugin API functions below are used; they are declared here (QEMU's public
  * plugin API, stable since version 2) so that no QEMU headers are needed to build it:
@@ -65,7 +65,7 @@ struct block { uint64_t start, last_ip; bool indirect; };
 /* A block entered without a chained jump: its start, and the instruction that led there. */
 struct jump { uint64_t target, from; };
 struct window {
-	long insns, blocks, lookups;
+	long insns, blocks, lookups, accesses;
 	int n, nj;
 	struct page p[MAX_PAGES];
 	struct jump j[MAX_JUMPS];
@@ -166,8 +166,10 @@ static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t va, void 
 	(void)vcpu;
 	(void)info;
 	(void)unused;
-	if (recording)
+	if (recording) {
+		win[nw].accesses++;
 		touch(va, false);
+	}
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -206,8 +208,9 @@ static void report(qemu_plugin_id_t id, void *unused)
 	if (!f)
 		return;
 	for (int w = 0; w <= nw && (w > 0 || win[0].insns); w++) {
-		fprintf(f, "window %d: %d pages, %ld instructions, %ld blocks, %ld lookups of %d targets\n",
-			w, win[w].n, win[w].insns, win[w].blocks, win[w].lookups, win[w].nj);
+		fprintf(f, "window %d: %d pages, %ld instructions, %ld memory accesses, %ld blocks, "
+			"%ld lookups of %d targets\n", w, win[w].n, win[w].insns, win[w].accesses,
+			win[w].blocks, win[w].lookups, win[w].nj);
 		for (int i = 0; i < win[w].n; i++)
 			fprintf(f, "  %c %016llx %016llx\n", win[w].p[i].code ? 'I' : 'D',
 				(unsigned long long)win[w].p[i].addr,
