@@ -51,6 +51,7 @@ int lx_task_unmap(int task, unsigned long virt, unsigned long len);
 
 /* Clock and timer. */
 long long lx_nsecs(void);
+unsigned long lx_tsc_hz(void);
 long long lx_wallclock_ns(void);
 int lx_timer_create(void);
 int lx_timer_set(unsigned long long ns, int periodic);

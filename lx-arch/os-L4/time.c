@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* os-L4: Linux's clock is the TSC, its timer an Irq the kernel raises. */
 #include <linux/kernel.h>
+#include <linux/delay.h>
 #include <os.h>
 #include "lx_arch.h"
 
@@ -8,6 +9,14 @@ int lx_timer_periodic;
 
 int os_timer_create(void)
 {
+	/*
+	 * The clock's rate is known (the KIP's TSC frequency): as x86 Linux does with its TSC,
+	 * skip the busy-loop calibration (a quarter second of boot under an emulator). UML's
+	 * __delay() takes at least a cycle per loop, so a jiffy's worth of cycles as loops per
+	 * jiffy makes every delay at least as long as asked. (This runs in late_time_init,
+	 * before calibrate_delay.)
+	 */
+	lpj_fine = lx_tsc_hz() / HZ;
 	return lx_timer_create();
 }
 

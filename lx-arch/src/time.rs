@@ -18,6 +18,12 @@ pub extern "C" fn lx_nsecs() -> i64 {
     (l4::sys::cycles() as u128 * 1_000_000_000 / hz) as i64
 }
 
+/// `lx_tsc_hz`: the clock's rate (cycles per second), for Linux's loops-per-jiffy.
+#[no_mangle]
+pub extern "C" fn lx_tsc_hz() -> u64 {
+    l4::kip().tsc_hz
+}
+
 /// `lx_wallclock_ns`: nanoseconds since the Unix epoch, from the wall-clock time the kernel
 /// read at boot (KIP) advanced by the TSC; 0 if the machine has no clock.
 #[no_mangle]
