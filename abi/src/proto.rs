@@ -325,6 +325,10 @@ pub mod sigma0 {
     pub const REQ_INFO: u64 = 2;
     /// `MR[1]` = an I/O flexpage. Reply: a map item granting those ports (sigma0 owns all).
     pub const REQ_IO: u64 = 3;
+    /// `MR[1]..MR[2]` = a page-aligned range of the caller's space, charged to its quota at
+    /// once (`NoMem` if it does not fit) and backed on first touch: a page fault there is
+    /// answered with zeroed memory (moe; sigma0 itself answers `Perm`). One range per program.
+    pub const REQ_RESERVE: u64 = 4;
 }
 
 /// Flexpages: a naturally aligned power-of-two range of memory, I/O ports or capabilities.

@@ -13,8 +13,6 @@ use abi::Rights;
 use core::ffi::c_int;
 
 const PAGE: u64 = 4096;
-/// The largest chunk our pager lends in one request (moe: 4 MiB).
-const MAX_ORDER: u32 = 22;
 
 /// `UM_PROT_*` bits (os.h: read 1, write 2, exec 4) as memory flexpage rights; x86 pages that
 /// can be written or executed can also be read.
@@ -46,29 +44,37 @@ pub fn chunk_order(a: u64, b: u64, end: u64, max: u32) -> u32 {
     o
 }
 
-/// `lx_ram_back`: backs `[start, end)` (page aligned) with fresh memory from our pager.
-/// Returns 0 or a negative error after saying how far it got.
+/// `lx_ram_back`: `[start, end)` (page aligned) becomes Linux's RAM: charged to our quota now,
+/// backed by our pager with zeroed memory where Linux first touches it (`REQ_RESERVE`), so
+/// that RAM Linux never uses costs no memory and no time. Returns 0 or a negative error after
+/// saying why.
 #[no_mangle]
 pub extern "C" fn lx_ram_back(start: u64, end: u64) -> c_int {
     if !start.is_multiple_of(PAGE) || !end.is_multiple_of(PAGE) || end < start {
         return -22;
     }
-    held(|| {
-        let mut a = start;
-        while a < end {
-            let o = chunk_order(a, a, end, MAX_ORDER);
-            if let Err(e) = l4::ipc::sigma0::any(a, o) {
-                l4::println!(
-                    "out of memory at {} of {} MiB for Linux's RAM ({e:?}): raise quota= in the boot script",
-                    (a - start) >> 20,
-                    (end - start) >> 20
-                );
-                return -12;
-            }
-            a += 1 << o;
+    match held(|| l4::ipc::sigma0::reserve(start, end)) {
+        Ok(()) => 0,
+        Err(e) => {
+            l4::println!(
+                "cannot reserve {} MiB for Linux's RAM ({e:?}): raise quota= in the boot script",
+                (end - start) >> 20
+            );
+            -12
         }
-        0
-    })
+    }
+}
+
+/// Reads a byte of each page of `[src, src+len)`, so that every page of ours the kernel is
+/// about to map on is backed: a map skips pages we lack (RAM not touched yet), and the
+/// mapping would fault for ever. For second mappings (vmalloc), whose pages Linux may map
+/// before it writes them; process mappings need it not (`lx_task_map`).
+pub fn touch(src: u64, len: u64) {
+    for p in (src..src + len).step_by(PAGE as usize) {
+        // SAFETY: Linux maps on only its own pages (RAM or image), mapped readable in our
+        // space; a read changes nothing, and our pager backs an untouched RAM page first.
+        unsafe { core::ptr::read_volatile(p as *const u8) };
+    }
 }
 
 /// `lx_alias`: maps our pages `[src, src+len)` a second time at `dst` with `prot`.
@@ -86,6 +92,7 @@ pub fn map_range(task: abi::CapIdx, dst: u64, src: u64, len: u64, prot: c_int) -
         return unmap_range(task, dst, len, true);
     }
     let r = rights(prot);
+    touch(src, len);
     held(|| {
         let mut off = 0;
         while off < len {

@@ -139,6 +139,9 @@ pub extern "C" fn lx_task_map(task: c_int, virt: u64, src: u64, len: u64, prot: 
         return if e != 0 { e } else { map_range(c, virt, src, len, prot) };
     }
     let r = rights(prot);
+    // No `mem::touch` here (it cost fork_exit 7 %): Linux maps into a process only memory it
+    // has written (zeroed, copied or read into: it never shows a process uninitialized
+    // memory), so our pager has backed it (`lx_ram_back`).
     let mut off = 0;
     while off < len {
         let b = batch();

@@ -383,7 +383,10 @@ pub mod icu {
 /// lends memory the same way.
 pub mod sigma0 {
     use super::*;
-    use proto::{event, sigma0::REQ_ANY};
+    use proto::{
+        event,
+        sigma0::{REQ_ANY, REQ_RESERVE},
+    };
 
     /// 2^`order` bytes of zeroed memory, mapped at `at` (aligned to its size) in our space.
     pub fn any(at: u64, order: u32) -> Result<(), Error> {
@@ -391,6 +394,12 @@ pub mod sigma0 {
         set_mr(0, REQ_ANY);
         set_mr(1, order as u64);
         call(abi::cap::well_known::PAGER, MsgTag::new(event::SIGMA0, 2, 0, 0), 0).map(|_| ())
+    }
+
+    /// `[start, end)` of our space (page aligned) charged to our quota now and backed with
+    /// zeroed memory where we first touch it (`REQ_RESERVE`).
+    pub fn reserve(start: u64, end: u64) -> Result<(), Error> {
+        call_words(abi::cap::well_known::PAGER, event::SIGMA0, &[REQ_RESERVE, start, end]).map(|_| ())
     }
 }
 

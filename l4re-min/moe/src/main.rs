@@ -186,7 +186,8 @@ impl Moe {
     }
 
     /// A request on program `i`'s pager protocol: memory within its quota. Its page faults
-    /// never have an answer: everything it may touch was mapped before it asked.
+    /// are answered only in the range it reserved; everything else it may touch was mapped
+    /// before it asked.
     fn sigma0(&mut self, i: usize) -> MsgTag {
         match mr(0) {
             sigma0::REQ_ANY => match self.pool.lend(&mut self.accounts[i], mr(1) as u32) {
@@ -200,6 +201,10 @@ impl Moe {
                 set_mr(0, self.accounts[i].quota - self.accounts[i].used);
                 MsgTag::new(0, 1, 0, 0)
             }
+            sigma0::REQ_RESERVE => match self.pool.reserve(&mut self.accounts[i], mr(1), mr(2)) {
+                Ok(()) => MsgTag::new(0, 0, 0, 0),
+                Err(e) => MsgTag::error(e),
+            },
             _ => MsgTag::error(Error::Perm),
         }
     }
@@ -245,8 +250,13 @@ impl Moe {
                 None
             }
             event::PAGE_FAULT => {
-                // We are its pager and lent it nothing there: a wild access.
                 let (addr, ip) = (mr(0) & !0xfff, mr(1));
+                // The first touch of its reserved range: zeroed memory there.
+                if let Some(((at, order), base)) = self.pool.back(&mut self.accounts[i], addr) {
+                    put_map_item(0, base, Fpage::memory(at, order, Rights::from_bits_truncate(7)), false);
+                    return Some(MsgTag::new(0, 0, 1, 0));
+                }
+                // We are its pager and lent it nothing there: a wild access.
                 self.ended(i, format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"));
                 None
             }

@@ -28,11 +28,40 @@ pub struct Account {
     /// Of `used`, the bytes that had served an ended program before (zeroed since).
     pub reused: u64,
     chunks: Vec<Chunk>,
+    /// The range reserved by `REQ_RESERVE` (charged to `used`), backed on first touch.
+    reserved: Option<Reserved>,
 }
+
+/// A reserved range of a program's space and which of its pages are backed.
+struct Reserved {
+    start: u64,
+    end: u64,
+    /// One bit per page from `start`.
+    backed: Vec<u64>,
+}
+
+impl Reserved {
+    fn page(&self, addr: u64) -> usize {
+        ((addr - self.start) / 4096) as usize
+    }
+
+    fn is_backed(&self, addr: u64) -> bool {
+        let p = self.page(addr);
+        self.backed[p / 64] & (1 << (p % 64)) != 0
+    }
+
+    fn set_backed(&mut self, addr: u64) {
+        let p = self.page(addr);
+        self.backed[p / 64] |= 1 << (p % 64);
+    }
+}
+
+/// What a first touch of a reserved range backs at most: 64 KiB (log2).
+const RESERVE_BLOCK: u32 = 16;
 
 impl Account {
     pub fn new(quota: u64) -> Self {
-        Account { quota, used: 0, image: 0, reused: 0, chunks: Vec::new() }
+        Account { quota, used: 0, image: 0, reused: 0, chunks: Vec::new(), reserved: None }
     }
 }
 
@@ -85,6 +114,50 @@ impl Pool {
         Ok(chunk)
     }
 
+    /// `[start, end)` of `a`'s space (page aligned) charged to its quota now and backed on
+    /// first touch ([`Pool::back`]). One range per program.
+    pub fn reserve(&mut self, a: &mut Account, start: u64, end: u64) -> Result<(), Error> {
+        if a.reserved.is_some() {
+            return Err(Error::Exists);
+        }
+        if start >= end || !start.is_multiple_of(4096) || !end.is_multiple_of(4096) {
+            return Err(Error::Inval);
+        }
+        if a.used + (end - start) > a.quota {
+            return Err(Error::NoMem);
+        }
+        a.used += end - start;
+        let pages = (end - start) / 4096;
+        a.reserved = Some(Reserved { start, end, backed: alloc::vec![0; pages.div_ceil(64) as usize] });
+        Ok(())
+    }
+
+    /// A page fault of `a` at `addr`: if it lies in its reserved range, on a block not backed
+    /// yet, a zeroed chunk (already charged) and where it goes: the largest aligned block of
+    /// at most 64 KiB around `addr` inside the range. `None`: not ours to answer.
+    pub fn back(&mut self, a: &mut Account, addr: u64) -> Option<(Chunk, u64)> {
+        let r = a.reserved.as_ref()?;
+        if !(r.start..r.end).contains(&addr) || r.is_backed(addr) {
+            return None;
+        }
+        // The largest aligned block around `addr` inside the range with no page backed yet
+        // (a backed page is never backed again: its contents would be lost).
+        let fits = |order: u32| {
+            let base = addr & !((1u64 << order) - 1);
+            base >= r.start
+                && base + (1 << order) <= r.end
+                && (base..base + (1 << order)).step_by(4096).all(|p| !r.is_backed(p))
+        };
+        let order = (12..=RESERVE_BLOCK).rev().find(|o| fits(*o))?;
+        let base = addr & !((1u64 << order) - 1);
+        let chunk = self.take(a, order).ok()?;
+        let r = a.reserved.as_mut()?;
+        for p in (base..base + (1 << order)).step_by(4096) {
+            r.set_backed(p);
+        }
+        Some((chunk, base))
+    }
+
     /// A zeroed chunk charged to `a` but not reclaimed with it (a dataspace's page, which may
     /// outlive the program); it comes back through [`Pool::give_back`].
     pub fn lend_detached(&mut self, a: &mut Account, order: u32) -> Result<Chunk, Error> {
@@ -104,7 +177,7 @@ impl Pool {
     /// The program behind `a` is gone: its chunks come back.
     pub fn reclaim(&mut self, a: &mut Account) {
         self.free.append(&mut a.chunks);
-        (a.used, a.image, a.reused) = (0, 0, 0);
+        (a.used, a.image, a.reused, a.reserved) = (0, 0, 0, None);
     }
 }
 
