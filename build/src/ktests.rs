@@ -137,6 +137,8 @@ start ktest prio=60 name=hog2 quota=2M
     args "hog"
 start ktest prio=50 name=wild
     args "fault page"
+start ktest prio=45 name=reserver quota=2M
+    args "reserve"
 start hello prio=40 name=survivor
     args "still running"
 "#;
@@ -433,7 +435,7 @@ fn defs() -> Vec<Def> {
         },
         Def {
             name: "bootscript-quota",
-            what: "memory within quotas: a hog is refused, a wild access is a crash, the rest runs on",
+            what: "memory within quotas: a hog is refused, a wild access is a crash, a reserved range is backed on first touch, the rest runs on",
             programs: under_moe(&["ktest", "hello"], BOOT_CFG_QUOTA),
             append: "",
             forbidden: &["FAILED"],
@@ -442,6 +444,8 @@ fn defs() -> Vec<Def> {
                 ("hog-exits", "moe: hog exited with status 0; memory back: 2048 KiB lent, ".into()),
                 ("memory-reused", "KiB image and stack, 2048 KiB of it reused".into()),
                 ("wild-crash", "moe: wild crashed: page fault at 0xdead0000".into()),
+                ("reserve", "reserver: reserve ok: 1 MiB backed on first touch".into()),
+                ("reserver-exits", "moe: reserver exited with status 0".into()),
                 ("others-run", "survivor: Hello from ring 3 (args: still running)".into()),
                 ("survivor-exits", "moe: survivor exited with status 1".into()),
             ],

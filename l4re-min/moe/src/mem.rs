@@ -120,10 +120,14 @@ impl Pool {
         if a.reserved.is_some() {
             return Err(Error::Exists);
         }
-        if start >= end || !start.is_multiple_of(4096) || !end.is_multiple_of(4096) {
+        if start >= end
+            || end > abi::kip::USER_END
+            || !start.is_multiple_of(4096)
+            || !end.is_multiple_of(4096)
+        {
             return Err(Error::Inval);
         }
-        if a.used + (end - start) > a.quota {
+        if a.used.checked_add(end - start).is_none_or(|u| u > a.quota) {
             return Err(Error::NoMem);
         }
         a.used += end - start;

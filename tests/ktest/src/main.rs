@@ -48,6 +48,7 @@ fn main(args: &str) -> i32 {
         (Some("ns-client"), _) => finish(ns::client()),
         (Some("log-proxy"), _) => finish(ns::log_proxy()),
         (Some("hog"), _) => ns::hog(),
+        (Some("reserve"), _) => status(ns::reserve()),
         (Some("fuzz"), Some(seed)) => {
             let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(100_000);
             match seed.parse() {

@@ -141,6 +141,30 @@ pub fn hog() -> i32 {
 }
 
 /// Reads the word at `addr` without Rust's rules on uninitialized memory (the asm is opaque).
+/// `ktest reserve` (under moe, quota 2 MiB): moe's `sigma0::REQ_RESERVE`, which L4Linux's RAM
+/// uses: bad ranges and ranges beyond the quota refused, one range per program, each page zero
+/// at its first touch (a page fault moe answers) and keeping what is written.
+pub fn reserve() -> R {
+    use l4::ipc::sigma0;
+    const AT: u64 = 0x50_0000_0000;
+    const LEN: u64 = 1 << 20;
+    expect_err(sigma0::reserve(AT, AT + (8 << 20)), Error::NoMem, "a range beyond the quota")?;
+    expect_err(sigma0::reserve(AT + 1, AT + 4096), Error::Inval, "an unaligned range")?;
+    expect_err(sigma0::reserve(AT, AT), Error::Inval, "an empty range")?;
+    expect_err(sigma0::reserve(AT, abi::kip::USER_END + 4096), Error::Inval, "a range beyond user space")?;
+    ok(sigma0::reserve(AT, AT + LEN), "reserve 1 MiB")?;
+    expect_err(sigma0::reserve(AT + LEN, AT + 2 * LEN), Error::Exists, "a second range")?;
+    for p in (AT..AT + LEN).step_by(4096) {
+        check(probe(p) == 0, "reserved memory not zero at its first touch")?;
+        // SAFETY: the page is ours (reserved, backed by the probe's fault) and nothing else
+        // refers to it.
+        unsafe { (p as *mut u64).write_volatile(p) };
+    }
+    check((AT..AT + LEN).step_by(4096).all(|p| probe(p) == p), "a reserved page lost what was written")?;
+    println!("reserve ok: 1 MiB backed on first touch");
+    Ok(())
+}
+
 fn probe(addr: u64) -> u64 {
     let v: u64;
     // SAFETY: callers pass addresses of memory the heap just reserved for them (mapped).
