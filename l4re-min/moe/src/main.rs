@@ -252,9 +252,21 @@ impl Moe {
             event::PAGE_FAULT => {
                 let (addr, ip) = (mr(0) & !0xfff, mr(1));
                 // The first touch of its reserved range: zeroed memory there.
-                if let Some(((at, order), base)) = self.pool.back(&mut self.accounts[i], addr) {
-                    put_map_item(0, base, Fpage::memory(at, order, Rights::from_bits_truncate(7)), false);
-                    return Some(MsgTag::new(0, 0, 1, 0));
+                match self.pool.back(&mut self.accounts[i], addr) {
+                    Ok(Some(((at, order), base))) => {
+                        put_map_item(0, base, Fpage::memory(at, order, Rights::from_bits_truncate(7)), false);
+                        return Some(MsgTag::new(0, 0, 1, 0));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.ended(
+                            i,
+                            format_args!(
+                                "ended: no memory left to back its reserved range at {addr:#x} ({e:?})"
+                            ),
+                        );
+                        return None;
+                    }
                 }
                 // We are its pager and lent it nothing there: a wild access.
                 self.ended(i, format_args!("crashed: page fault at {addr:#x} (ip {ip:#x})"));

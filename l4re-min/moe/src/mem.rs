@@ -136,13 +136,14 @@ impl Pool {
         Ok(())
     }
 
-    /// A page fault of `a` at `addr`: if it lies in its reserved range, on a block not backed
+    /// A page fault of `a` at `addr`: if it lies in its reserved range, on a page not backed
     /// yet, a zeroed chunk (already charged) and where it goes: the largest aligned block of
-    /// at most 64 KiB around `addr` inside the range. `None`: not ours to answer.
-    pub fn back(&mut self, a: &mut Account, addr: u64) -> Option<(Chunk, u64)> {
-        let r = a.reserved.as_ref()?;
+    /// at most 64 KiB around `addr` inside the range. `Ok(None)`: not ours to answer; an
+    /// error: ours, but the pool has no memory left (quotas promise more than there is).
+    pub fn back(&mut self, a: &mut Account, addr: u64) -> Result<Option<(Chunk, u64)>, Error> {
+        let Some(r) = a.reserved.as_ref() else { return Ok(None) };
         if !(r.start..r.end).contains(&addr) || r.is_backed(addr) {
-            return None;
+            return Ok(None);
         }
         // The largest aligned block around `addr` inside the range with no page backed yet
         // (a backed page is never backed again: its contents would be lost).
@@ -152,14 +153,16 @@ impl Pool {
                 && base + (1 << order) <= r.end
                 && (base..base + (1 << order)).step_by(4096).all(|p| !r.is_backed(p))
         };
-        let order = (12..=RESERVE_BLOCK).rev().find(|o| fits(*o))?;
+        // The page itself is not backed: order 12 always fits.
+        let order = (12..=RESERVE_BLOCK).rev().find(|o| fits(*o)).unwrap_or(12);
         let base = addr & !((1u64 << order) - 1);
-        let chunk = self.take(a, order).ok()?;
-        let r = a.reserved.as_mut()?;
-        for p in (base..base + (1 << order)).step_by(4096) {
-            r.set_backed(p);
+        let chunk = self.take(a, order)?;
+        if let Some(r) = a.reserved.as_mut() {
+            for p in (base..base + (1 << order)).step_by(4096) {
+                r.set_backed(p);
+            }
         }
-        Some((chunk, base))
+        Ok(Some((chunk, base)))
     }
 
     /// A zeroed chunk charged to `a` but not reclaimed with it (a dataspace's page, which may
