@@ -276,19 +276,11 @@ fn own_tests(art: &Artifacts, report: &mut Report, base: &Image, names: &[String
         Ok(o) => o,
         Err(e) => return names.iter().for_each(|n| report.fail(&format!("l4linux/{n}"), &e.to_string())),
     };
-    let log = console(&o.log);
-    let mut any_failed = false;
-    for (name, verdict) in crate::reference::verdicts(names, &log) {
-        let verdict = verdict.or_else(|| o.failure.clone());
-        any_failed |= verdict.is_some();
-        match verdict {
-            None => report.pass(&format!("l4linux/{name}"), ""),
-            Some(why) => report.fail(&format!("l4linux/{name}"), &why),
-        }
-    }
-    if any_failed {
-        println!("---- last lines of {} ----\n{}\n----", o.log_path.display(), o.tail(30));
-    }
+    // A boot that went wrong (no exit, a panic) fails every test that has no line of its own.
+    let verdicts = crate::reference::verdicts(names, &console(&o.log))
+        .into_iter()
+        .map(|(name, verdict)| (name, verdict.or_else(|| o.failure.clone())));
+    crate::reference::report_verdicts(report, "l4linux", verdicts, &o);
 }
 
 fn abi_boot(art: &Artifacts, report: &mut Report, image: &Image, wanted: &dyn Fn(&str) -> bool) {

@@ -303,12 +303,21 @@ pub(crate) fn report_abi(
     o: &qemu::Outcome,
     wanted: &dyn Fn(&str) -> bool,
 ) {
+    let verdicts = judge_abi(expected, log).into_iter().filter(|(name, _)| wanted(name));
+    report_verdicts(report, &format!("{system}/abi"), verdicts, o);
+}
+
+/// Records `(name, verdict)` pairs as `<prefix>/<name>` (`None`: passed); after a failure shows
+/// the end of the boot's log.
+pub(crate) fn report_verdicts(
+    report: &mut Report,
+    prefix: &str,
+    verdicts: impl IntoIterator<Item = (String, Option<String>)>,
+    o: &qemu::Outcome,
+) {
     let mut any_failed = false;
-    for (name, verdict) in judge_abi(expected, log) {
-        if !wanted(&name) {
-            continue;
-        }
-        let full = format!("{system}/abi/{name}");
+    for (name, verdict) in verdicts {
+        let full = format!("{prefix}/{name}");
         match verdict {
             None => report.pass(&full, ""),
             Some(why) => {

@@ -228,7 +228,7 @@ fn build_programs(dest: &Path) -> Result {
     let abi_src = r.join("tests/linux-abi");
     let headers = c_files(&abi_src, "h")?;
     for src in c_files(&abi_src, "c")? {
-        let name = src.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string();
+        let name = stem(&src)?;
         cc(&src, &headers, &built(&name), &["-static", "-pthread"])?;
         std::fs::copy(built(&name), abi.join(&name))?;
         if DYNAMIC_TESTS.contains(&name.as_str()) {
@@ -246,7 +246,7 @@ fn build_programs(dest: &Path) -> Result {
     let bench_src = r.join("tests/bench");
     let headers = c_files(&bench_src, "h")?;
     for src in c_files(&bench_src, "c")? {
-        let name = src.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string();
+        let name = stem(&src)?;
         // `tiny` has no libc at all, so fork_exec measures the kernel's exec, not libc start-up.
         let args: &[&str] = if name == "tiny" { &["-static", "-nostdlib"] } else { &["-static"] };
         cc(&src, &headers, &built(&format!("bench-{name}")), args)?;
@@ -268,12 +268,12 @@ pub const L4LINUX_TESTS: &str = "opt/l4rs/l4linux";
 
 /// The tests of L4Linux's own behaviour: every `tests/l4linux/*.c`, by file stem.
 pub fn l4linux_test_names() -> Result<Vec<String>> {
-    c_files(&root().join("tests/l4linux"), "c")?
-        .iter()
-        .map(|p| {
-            p.file_stem().and_then(|s| s.to_str()).map(String::from).ok_or_else(|| "bad file name".into())
-        })
-        .collect()
+    c_files(&root().join("tests/l4linux"), "c")?.iter().map(|p| stem(p)).collect()
+}
+
+/// A program's name: its source file's name without the extension.
+fn stem(p: &Path) -> Result<String> {
+    Ok(p.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string())
 }
 
 /// The names of the ABI tests the image carries (what each prints as `PASS <name>`): every
@@ -282,7 +282,7 @@ pub fn abi_test_names() -> Result<Vec<String>> {
     let dir = root().join("tests/linux-abi");
     let mut names = Vec::new();
     for p in c_files(&dir, "c")?.into_iter().chain(c_files(&dir, "py")?) {
-        let name = p.file_stem().and_then(|s| s.to_str()).ok_or("bad file name")?.to_string();
+        let name = stem(&p)?;
         if DYNAMIC_TESTS.contains(&name.as_str()) {
             names.push(format!("{name}-dyn"));
         }

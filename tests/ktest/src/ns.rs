@@ -140,7 +140,6 @@ pub fn hog() -> i32 {
     0
 }
 
-/// Reads the word at `addr` without Rust's rules on uninitialized memory (the asm is opaque).
 /// `ktest reserve` (under moe, quota 2 MiB): moe's `sigma0::REQ_RESERVE`, which L4Linux's RAM
 /// uses: bad ranges and ranges beyond the quota refused, one range per program, each page zero
 /// at its first touch (a page fault moe answers) and keeping what is written.
@@ -165,6 +164,7 @@ pub fn reserve() -> R {
     Ok(())
 }
 
+/// Reads the word at `addr` without Rust's rules on uninitialized memory (the asm is opaque).
 fn probe(addr: u64) -> u64 {
     let v: u64;
     // SAFETY: callers pass addresses of memory the heap just reserved for them (mapped).

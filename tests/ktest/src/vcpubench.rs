@@ -120,10 +120,13 @@ const TIMER_IRQS: usize = 8;
 static IRQS: AtomicU64 = AtomicU64::new(0);
 static LATE: [AtomicU64; TIMER_IRQS] = [const { AtomicU64::new(0) }; TIMER_IRQS];
 
-/// Timer latency: a one-shot timer 1 ms ahead, while the task spins with IRQs enabled.
+/// How far ahead each measured one-shot timer is set.
+const TIMER_US: u64 = 1000;
+
+/// Timer latency: a one-shot timer [`TIMER_US`] ahead, while the task spins with IRQs enabled.
 fn arm_timer() {
-    TIMER_DUE.store(l4::sys::cycles() + l4::kip().tsc_hz / 1000, Ordering::SeqCst);
-    let _ = l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 1000, 1]);
+    TIMER_DUE.store(l4::sys::cycles() + l4::kip().tsc_hz * TIMER_US / 1_000_000, Ordering::SeqCst);
+    let _ = l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), TIMER_US, 1]);
 }
 
 #[repr(C, align(4096))]
