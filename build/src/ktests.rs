@@ -163,9 +163,23 @@ fn defs() -> Vec<Def> {
             append: "",
             forbidden: &[],
             checks: vec![
+                ("gib-pages", "kernel: paging: kernel half in 1 GiB pages".into()),
                 ("boot-banner", "kernel: booting".into()),
                 ("boot-task-started", "kernel: starting boot task hello".into()),
                 ("ring3-syscall-print", "hello: Hello from ring 3 (args: from the boot image)".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
+            name: "nogbpages",
+            what: "the kernel half in 2 MiB pages, as on a CPU without 1 GiB pages",
+            programs: vec![BootProgram::start("hello", "with 2 MiB pages")],
+            append: "nogbpages",
+            forbidden: &[],
+            checks: vec![
+                ("mib-pages", "kernel: paging: kernel half in 2 MiB pages".into()),
+                ("ring3-syscall-print", "hello: Hello from ring 3 (args: with 2 MiB pages)".into()),
             ],
             status: Some(0),
             input: &[],

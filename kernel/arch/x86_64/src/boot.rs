@@ -19,7 +19,7 @@ static mut BOOT_PDPT_LOW: PageTable = PageTable([0; 512]);
 #[no_mangle]
 static mut BOOT_PDPT_HIGH: PageTable = PageTable([0; 512]);
 #[no_mangle]
-static mut BOOT_PD: PageTable = PageTable([0; 512]);
+pub static mut BOOT_PD: PageTable = PageTable([0; 512]);
 
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; BOOT_STACK_SIZE]);

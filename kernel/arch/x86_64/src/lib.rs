@@ -202,7 +202,9 @@ extern "C" {
 extern "C" fn arch_boot(start_info: u32) -> ! {
     serial::init(log::LevelFilter::Info);
     let info = pvh::parse(start_info as u64);
-    paging::init(&[apic::APIC_PHYS & !0x1f_ffff]);
+    // `nogbpages` (Linux's name): 2 MiB pages even where the CPU has 1 GiB pages.
+    let allow_gib = !info.cmdline().split_whitespace().any(|o| o == "nogbpages");
+    paging::init(&[apic::APIC_PHYS & !0x1f_ffff], allow_gib);
     cpu::init();
     let clocks = apic::init(TICK_HZ);
     // Console input: the kernel owns the UART's line (the PIC came up with every line masked).

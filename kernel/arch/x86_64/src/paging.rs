@@ -1,12 +1,12 @@
 //! Page tables. The kernel half (PML4 entries 256..512) is shared by every address space:
 //!
 //! ```text
-//! 0xffff_8000_0000_0000  direct map of physical memory (2 MiB pages, supervisor only)
-//! 0xffff_ffff_8000_0000  kernel image: physical 0..1 GiB (the boot tables' mapping)
+//! 0xffff_8000_0000_0000  direct map of physical memory (1 GiB or 2 MiB pages, supervisor only)
+//! 0xffff_ffff_8000_0000  kernel image: physical 0..1 GiB (one 1 GiB page, or the boot PD)
 //! 0x0000_0000_0000_0000 .. 0x0000_8000_0000_0000  user half, one set of tables per task
 //! ```
 
-use crate::boot::{PageTable, BOOT_PML4};
+use crate::boot::{PageTable, BOOT_PD, BOOT_PML4};
 use kernel_core::frames::FrameAllocator;
 use kernel_core::hal::MapError;
 use kernel_core::mem::{Perms, PhysAddr, VirtAddr};
@@ -25,8 +25,18 @@ const HUGE: u64 = 0x80;
 const NO_EXECUTE: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-static mut DIRECT_PDPT: PageTable = PageTable([0; 512]);
+/// The kernel half's one PDPT, entered from both PML4 slots (256: the direct map, 511: the
+/// image), so that a page walk after an address-space switch finds it already in QEMU's TLB
+/// of page-table pages (a walk reads its tables through that TLB, and `mov cr3` flushes it:
+/// every distinct table page costs a fill). The aliases this creates (the image at
+/// `DIRECT_BASE + 510 GiB`, the direct map's first GiBs below the image) are supervisor-only
+/// and never used.
+static mut KERNEL_PDPT: PageTable = PageTable([0; 512]);
+/// 2 MiB tables for the direct map's GiBs that cannot be one 1 GiB page (no `pdpe1gb`, or a
+/// GiB with an uncached MMIO region).
 static mut DIRECT_PD: [PageTable; 16] = [const { PageTable([0; 512]) }; 16];
+/// The image's PDPT slot (`KERNEL_VMA` = PML4 511, PDPT 510).
+const IMAGE_SLOT: usize = 510;
 
 /// The kernel-virtual address of physical `pa` in the direct map.
 pub fn phys_to_virt(pa: PhysAddr) -> *mut u8 {
@@ -43,27 +53,50 @@ fn kernel_pml4() -> PhysAddr {
     image_phys(&raw const BOOT_PML4)
 }
 
-/// Replaces the boot mapping: adds the direct map, drops the identity map of the first GiB.
-/// `mmio` lists physical 2 MiB regions to map uncached (the local APIC).
-pub fn init(mmio: &[u64]) {
+/// Whether the CPU maps 1 GiB pages (CPUID 8000_0001h, EDX bit 26).
+fn cpu_has_gib_pages() -> bool {
+    core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0
+}
+
+/// Replaces the boot mapping: the direct map and the image through one PDPT, with 1 GiB pages
+/// where the CPU has them (fewer table pages per walk, see [`KERNEL_PDPT`]); drops the
+/// identity map of the first GiB. `mmio` lists physical 2 MiB regions to map uncached (the
+/// local APIC); `allow_gib` false forces 2 MiB pages (the command line's `nogbpages`).
+pub fn init(mmio: &[u64], allow_gib: bool) {
+    let gib = allow_gib && cpu_has_gib_pages();
     // SAFETY: runs once at boot, single CPU, before anything uses the direct map; the tables
-    // are statics of the kernel image, reachable at their link addresses.
+    // are statics of the kernel image, reachable at their link addresses. The image's new
+    // entry maps the same physical GiB as the boot tables did.
     unsafe {
-        let pdpt = &raw mut DIRECT_PDPT;
+        let pdpt = &raw mut KERNEL_PDPT;
         let pds = &raw mut DIRECT_PD;
         for (g, pd) in (*pds).iter_mut().enumerate() {
-            for (i, e) in pd.0.iter_mut().enumerate() {
-                let pa = ((g as u64) << 30) | ((i as u64) << 21);
-                let uncached = if mmio.contains(&(pa & !0x1f_ffff)) { NO_CACHE | WRITE_THROUGH } else { 0 };
-                *e = pa | PRESENT | WRITABLE | HUGE | NO_EXECUTE | uncached;
-            }
-            (*pdpt).0[g] = image_phys(pd as *const PageTable).0 | PRESENT | WRITABLE;
+            let base = (g as u64) << 30;
+            let has_mmio = mmio.iter().any(|m| m & !0x3fff_ffff == base);
+            (*pdpt).0[g] = if gib && !has_mmio {
+                base | PRESENT | WRITABLE | HUGE | NO_EXECUTE
+            } else {
+                for (i, e) in pd.0.iter_mut().enumerate() {
+                    let pa = base | ((i as u64) << 21);
+                    let uncached = if mmio.contains(&pa) { NO_CACHE | WRITE_THROUGH } else { 0 };
+                    *e = pa | PRESENT | WRITABLE | HUGE | NO_EXECUTE | uncached;
+                }
+                image_phys(pd as *const PageTable).0 | PRESENT | WRITABLE
+            };
         }
+        (*pdpt).0[IMAGE_SLOT] = if gib {
+            PRESENT | WRITABLE | HUGE
+        } else {
+            image_phys(&raw const BOOT_PD).0 | PRESENT | WRITABLE
+        };
         let pml4 = &raw mut BOOT_PML4;
-        (*pml4).0[256] = image_phys(pdpt as *const PageTable).0 | PRESENT | WRITABLE;
+        let entry = image_phys(pdpt as *const PageTable).0 | PRESENT | WRITABLE;
+        (*pml4).0[256] = entry;
+        (*pml4).0[511] = entry;
         (*pml4).0[0] = 0;
     }
     write_cr3(kernel_pml4());
+    log::info!("paging: kernel half in {} pages", if gib { "1 GiB" } else { "2 MiB" });
 }
 
 pub fn write_cr3(pa: PhysAddr) {
