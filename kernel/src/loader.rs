@@ -15,7 +15,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use arch_x86_64::frames::with_frames;
 use goblin::elf::{header, program_header, Elf};
-use kernel_core::hal::{Arch, ThreadStack, UserRegs};
+use kernel_core::hal::{Arch, ThreadContext, UserRegs};
 use kernel_core::kernel::memory::{MEM_R, MEM_W, MEM_X};
 use kernel_core::kernel::Kernel;
 use kernel_core::kernel::{Factory, Gate, Obj, ThreadState};
@@ -253,7 +253,7 @@ fn start_task(k: &mut Kernel<A>, m: &Module, factory: Id, image: PhysRange) -> R
     t.utcb_frame = Some(utcb);
     t.utcb_user = BOOT_UTCB_ADDR;
     t.gs_base = BOOT_UTCB_ADDR;
-    let f = t.kstack.regs();
+    let f = t.ctx.regs();
     f.set_ip(elf.entry);
     f.set_sp(sp);
     if let Some(tk) = k.tasks.get_mut(task) {

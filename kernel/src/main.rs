@@ -14,8 +14,8 @@ mod selftest;
 pub type A = arch_x86_64::X86_64;
 
 /// The kernel's state: one instance, behind one lock. Interrupts are masked in the kernel, so
-/// the lock only orders code paths; it is never held across a context switch. It opens the hot
-/// data page, which the per-CPU tables share (see the linker script).
+/// the lock only orders code paths; it is never held across a context switch. It shares the
+/// hot data page with the kernel stack's top and the per-CPU tables (see the linker script).
 #[link_section = ".data.hot.0"]
 static KERNEL: spin::Mutex<Option<kernel_core::kernel::Kernel<A>>> = spin::Mutex::new(None);
 
@@ -28,7 +28,7 @@ fn init_kernel(k: kernel_core::kernel::Kernel<A>) {
     *KERNEL.lock() = Some(k);
 }
 
-use arch_x86_64::{Boot, Event, TrapFrame};
+use arch_x86_64::{Boot, Event};
 
 #[global_allocator]
 static HEAP: heap::Heap = heap::Heap;
@@ -67,24 +67,26 @@ fn kernel_main(boot: Boot) -> ! {
     sched::idle_loop()
 }
 
-/// An event from user mode, or the tick while idle.
+/// An event from user mode, or an interrupt while idle. Returns the current thread's frame
+/// (0: none).
 #[no_mangle]
 #[link_section = ".text.fast.vcpu"]
-fn kernel_event(frame: &mut TrapFrame, ev: Event) {
+fn kernel_event(ev: Event) -> u64 {
     match ev {
         Event::Timer => sched::tick(),
         Event::Line(line) => sched::line(line),
         // #NM: the thread's first FPU/SSE instruction since it was switched in.
         Event::Exception { vector: 7, .. } => sched::fpu_fault(),
-        Event::Exception { vector, error, addr } => sched::user_fault(frame, vector, error, addr),
+        Event::Exception { vector, error, addr } => sched::user_fault(vector, error, addr),
     }
+    sched::current_frame()
 }
 
-/// A system call from user mode.
+/// A system call from user mode with its `(rdx, rax, rsi, r8)`. Returns the frame to leave by.
 #[no_mangle]
 #[link_section = ".text.fast.ipc"]
-fn kernel_syscall(frame: &mut TrapFrame) {
-    sched::syscall(frame);
+fn kernel_syscall(args: [u64; 4]) -> u64 {
+    sched::syscall(args)
 }
 
 #[panic_handler]

@@ -1,18 +1,23 @@
 //! Entries of the current thread and the switching that follows them: the tick, interrupts,
 //! system calls, user faults, preemption and the idle loop. The decisions are the portable
-//! kernel's (`kernel_core::kernel`); this module moves stacks and address spaces.
+//! kernel's (`kernel_core::kernel`); this module moves address spaces and contexts.
+//!
+//! Threads have no kernel stacks (see `arch_x86_64::trap`): an entry either returns to its
+//! thread, or abandons the kernel stack and resumes a thread from its registers — after
+//! blocking, preemption, or a new context. Only the idle loop's context, on the boot stack,
+//! is saved and resumed.
 
 use crate::{with_kernel, A};
 use abi::MsgTag;
 use arch_x86_64::trap;
-use arch_x86_64::TrapFrame;
-use kernel_core::hal::{self, Arch, ThreadStack, UserRegs};
+use kernel_core::hal::{self, Arch, Resume, ThreadContext, UserRegs};
 use kernel_core::kernel::ipc::Outcome;
 use kernel_core::kernel::switch::Next;
 use kernel_core::kernel::Kernel;
 use kernel_core::mem::PAGE_SIZE;
 
-/// Save slot of the idle context (the boot stack) while a thread runs.
+/// Save slot of the idle context (the boot stack) while a thread runs: the one kernel context
+/// that is kept.
 static mut IDLE_RSP: u64 = 0;
 
 /// Creates the kernel state, including the kernel info page.
@@ -35,7 +40,7 @@ pub fn init(tsc_hz: u64) {
 /// The boot context after start-up: runs whatever is ready, else waits for an interrupt.
 pub fn idle_loop() -> ! {
     loop {
-        reschedule();
+        reschedule(Resume::Exception);
         arch_x86_64::wait_for_interrupt();
     }
 }
@@ -48,7 +53,7 @@ pub fn tick() {
     resume_if_replaced();
     // While idle, the idle loop reschedules once the interrupt returns.
     if switch {
-        reschedule();
+        reschedule(Resume::Exception);
     }
 }
 
@@ -61,12 +66,12 @@ pub fn line(line: u8) {
     });
     resume_if_replaced();
     if preempt {
-        reschedule();
+        reschedule(Resume::Exception);
     }
 }
 
 /// If an interrupt replaced the current thread's context (a vCPU upcall), continue it from its
-/// new frame instead of returning into the old one.
+/// new frame, in the address space it now belongs to, the way its new context allows.
 fn resume_if_replaced() {
     if with_kernel(|k| core::mem::take(&mut k.resume_current)) {
         resume_current();
@@ -80,35 +85,47 @@ fn resume_current() -> ! {
     resume(next)
 }
 
-/// Preemption and the idle loop: switches to the best ready thread, keeping the current kernel
-/// context to come back to. A running current thread goes to the tail of its level.
-pub fn reschedule() {
-    let switch = with_kernel(|k| {
-        assert!(k.current_stack().is_none_or(|s| s.intact()), "kernel stack overflow");
-        let cur = k.current_stack().map(|s| (s.saved_slot(), s.top()));
-        k.reap(cur.map(|(_, top)| top));
-        k.requeue_current();
-        let save = cur.map_or(&raw mut IDLE_RSP, |(slot, _)| slot);
+/// The current thread's frame (0: none), which a returning entry leaves by, and which its next
+/// entry saves into: the entry may have moved it (creating a thread can grow the arena).
+pub fn current_frame() -> u64 {
+    with_kernel(|k| {
+        let frame = k.current.and_then(|c| k.threads.get(c)).map_or(0, |t| t.ctx.frame());
+        if frame != 0 {
+            A::set_entry_frame(frame);
+        }
+        frame
+    })
+}
+
+/// Preemption and the idle loop: runs the best ready thread. A running current thread goes to
+/// the tail of its level, to resume from its frame the way `how` says (`Resume::Exception`
+/// after an interrupt, `Resume::Syscall` after a finished system call); its kernel context is
+/// abandoned unless it stays. The idle context is kept.
+pub fn reschedule(how: Resume) {
+    let idle = with_kernel(|k| {
+        assert!(arch_x86_64::cpu::kernel_stack_intact(), "kernel stack overflow");
+        k.current.is_none()
+    });
+    if idle {
+        if let Some(n) = with_kernel(|k| k.pick()) {
+            // SAFETY: `n` names the frame of the live thread just made current; the idle slot
+            // is static.
+            unsafe { trap::switch(&raw mut IDLE_RSP, n.root, n.frame, n.by.into()) };
+        }
+        return;
+    }
+    let next = with_kernel(|k| {
         let was = k.current;
+        k.requeue_current(how);
         match k.pick() {
             Some(_) if k.current == was => None,
-            Some(n) => {
-                if n.root != 0 {
-                    arch_x86_64::paging::write_cr3(kernel_core::mem::PhysAddr(n.root));
-                }
-                Some((save, n.rsp))
-            }
-            None => {
-                k.current = None;
-                cur.map(|_| (save, idle_rsp()))
-            }
+            n => n,
         }
     });
-    if let Some((save, to)) = switch {
-        // SAFETY: `to` is the saved context of a live thread (or the idle context); `save` is
-        // the current context's slot, kept alive: the idle slot is static and a dead thread's
-        // stack is reaped only by another context.
-        unsafe { trap::switch(save, to) };
+    match next {
+        Some(n) => resume(n),
+        None if with_kernel(|k| k.current.is_none()) => resume_idle(),
+        None => {}
     }
 }
 
@@ -117,55 +134,59 @@ pub fn reschedule() {
 #[link_section = ".text.fast"]
 fn block_and_leave(how: hal::Resume) -> ! {
     let next = with_kernel(|k| {
-        // A kernel stack that overflowed has corrupted the heap next to it: stop here.
-        assert!(k.current_stack().is_none_or(|s| s.intact()), "kernel stack overflow");
-        let top = k.current_stack().map(|s| s.top());
-        k.reap(top);
+        // An overflowing kernel stack has corrupted the data below it: stop here.
+        assert!(arch_x86_64::cpu::kernel_stack_intact(), "kernel stack overflow");
         if let Some(t) = k.current.and_then(|c| k.threads.get_mut(c)) {
-            t.kstack.prepare_resume(how);
             t.resume = Some(how);
         }
         // Not blocked after all (e.g. a zero timeout): it competes like any other thread.
-        k.requeue_current();
-        k.pick().unwrap_or_else(|| {
+        k.requeue_current(how);
+        let n = k.pick();
+        if n.is_none() {
             k.current = None;
-            Next { root: 0, rsp: idle_rsp() }
-        })
+        }
+        n
     });
-    resume(next)
+    match next {
+        Some(n) => resume(n),
+        None => resume_idle(),
+    }
 }
 
 #[link_section = ".text.fast.ipc"]
 fn resume(next: Next) -> ! {
-    // SAFETY: `next.rsp` is a saved context of a live thread or of the idle loop; `root` is 0
-    // or a task's page-table root; nothing on the abandoned stack is used again.
-    unsafe { trap::resume(next.root, next.rsp) }
+    // SAFETY: `next.frame` is the frame of the live current thread, to leave the way it says;
+    // `root` is 0 or a task's page-table root; nothing on the abandoned stack is used again.
+    unsafe { trap::resume(next.root, next.frame, next.by.into()) }
 }
 
-fn idle_rsp() -> u64 {
+/// Back to the idle loop's saved context: nothing is ready.
+fn resume_idle() -> ! {
     // SAFETY: IDLE_RSP is only touched here and by `switch`, on this single CPU with
-    // interrupts masked.
-    unsafe { (&raw const IDLE_RSP).read() }
+    // interrupts masked; it holds the idle context saved there (the idle loop runs first and
+    // saves it before any thread runs).
+    unsafe { trap::resume(0, (&raw const IDLE_RSP).read(), trap::By::Context) }
 }
 
 /// A system call of the current thread: the fast path (IPC hand-off, vCPU reflection) here,
 /// everything else out of line, so that the code a fast round trip runs stays in few pages.
+/// Returns the frame to leave by.
 #[link_section = ".text.fast.ipc"]
-pub fn syscall(f: &mut TrapFrame) {
-    let [rdx, rax, _label, r8] = f.syscall_args();
+pub fn syscall([rdx, rax, _label, r8]: [u64; 4]) -> u64 {
     let general = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
         Some(next) => Err(next),
         None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
     });
     match general {
         Err(next) => resume(next),
-        Ok(g) => syscall_finish(f, g),
+        Ok(g) => syscall_finish(g),
     }
 }
 
 /// What the general path did: its outcome, whether a thread it readied should run now, and
-/// the caller's pending new ip/sp (`None`: the caller destroyed itself).
-type General = (Outcome, bool, Option<Option<(u64, u64)>>);
+/// the frame of a finished call's caller, its results written (0: the caller destroyed
+/// itself, or the call did not finish).
+type General = (Outcome, bool, u64);
 
 #[inline(never)]
 fn invoke_general(k: &mut Kernel<A>, rdx: u64, tag: MsgTag, r8: u64) -> General {
@@ -173,39 +194,40 @@ fn invoke_general(k: &mut Kernel<A>, rdx: u64, tag: MsgTag, r8: u64) -> General 
     // The call may ready a thread above us (run_thread, a semaphore up, an Irq trigger): it
     // runs at once, not at the next tick; we continue when our turn comes again.
     let preempt = k.take_preempt();
+    let Outcome::Done(tag, label) = out else { return (out, preempt, 0) };
+    let Some(t) = k.current.and_then(|c| k.threads.get_mut(c)) else { return (out, preempt, 0) };
     // New ip/sp from an `ex_regs` on itself apply on the way out of a finished call only.
-    let regs = match out {
-        Outcome::Done(..) => k.current.and_then(|c| k.threads.get_mut(c)).map(|t| t.pending_regs.take()),
-        _ => Some(None),
-    };
-    (out, preempt, regs)
+    let pending = t.pending_regs.take();
+    let f = t.ctx.regs();
+    if let Some((ip, sp)) = pending {
+        if ip != u64::MAX {
+            f.set_ip(ip);
+        }
+        if sp != u64::MAX {
+            f.set_sp(sp);
+        }
+    }
+    f.set_syscall_result(tag.0, label);
+    // The call may have moved the frame (creating a thread can grow the arena).
+    let frame = t.ctx.frame();
+    A::set_entry_frame(frame);
+    (out, preempt, frame)
 }
 
 #[inline(never)]
-fn syscall_finish(f: &mut TrapFrame, (out, preempt, regs): General) {
-    let (tag, label) = match out {
-        Outcome::Done(tag, label) => (tag, label),
-        Outcome::Blocked => block_and_leave(hal::Resume::Syscall),
-        // A vCPU upcall or resume replaced the whole context: leave by iretq from the frame.
-        Outcome::Resume => resume_current(),
-    };
-    match regs {
+fn syscall_finish((out, preempt, frame): General) -> u64 {
+    match out {
         // The caller destroyed itself.
-        None => block_and_leave(hal::Resume::Syscall),
-        Some(Some((ip, sp))) => {
-            if ip != u64::MAX {
-                f.rip = ip;
-            }
-            if sp != u64::MAX {
-                f.rsp = sp;
-            }
-        }
-        Some(None) => {}
+        Outcome::Done(..) if frame == 0 => block_and_leave(hal::Resume::Syscall),
+        Outcome::Done(..) => {}
+        Outcome::Blocked => block_and_leave(hal::Resume::Syscall),
+        // A vCPU upcall or resume replaced the whole context.
+        Outcome::Resume => resume_current(),
     }
-    f.set_syscall_result(tag.0, label);
     if preempt {
-        reschedule();
+        reschedule(Resume::Syscall);
     }
+    frame
 }
 
 /// #NM: the current thread's first FPU/SSE instruction since it was switched in.
@@ -217,34 +239,36 @@ pub fn fpu_fault() {
 /// A user exception of the current thread. Of a vCPU's user task: an upcall, at once (the
 /// fast path of every Linux process's page fault). Otherwise out of line.
 #[link_section = ".text.fast.vcpu"]
-pub fn user_fault(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
+pub fn user_fault(vector: u8, error: u64, addr: u64) {
     if let Some(next) = with_kernel(|k| k.vcpu_fault(vector, error, addr)) {
         resume(next)
     }
-    user_fault_general(f, vector, error, addr)
+    user_fault_general(vector, error, addr)
 }
 
 /// A user exception of a thread that is not a vCPU in user mode: a message to its pager or
 /// exception handler, whose reply resolves it; without a handler the task is destroyed.
 #[inline(never)]
-fn user_fault_general(f: &mut TrapFrame, vector: u8, error: u64, addr: u64) {
+fn user_fault_general(vector: u8, error: u64, addr: u64) {
     // sigma0 touching its memory for the first time: map it and retry the access.
     if vector == 14 && with_kernel(|k| k.current_task().is_some_and(|t| k.materialize(t, addr))) {
         return;
     }
     let sent = with_kernel(|k| {
         let me = k.current?;
-        k.raise_fault(me, vector, error, addr, f)
+        k.raise_fault(me, vector, error, addr)
     });
     if sent.is_none() {
         with_kernel(|k| {
             let Some(task) = k.current_task() else { return };
             let name = k.tasks.get(task).map(|t| t.name.clone()).unwrap_or_default();
+            let (ip, sp) = k
+                .current
+                .and_then(|c| k.threads.get_mut(c))
+                .map_or((0, 0), |t| (t.ctx.regs().ip(), t.ctx.regs().sp()));
             log::warn!(
-                "user fault: task {name}: {} ip={:#x} addr={addr:#x} err={error:#x} sp={:#x}; no handler, task destroyed",
+                "user fault: task {name}: {} ip={ip:#x} addr={addr:#x} err={error:#x} sp={sp:#x}; no handler, task destroyed",
                 arch_x86_64::exception_name(vector),
-                f.rip,
-                f.rsp
             );
             k.destroy_task(task);
         });

@@ -8,9 +8,10 @@
  * data, with the instruction that touched it first), the instructions executed and the
  * translation blocks entered, and every distinct block entered without a chained jump (after an
  * indirect branch or from another page: QEMU chains direct jumps only within a page, the rest
- * look the target up in the jump cache, which the switch flushed too). Recording starts at the first execution of `mark=ADDR` and
- * stops after `windows=N` windows (default 24), or, with `toggle=1`, at the next execution of
- * the mark. Memory accesses are counted too. The result goes to `out=FILE` when QEMU exits.
+ * look the target up in the jump cache, which the switch flushed too). Recording starts at the
+ * first execution of `mark=ADDR` and stops after `windows=N` windows (default 24); with
+ * `toggle=1`, executions of the mark alternately pause it and resume it in a new window.
+ * Memory accesses are counted too. The result goes to `out=FILE` when QEMU exits.
  *
  * Only the few plugin API functions below are used; they are declared here (QEMU's public
  * plugin API, stable since version 2) so that no QEMU headers are needed to build it:
@@ -74,7 +75,7 @@ struct window {
 #define MAX_SPLITS 8
 static uint64_t split_at[MAX_SPLITS], mark_at;
 static int n_splits;
-static bool toggle, recording, done_recording;
+static bool toggle, started, recording, done_recording;
 static int max_windows = 24, nw;
 static uint64_t ip_now;
 static const char *out = "tcg-pages.txt";
@@ -99,12 +100,15 @@ static void on_insn(unsigned vcpu, void *ip_)
 
 	(void)vcpu;
 	if (ip == mark_at && !done_recording) {
-		if (!recording) {
+		if (recording) {
+			/* toggle: pause; the next execution of the mark opens a new window */
+			recording = !toggle;
+		} else if (!started) {
+			started = recording = true;
+		} else if (nw + 1 < max_windows) {
 			recording = true;
-			nw = 0;
-			memset(&win[0], 0, sizeof(win[0]));
-		} else if (toggle) {
-			recording = false;
+			memset(&win[++nw], 0, sizeof(win[0]));
+		} else {
 			done_recording = true;
 		}
 	}

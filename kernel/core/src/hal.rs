@@ -6,7 +6,6 @@ use crate::frames::FrameAllocator;
 use crate::mem::{Perms, PhysAddr, VirtAddr};
 use abi::proto::exc_regs;
 use abi::syscall::REG_WORDS;
-use alloc::boxed::Box;
 
 /// Why a mapping could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,19 +19,22 @@ pub enum MapError {
 /// Bytes of an I/O permission bitmap: one bit per port, a set bit denies it.
 pub const IO_BITMAP_BYTES: usize = 65536 / 8;
 
-/// How a thread whose kernel context was abandoned (it blocked) goes back to user mode.
+/// How a thread that left the kernel other than by returning (it blocked, was preempted or
+/// had its context replaced) goes back to user mode from its registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resume {
-    /// It entered by a system call: its result registers are written by whoever wakes it.
+    /// By `sysret` on x86_64 (ip and flags from the frame; rcx and r11 become them): after a
+    /// system call, whose result registers are written by whoever wakes it, or into a context
+    /// whose rcx and r11 are its ip and flags.
     Syscall,
-    /// It entered by an exception or interrupt (or never ran): it resumes unchanged.
+    /// By `iret`: any context, unchanged (after an exception or interrupt, or never ran).
     Exception,
 }
 
-/// Untyped words [`ThreadStack::hand_off`] carries (the IPC fast path's longest message).
+/// Untyped words [`ThreadContext::hand_off`] carries (the IPC fast path's longest message).
 pub const HAND_OFF_WORDS: usize = 16;
 
-/// The message [`ThreadStack::hand_off`] delivers.
+/// The message [`ThreadContext::hand_off`] delivers.
 #[derive(Clone, Copy, Debug)]
 pub enum Message {
     /// `words` untyped words from the UTCB at `src` into the receiver's UTCB at `dst`.
@@ -75,30 +77,27 @@ pub trait UserRegs {
     fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool;
 }
 
-/// A thread's kernel stack, with its saved user registers on top.
-pub trait ThreadStack {
+/// A thread's architecture state, held inside the thread: its user registers, where the CPU
+/// saves them on every entry from user mode (so they share the page of the thread arena that
+/// the fast paths read anyway), and its FPU/SSE area (out of line: touched only when the FPU
+/// changes hands). There are no per-thread kernel stacks: a thread that leaves the kernel
+/// other than by returning to user mode is resumed from its registers (see [`Resume`]).
+pub trait ThreadContext {
     type Regs: UserRegs;
-    /// A fresh stack whose first switch enters user mode (at ip 0 / sp 0 until set).
-    fn new_user() -> Box<Self>;
-    /// The stack top: where the CPU saves user registers on the next entry.
-    fn top(&self) -> u64;
-    /// False if the stack overflowed (its lowest word lost its canary).
-    fn intact(&self) -> bool;
+    /// The context of a thread that has not run: it enters user mode at ip 0 / sp 0 until set.
+    fn new_user() -> Self;
     fn regs(&mut self) -> &mut Self::Regs;
-    /// The kernel stack pointer to resume this thread at.
-    fn saved(&self) -> u64;
-    /// Abandons the thread's kernel context: it will resume from its user registers the way
-    /// `how` says.
-    fn prepare_resume(&mut self, how: Resume);
-    /// Hands this thread, blocked in a system call and prepared to resume by
-    /// [`Resume::Syscall`], a short message `msg` (at most [`HAND_OFF_WORDS`] words), and
-    /// `(tag, label)` as the call's result. Returns the kernel stack pointer to resume it at
-    /// ([`ThreadStack::saved`]).
+    /// The address of the user registers, where the CPU saves them on the next entry and
+    /// where a resume loads them from.
+    fn frame(&self) -> u64;
+    /// Hands this thread, blocked in a system call (to be resumed by [`Resume::Syscall`]), a
+    /// short message `msg` (at most [`HAND_OFF_WORDS`] words) and `(tag, label)` as the
+    /// call's result.
     ///
-    /// The source is read now; the rest may be staged until the next context resume, which
-    /// must be this thread's (x86_64: after the address-space switch, so that its stack and
-    /// UTCB are touched only in its own address space: the IPC fast path's receiver).
-    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64;
+    /// The source is read now; the rest may be staged until the next resume, which must be
+    /// this thread's (x86_64: after the address-space switch, so that its UTCB is touched only
+    /// in its own address space: the IPC fast path's receiver).
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64);
     /// Saves the FPU/SSE registers into this thread's area (the FPU must be enabled).
     fn fpu_save(&mut self);
     /// Loads the FPU/SSE registers from this thread's area (the FPU must be enabled).
@@ -109,7 +108,7 @@ pub trait ThreadStack {
 pub trait Arch: Sized + 'static {
     /// A user address space (its page-table root).
     type Space;
-    type Stack: ThreadStack;
+    type Context: ThreadContext;
 
     /// Scheduling ticks per second.
     const TICK_HZ: u64;
@@ -172,8 +171,9 @@ pub trait Arch: Sized + 'static {
     /// Moves received console input into `buf`; returns the number of bytes. Fewer than
     /// `buf.len()` means the device has nothing more (its interrupt condition is cleared).
     fn console_read(buf: &mut [u8]) -> usize;
-    /// The kernel stack the next entry from user mode uses.
-    fn set_kernel_stack(top: u64);
+    /// The user registers (a [`ThreadContext::frame`]) the next entry from user mode saves
+    /// into: the current thread's.
+    fn set_entry_frame(frame: u64);
     /// The thread-pointer base user mode sees (the UTCB on x86_64).
     fn set_user_gs(base: u64);
     /// The TLS base user mode sees (FS on x86_64).

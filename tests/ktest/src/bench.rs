@@ -143,12 +143,17 @@ pub extern "C" fn trace_mark() {
 }
 
 /// `ktest trace`: a few inter-task round trips (register messages, as the benchmark's) between
-/// two calls of `trace_mark`.
+/// two calls of `trace_mark`, then (between the next two) four null system calls.
 pub fn trace() -> R {
     make_b(TASK_B, THREAD_B, GATE_B, 1, echo_server_short)?;
     short_call_cost(GATE_B, 4, 50);
     trace_mark();
     short_call_cost(GATE_B, 1, 4);
+    trace_mark();
+    // Then four null system calls (the general path's shortest), in a window of their own.
+    crate::samples::<1>(4);
+    trace_mark();
+    crate::samples::<1>(4);
     trace_mark();
     Ok(())
 }

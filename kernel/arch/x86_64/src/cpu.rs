@@ -16,13 +16,14 @@ use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
 /// Per-CPU data reached through GS in kernel mode. The entry code reads fixed offsets:
-/// `gs:8` = kernel stack top of the current thread, `gs:16` = scratch for the user stack pointer.
-/// The rest remembers register values last written, so that unchanged ones are not written
-/// again (CR0 and MSR writes are slow under TCG).
+/// `gs:8` = the end of the current thread's frame (where `syscall` saves the user registers),
+/// `gs:16` = scratch for the user stack pointer. The rest remembers register values last
+/// written, so that unchanged ones are not written again (CR0 and MSR writes are slow under
+/// TCG).
 #[repr(C)]
 pub struct PerCpu {
     self_ptr: u64,
-    kstack_top: u64,
+    frame_end: u64,
     user_rsp: u64,
     /// CR0.TS is set: the FPU traps.
     fpu_traps: bool,
@@ -95,6 +96,30 @@ fn stage(
 }
 
 const DOUBLE_FAULT_STACK: usize = 16 * 1024;
+
+/// Bytes of the kernel stack. The kernel has one per CPU (threads have none): every entry
+/// from user mode runs on it, and whatever a thread leaves behind when it blocks or is
+/// preempted is abandoned (it resumes from its frame).
+pub const KERNEL_STACK_SIZE: usize = 30 * 1024;
+/// Written at the lowest word of the kernel stack; a different value means it overflowed.
+const STACK_CANARY: u64 = 0x5afe_57ac_c0de_ca11;
+
+#[repr(C, align(16))]
+pub struct KernelStack([u64; KERNEL_STACK_SIZE / 8]);
+
+/// The kernel stack opens `.data` (`.data.hot.stack`, page aligned) and is 2 KiB short of a
+/// page multiple, so its top 2 KiB — all a fast path uses — share the hot data page with the
+/// kernel state and the per-CPU tables that follow it: under TCG every page touched after an
+/// address-space switch costs a TLB refill.
+#[link_section = ".data.hot.stack"]
+pub static mut KERNEL_STACK: KernelStack = KernelStack([0; KERNEL_STACK_SIZE / 8]);
+
+/// False if the kernel stack overflowed (its lowest word lost its canary).
+pub fn kernel_stack_intact() -> bool {
+    // SAFETY: a plain read of the stack's lowest word, far below anything in use unless the
+    // stack overflowed (which is what this detects).
+    unsafe { (&raw const KERNEL_STACK.0[0]).read_volatile() == STACK_CANARY }
+}
 use kernel_core::hal::IO_BITMAP_BYTES;
 /// The vector user mode may raise with `int`.
 pub const INT80: usize = 0x80;
@@ -156,7 +181,7 @@ struct Tables {
 static mut TABLES: Tables = Tables {
     percpu: PerCpu {
         self_ptr: 0,
-        kstack_top: 0,
+        frame_end: 0,
         user_rsp: 0,
         fpu_traps: true,
         user_fs: 0,
@@ -239,6 +264,17 @@ pub fn init() {
         });
         Cr4::update(|f| *f |= Cr4Flags::PAGE_GLOBAL | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
 
+        // The fast paths' stack, the kernel state and these tables share one page.
+        let stack = &raw mut KERNEL_STACK;
+        (*stack).0[0] = STACK_CANARY;
+        let top = stack as u64 + KERNEL_STACK_SIZE as u64;
+        let tss_end = (&raw const t.tss) as u64 + TSS_SIZE as u64;
+        assert_eq!(
+            (top - 2048) >> 12,
+            (tss_end - 1) >> 12,
+            "the kernel stack's top 2 KiB are not in the hot page"
+        );
+
         t.percpu.self_ptr = (&raw const t.percpu) as u64;
         GsBase::write(VirtAddr::new(t.percpu.self_ptr));
         KernelGsBase::write(VirtAddr::new(0));
@@ -274,15 +310,22 @@ pub fn io_disable() {
     unsafe { (*tables()).tss.iomap_base = NO_IO_BITMAP };
 }
 
-/// Sets the kernel stack used on the next entry from user mode (TSS.rsp0 and `gs:8`).
+/// Sets the frame the next entry from user mode saves the user registers into (its end goes
+/// to TSS.rsp0 for interrupts and exceptions, to `gs:8` for `syscall`). Cheap when unchanged,
+/// as on the way out of most system calls.
 #[link_section = ".text.fast"]
-pub fn set_kernel_stack(top: u64) {
+pub fn set_entry_frame(frame: u64) {
+    let end = frame + core::mem::size_of::<trap::TrapFrame>() as u64;
+    debug_assert!(end.is_multiple_of(16), "the CPU would align TSS.rsp0 down");
     // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access; the
     // fields are plain data read by the CPU and the entry code only on the next entry.
     unsafe {
         let t = &mut *tables();
-        t.tss.privilege_stack_table[0] = VirtAddr::new(top);
-        t.percpu.kstack_top = top;
+        if t.percpu.frame_end != end {
+            // (`new_truncate`: a kernel address, canonical; `new` checks out of line.)
+            t.tss.privilege_stack_table[0] = VirtAddr::new_truncate(end);
+            t.percpu.frame_end = end;
+        }
     }
 }
 

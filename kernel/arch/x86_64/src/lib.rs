@@ -33,7 +33,7 @@ pub struct X86_64;
 
 impl Arch for X86_64 {
     type Space = paging::AddressSpace;
-    type Stack = trap::KernelStack;
+    type Context = trap::Context;
 
     const TICK_HZ: u64 = TICK_HZ;
 
@@ -107,8 +107,9 @@ impl Arch for X86_64 {
         serial::with_console(|s| s.read_bytes(buf))
     }
 
-    fn set_kernel_stack(top: u64) {
-        cpu::set_kernel_stack(top)
+    #[inline(always)]
+    fn set_entry_frame(frame: u64) {
+        cpu::set_entry_frame(frame)
     }
 
     fn set_user_gs(base: u64) {
@@ -187,10 +188,12 @@ pub struct Boot {
 extern "Rust" {
     /// The kernel's entry point once the hardware is up.
     fn kernel_main(boot: Boot) -> !;
-    /// An event from user mode (or the timer in the idle loop).
-    fn kernel_event(frame: &mut TrapFrame, ev: Event);
-    /// A `syscall` from user mode.
-    fn kernel_syscall(frame: &mut TrapFrame);
+    /// An event from user mode (or an interrupt in the idle loop). Returns the current
+    /// thread's frame (0: none), which an event from user mode leaves by.
+    fn kernel_event(ev: Event) -> u64;
+    /// A `syscall` from user mode with its `(rdx, rax, rsi, r8)`. Returns the frame to leave
+    /// by: the current thread's (the call may have moved it, with the thread arena).
+    fn kernel_syscall(args: [u64; 4]) -> u64;
 }
 
 extern "C" {
@@ -284,53 +287,69 @@ fn kernel_fault(f: &TrapFrame) -> ! {
     cpu::shutdown(abi::kip::KERNEL_FAILURE_STATUS)
 }
 
-/// Common handler of all 256 vectors (called from `isr_common`).
+/// Common handler of all 256 vectors (called from `isr_common` with the frame it saved).
+/// Returns the frame to leave by.
 #[no_mangle]
 #[link_section = ".text.fast.vcpu"]
-extern "C" fn arch_trap(f: &mut TrapFrame) {
-    let vector = f.vector as u8;
-    match vector {
+extern "C" fn arch_trap(f: *mut TrapFrame) -> *mut TrapFrame {
+    // SAFETY: `f` is the frame `isr_common` just saved (in the current thread, or on the stack
+    // in use for an entry from kernel mode); read before the kernel runs, which may move it.
+    let (vector, error, from_user) = unsafe { ((*f).vector as u8, (*f).error, (*f).from_user()) };
+    let ev = match vector {
         trap::TIMER_VECTOR => {
             apic::eoi();
-            // SAFETY: the kernel's handler, with the frame of the interrupted context.
-            unsafe { kernel_event(f, Event::Timer) }
+            Event::Timer
         }
         // Spurious interrupts need no EOI and carry no work.
-        trap::SPURIOUS_VECTOR => {}
+        trap::SPURIOUS_VECTOR => return f,
         v if (trap::PIC_BASE..trap::PIC_BASE + 16).contains(&v) => {
             let line = v - trap::PIC_BASE;
             if (line == 7 || line == 15) && !apic::pic_in_service(line) {
                 if line == 15 {
                     apic::pic_eoi(2);
                 }
-                return;
+                return f;
             }
             apic::pic_mask(line);
             apic::pic_eoi(line);
-            // SAFETY: the kernel's handler, with the frame of the interrupted context.
-            unsafe { kernel_event(f, Event::Line(line)) }
+            Event::Line(line)
         }
-        v if (v <= 31 || v as usize == cpu::INT80) && f.from_user() => {
+        v if (v <= 31 || v as usize == cpu::INT80) && from_user => {
             let addr = if vector == 14 { trap::cr2() } else { 0 };
-            let ev = Event::Exception { vector, error: f.error, addr };
-            // SAFETY: as above; user faults never return to the faulting instruction unless
-            // the kernel decides so.
-            unsafe { kernel_event(f, ev) }
+            Event::Exception { vector, error, addr }
         }
-        0..=31 => kernel_fault(f),
-        v => log::warn!("unexpected interrupt vector {v}"),
+        // SAFETY: as above; nothing has run since.
+        0..=31 => kernel_fault(unsafe { &*f }),
+        v => {
+            log::warn!("unexpected interrupt vector {v}");
+            return f;
+        }
+    };
+    // SAFETY: the kernel's handler; user faults never return to the faulting instruction
+    // unless the kernel decides so.
+    let current = unsafe { kernel_event(ev) };
+    if !from_user {
+        return f;
     }
+    assert!(current != 0, "an event from user mode returns to a thread");
+    current as *mut TrapFrame
 }
 
-/// Handler of the `syscall` instruction (called from `syscall_entry`).
+/// Handler of the `syscall` instruction (called from `syscall_entry` with the frame it saved
+/// in the current thread). Returns the frame to leave by.
 #[no_mangle]
 #[link_section = ".text.fast.ipc"]
-extern "C" fn arch_syscall(f: &mut TrapFrame) {
-    // SAFETY: the kernel's handler, with the caller's frame.
-    unsafe { kernel_syscall(f) }
+extern "C" fn arch_syscall(f: *const TrapFrame) -> *const TrapFrame {
+    use kernel_core::hal::UserRegs;
+    // SAFETY: `f` is the frame `syscall_entry` just saved; read before the kernel runs.
+    let args = unsafe { (*f).syscall_args() };
+    // SAFETY: the kernel's handler.
+    let f = unsafe { kernel_syscall(args) } as *const TrapFrame;
+    // SAFETY: the current thread's frame, which the kernel has finished with.
+    let rip = unsafe { (*f).rip };
     // sysret to a non-canonical address would fault in kernel mode: never return there.
-    let canonical = f.rip < abi::kip::USER_END;
-    assert!(canonical, "syscall return to non-canonical address {:#x}", f.rip);
+    assert!(rip < abi::kip::USER_END, "syscall return to non-canonical address {rip:#x}");
+    f
 }
 
 /// Waits for the next interrupt with interrupts enabled (the idle loop's body).

@@ -1,9 +1,15 @@
-//! Kernel entry and exit: interrupt/exception stubs, the `syscall` entry, the common saved-register
-//! frame, and the kernel-stack switch between threads.
+//! Kernel entry and exit: interrupt/exception stubs, the `syscall` entry, the saved-register
+//! frame, and the resumption of a thread from its frame.
 //!
-//! Every entry from user mode builds a [`TrapFrame`] at the top of the current thread's kernel
-//! stack. A thread leaves the kernel by the exit path matching how it entered (`iretq` after an
-//! interrupt or exception, `sysretq` after `syscall`); a new thread starts through `trap_return`.
+//! There are no per-thread kernel stacks. Every entry from user mode saves a [`TrapFrame`]
+//! into the current thread's [`Context`] (inside its entry of the thread arena, which the fast
+//! paths read anyway: under TCG every page touched after an address-space switch costs a TLB
+//! refill) and then runs the kernel on the CPU's one kernel stack, whose top shares the hot
+//! data page (`cpu::KERNEL_STACK`). A thread leaves the kernel by returning (the exit matching
+//! its entry: `iretq` after an interrupt or exception, `sysretq` after `syscall`) or, when it
+//! blocks, is preempted or gets a new context, is resumed later straight from its frame
+//! ([`resume`]); the kernel context it leaves behind is abandoned. Only the idle loop, on the
+//! boot stack, has a kernel context that is kept ([`switch`]).
 
 use abi::proto::exc_regs;
 use abi::syscall::REG_WORDS;
@@ -24,8 +30,9 @@ pub const PIC_BASE: u8 = 0x30;
 pub const USER_CS: u64 = 0x23;
 pub const USER_SS: u64 = 0x1b;
 
-/// Registers saved on kernel entry, lowest address first.
-#[repr(C)]
+/// Registers saved on kernel entry, lowest address first. 16-byte aligned, so that its end is
+/// too: the CPU aligns the stack pointer it loads from `TSS.rsp0` to 16 bytes before saving.
+#[repr(C, align(16))]
 #[derive(Clone, Debug, Default)]
 pub struct TrapFrame {
     pub r15: u64,
@@ -193,66 +200,55 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     }
 }
 
-/// Bytes of a thread's kernel stack (including its saved stack pointer).
-pub const KSTACK_SIZE: usize = 16 * 1024;
-
-/// A thread's kernel stack: its user registers at the top, and while it is switched out the
-/// saved stack pointer just above them. Boxed by the kernel, so its address stays put.
-///
-/// ```text
-///   base                                                           base + 16 KiB
-///   | FXSAVE area | canary | ....... stack grows down ... | user frame | saved_rsp, pad |
-///   |<--- 512 --->|                                       ^ top (TSS.rsp0)             |
-/// ```
-/// Page aligned, so the user frame, the saved stack pointer and the frames of a short kernel
-/// path lie in one page: under TCG a thread switch then costs one TLB refill for the stack.
-#[repr(C, align(4096))]
-pub struct KernelStack {
-    /// The thread's x87/SSE state while another thread owns the FPU (FXSAVE layout).
-    fpu: FxArea,
-    stack: [u64; (KSTACK_SIZE - 16 - FX_SIZE) / 8],
-    saved_rsp: u64,
-    _pad: u64,
+/// A thread's registers and FPU area ([`kernel_core::hal::ThreadContext`]).
+pub struct Context {
+    /// Saved here by every entry from user mode while the thread is current (`TSS.rsp0` and
+    /// the `syscall` entry's stack pointer point at its end), loaded from here by every exit.
+    regs: TrapFrame,
+    /// The x87/SSE state while another thread owns the FPU (FXSAVE layout).
+    fpu: alloc::boxed::Box<FxArea>,
 }
 
 const FX_SIZE: usize = 512;
-/// Written at the lowest word of every kernel stack; a different value means it overflowed.
-const STACK_CANARY: u64 = 0x5afe_57ac_c0de_ca11;
 
 #[repr(C, align(16))]
 struct FxArea([u8; FX_SIZE]);
 
-const _: () = assert!(core::mem::size_of::<KernelStack>() == KSTACK_SIZE);
-
-impl KernelStack {
-    /// Where `switch` saves the stack pointer of the context running on this stack.
-    pub fn saved_slot(&mut self) -> *mut u64 {
-        &raw mut self.saved_rsp
-    }
-
-    fn base(&self) -> u64 {
-        self.stack.as_ptr() as u64
-    }
-}
-
-impl kernel_core::hal::ThreadStack for KernelStack {
+impl kernel_core::hal::ThreadContext for Context {
     type Regs = TrapFrame;
 
-    fn new_user() -> alloc::boxed::Box<Self> {
-        // SAFETY: all-zero bytes are a valid KernelStack (integers only); built in place on
-        // the heap because 16 KiB would not fit on the kernel stack that creates it.
-        let mut s = unsafe { alloc::boxed::Box::<Self>::new_zeroed().assume_init() };
-        let off = init_kernel_stack(&mut s.stack, &TrapFrame::new_user(0, 0));
-        s.saved_rsp = s.base() + off as u64;
-        s.stack[0] = STACK_CANARY;
+    fn new_user() -> Self {
+        let mut fpu = alloc::boxed::Box::new(FxArea([0; FX_SIZE]));
         // The state after FNINIT: x87 control word 0x37f, all SSE exceptions masked.
-        s.fpu.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        s.fpu.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        s
+        fpu.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        fpu.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Context { regs: TrapFrame::new_user(0, 0), fpu }
+    }
+
+    fn regs(&mut self) -> &mut TrapFrame {
+        &mut self.regs
+    }
+
+    #[inline(always)]
+    fn frame(&self) -> u64 {
+        &raw const self.regs as u64
+    }
+
+    #[inline(always)]
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) {
+        // Only the address is taken here: `resume_context` writes the frame (and the UTCB)
+        // after the switch.
+        let frame = self.frame();
+        match msg {
+            Message::Utcb { dst, src, words } => {
+                crate::cpu::stage_hand_off(frame, dst, src, words, tag, label)
+            }
+            Message::Regs { words, n } => crate::cpu::stage_regs(frame, words, n, tag, label),
+        }
     }
 
     fn fpu_save(&mut self) {
-        // SAFETY: the area is 512 bytes, 16-byte aligned, owned by this stack; the FPU is
+        // SAFETY: the area is 512 bytes, 16-byte aligned, owned by this context; the FPU is
         // enabled (CR0.TS clear) whenever the kernel calls this.
         unsafe {
             core::arch::asm!("fxsave64 [{}]", in(reg) self.fpu.0.as_mut_ptr(), options(nostack, preserves_flags))
@@ -265,46 +261,6 @@ impl kernel_core::hal::ThreadStack for KernelStack {
         unsafe {
             core::arch::asm!("fxrstor64 [{}]", in(reg) self.fpu.0.as_ptr(), options(nostack, preserves_flags))
         };
-    }
-
-    fn top(&self) -> u64 {
-        self.stack.as_ptr_range().end as u64
-    }
-
-    fn intact(&self) -> bool {
-        self.stack[0] == STACK_CANARY
-    }
-
-    fn regs(&mut self) -> &mut TrapFrame {
-        user_frame(&mut self.stack)
-    }
-
-    fn saved(&self) -> u64 {
-        self.saved_rsp
-    }
-
-    #[inline(always)]
-    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64 {
-        // Only addresses are computed here: the stack's page is first touched by
-        // `resume_context`, after the switch. A context prepared for sysret sits right below
-        // the frame (`prepare_resume`), so `saved_rsp` need not be read either.
-        let frame = self.regs() as *mut TrapFrame as u64;
-        debug_assert_eq!(self.saved_rsp, frame - SWITCH_WORDS as u64 * 8);
-        match msg {
-            Message::Utcb { dst, src, words } => {
-                crate::cpu::stage_hand_off(frame, dst, src, words, tag, label)
-            }
-            Message::Regs { words, n } => crate::cpu::stage_regs(frame, words, n, tag, label),
-        }
-        frame - SWITCH_WORDS as u64 * 8
-    }
-
-    fn prepare_resume(&mut self, how: kernel_core::hal::Resume) {
-        let how = match how {
-            kernel_core::hal::Resume::Syscall => Resume::Sysret,
-            kernel_core::hal::Resume::Exception => Resume::Iret,
-        };
-        self.saved_rsp = self.base() + prepare_resume(&mut self.stack, how) as u64;
     }
 }
 
@@ -378,14 +334,20 @@ fpu_trap_entry:
     push 0
     push 7
     jmp isr_common
+    /* From user mode the CPU saved the frame's top into the current thread's frame
+       (TSS.rsp0): finish it there, then run on the kernel stack. From kernel mode (the idle
+       loop, or a fault of the kernel) the frame is on the stack in use, which stays. arch_trap
+       returns the frame to leave by. */
 isr_common:
     test qword ptr [rsp + 24], 3
-    jz 1f
+    jz 3f
     swapgs
-1:  push_gprs
+    push_gprs
     mov rdi, rsp
+    lea rsp, [rip + {stack} + {stack_size}]
     cld
     call arch_trap
+    mov rsp, rax
     .global trap_return
 trap_return:
     pop_gprs
@@ -394,10 +356,18 @@ trap_return:
     jz 2f
     swapgs
 2:  iretq
+3:  push_gprs
+    mov rdi, rsp
+    cld
+    call arch_trap
+    mov rsp, rax
+    jmp trap_return
 
     /* The system-call path opens .text (.text.fast.0), followed by the Rust fast path
        (.text.fast.ipc): under TCG every code page touched after an address-space switch
-       costs a TLB refill, so a fast IPC hand-off runs in one code page. */
+       costs a TLB refill, so a fast IPC hand-off runs in one code page. The frame goes into
+       the current thread (gs:8 is its end), the kernel runs on the kernel stack; arch_syscall
+       returns the frame to leave by. */
     .section .text.fast.0, "ax"
     .global syscall_entry
     .p2align 4
@@ -414,8 +384,10 @@ syscall_entry:
     push {syscall_vector}
     push_gprs
     mov rdi, rsp
+    lea rsp, [rip + {stack} + {stack_size}]
     cld
     call arch_syscall
+    mov rsp, rax
     .global syscall_return
 syscall_return:
     pop_gprs
@@ -425,8 +397,9 @@ syscall_return:
     swapgs
     sysretq
 
-    /* switch_context(save_rsp: *mut u64 [rdi], new_rsp: u64 [rsi]): saves the callee-saved
-       registers on this stack and falls into resume_context without an address-space load. */
+    /* switch_context(save_rsp [rdi], cr3 or 0 [rsi], frame [rdx], how [rcx]): saves the
+       callee-saved registers on this stack (the idle loop's, the one context kept) and
+       resumes a thread through resume_context. */
     .global switch_context
 switch_context:
     push rbp
@@ -436,11 +409,17 @@ switch_context:
     push r14
     push r15
     mov [rdi], rsp
-    xor edi, edi
+    mov rdi, rsi
+    mov rsi, rdx
+    mov rdx, rcx
 
-    /* resume_context(cr3 [rdi] or 0, rsp [rsi]): load an address space (late: every page
-       touched after this write costs a TLB refill under TCG) and resume a saved context,
-       delivering the IPC fast path's staged message to it first (cpu::HandOff). */
+    /* resume_context(cr3 or 0 [rdi], rsp [rsi], how [rdx]): loads an address space (late:
+       every page touched after this write costs a TLB refill under TCG), delivers the IPC
+       fast path's staged message (cpu::HandOff) and leaves: by sysret (how = 1) or iret
+       (2) from the frame at rsp, or into the kernel context saved there (0: the idle loop's,
+       by switch_context). Direct jumps, not a `ret` through a pushed address: after a switch
+       QEMU looks an indirect branch's target up in its translation-block table (the switch
+       flushed its jump cache), while direct jumps within a page stay chained. */
     .global resume_context
 resume_context:
     test rdi, rdi
@@ -450,28 +429,17 @@ resume_context:
     mov rdi, gs:[{ho_frame}]
     test rdi, rdi
     jnz 3f
-2:  pop r15
+2:  cmp edx, {by_sysret}
+    je syscall_return
+    cmp edx, {by_iret}
+    je trap_return
+    pop r15
     pop r14
     pop r13
     pop r12
     pop rbx
     pop rbp
-    /* A context prepared to leave for user mode (prepare_resume) returns into syscall_return
-       or trap_return: jump there directly. A `ret` is an indirect branch, whose target,
-       after an address-space switch, QEMU looks up in its translation-block table (the
-       switch flushed its jump cache; ~150 cycles, `switch_indirect_call`); direct jumps
-       within a page stay chained. */
-    lea rax, [rip + syscall_return]
-    cmp [rsp], rax
-    je 4f
-    lea rax, [rip + trap_return]
-    cmp [rsp], rax
-    je 5f
     ret
-4:  add rsp, 8
-    jmp syscall_return
-5:  add rsp, 8
-    jmp trap_return
 3:  mov rax, gs:[{ho_tag}]
     mov [rdi + {frame_rax}], rax
     mov rax, gs:[{ho_label}]
@@ -487,6 +455,10 @@ resume_context:
     user_ss = const USER_SS,
     user_cs = const USER_CS,
     syscall_vector = const SYSCALL_VECTOR,
+    stack = sym crate::cpu::KERNEL_STACK,
+    stack_size = const crate::cpu::KERNEL_STACK_SIZE,
+    by_sysret = const By::Sysret as u32,
+    by_iret = const By::Iret as u32,
     ho_frame = const crate::cpu::HAND_OFF_FRAME,
     ho_dst = const crate::cpu::HAND_OFF_DST,
     ho_words = const crate::cpu::HAND_OFF_WORDS_AT,
@@ -503,113 +475,58 @@ extern "C" {
     /// The entries of #PF (vector 14) and #NM (7), beside the common stub.
     pub fn page_fault_entry();
     pub fn fpu_trap_entry();
-    fn trap_return();
-    fn syscall_return();
     pub fn syscall_entry();
-    fn switch_context(save_rsp: *mut u64, new_rsp: u64);
-    fn resume_context(cr3: u64, rsp: u64) -> !;
+    fn switch_context(save_rsp: *mut u64, cr3: u64, frame: u64, how: u32);
+    fn resume_context(cr3: u64, rsp: u64, how: u32) -> !;
 }
 
-/// How a thread whose kernel context was abandoned goes back to user mode from its frame.
+/// How [`resume_context`] leaves (`resume_context`'s `how`).
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resume {
-    /// It entered by `syscall`: leave by `sysretq` (the frame's rip/rflags go to rcx/r11).
-    Sysret,
-    /// It entered by an exception or interrupt (or never ran): leave by `iretq`.
-    Iret,
+pub enum By {
+    /// Into the kernel context saved at the stack pointer (the idle loop's).
+    Context = 0,
+    /// `sysretq` from the frame at the stack pointer.
+    Sysret = 1,
+    /// `iretq` from the frame at the stack pointer.
+    Iret = 2,
 }
 
-/// Words a fresh kernel stack holds below its [`TrapFrame`]: six callee-saved registers
-/// and the return address into `trap_return`.
-const SWITCH_WORDS: usize = 7;
-
-/// Prepares a fresh kernel stack (16-byte aligned, top at `stack.len()`) so that switching to
-/// it enters user mode with `frame`. Returns the stack pointer to switch to, as an offset from
-/// the stack base.
-pub fn init_kernel_stack(stack: &mut [u64], frame: &TrapFrame) -> usize {
-    let words = core::mem::size_of::<TrapFrame>() / 8;
-    let top = stack.len();
-    let f = top - words;
-    let regs = [
-        frame.r15,
-        frame.r14,
-        frame.r13,
-        frame.r12,
-        frame.r11,
-        frame.r10,
-        frame.r9,
-        frame.r8,
-        frame.rbp,
-        frame.rdi,
-        frame.rsi,
-        frame.rdx,
-        frame.rcx,
-        frame.rbx,
-        frame.rax,
-        frame.vector,
-        frame.error,
-        frame.rip,
-        frame.cs,
-        frame.rflags,
-        frame.rsp,
-        frame.ss,
-    ];
-    stack[f..top].copy_from_slice(&regs);
-    prepare_resume(stack, Resume::Iret)
+impl From<kernel_core::hal::Resume> for By {
+    #[inline(always)]
+    fn from(r: kernel_core::hal::Resume) -> By {
+        match r {
+            kernel_core::hal::Resume::Syscall => By::Sysret,
+            kernel_core::hal::Resume::Exception => By::Iret,
+        }
+    }
 }
 
-/// Builds, just below the user frame at the top of `stack`, a context that returns to user mode
-/// the way `how` says. Returns its stack pointer as a byte offset from the stack base. The frame
-/// itself is left as it is: whoever wakes the thread writes its results there.
-#[link_section = ".text.fast"]
-pub fn prepare_resume(stack: &mut [u64], how: Resume) -> usize {
-    let f = stack.len() - core::mem::size_of::<TrapFrame>() / 8;
-    let sp = f - SWITCH_WORDS;
-    stack[sp..f - 1].fill(0);
-    stack[f - 1] = match how {
-        Resume::Sysret => syscall_return as *const () as usize as u64,
-        Resume::Iret => trap_return as *const () as usize as u64,
-    };
-    sp * 8
-}
-
-/// Abandons the current kernel context and resumes the one saved at `rsp`, loading `cr3`
-/// first unless it is 0.
+/// Abandons the current kernel context and resumes at `rsp` the way `how` says (a thread's
+/// frame, or the idle loop's saved context), loading `cr3` first unless it is 0.
 ///
 /// # Safety
-/// `rsp` must come from [`prepare_resume`], [`init_kernel_stack`] or an earlier [`switch`] of a
-/// context whose stack is alive; `cr3` must be 0 or a root sharing the kernel half. Nothing on
-/// the current stack may still be needed.
+/// `rsp` must be the frame of a live thread (to be left by `sysretq` or `iretq`, its fields
+/// user-mode values) or the idle context saved by [`switch`]; `cr3` must be 0 or a root
+/// sharing the kernel half. Nothing on the current stack may still be needed.
 #[link_section = ".text.fast.ipc"]
-pub unsafe fn resume(cr3: u64, rsp: u64) -> ! {
+pub unsafe fn resume(cr3: u64, rsp: u64, how: By) -> ! {
     // SAFETY: guaranteed by the caller.
-    unsafe { resume_context(cr3, rsp) }
+    unsafe { resume_context(cr3, rsp, how as u32) }
 }
 
-/// Saves the current kernel context into `*save_rsp` and resumes the one at `new_rsp`.
+/// Saves the current kernel context into `*save_rsp` and resumes a thread from its frame, as
+/// [`resume`] does.
 ///
 /// # Safety
-/// `new_rsp` must come from [`init_kernel_stack`] or from an earlier `switch` of a context
-/// whose stack is still alive, and `save_rsp` must stay valid until that context is resumed.
-pub unsafe fn switch(save_rsp: *mut u64, new_rsp: u64) {
-    // SAFETY: the caller guarantees both stacks; switch_context follows the C ABI and saves
-    // all callee-saved registers on the old stack.
-    unsafe { switch_context(save_rsp, new_rsp) }
+/// As for [`resume`]; `save_rsp` must stay valid until the saved context is resumed.
+pub unsafe fn switch(save_rsp: *mut u64, cr3: u64, frame: u64, how: By) {
+    // SAFETY: the caller guarantees the frame; switch_context follows the C ABI and saves
+    // all callee-saved registers on the current stack.
+    unsafe { switch_context(save_rsp, cr3, frame, how as u32) }
 }
 
 /// Reads CR2 (the faulting address of the last page fault).
 pub fn cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
-}
-
-/// The user register frame at the top of a kernel stack (built by an entry or by
-/// [`init_kernel_stack`]).
-#[link_section = ".text.fast"]
-pub fn user_frame(stack: &mut [u64]) -> &mut TrapFrame {
-    const WORDS: usize = core::mem::size_of::<TrapFrame>() / 8;
-    let top = stack.len();
-    let words = &mut stack[top - WORDS..];
-    // SAFETY: the slice is exactly TrapFrame's size, u64-aligned like TrapFrame (all u64
-    // fields, repr(C)), and exclusively borrowed for the returned lifetime.
-    unsafe { &mut *(words.as_mut_ptr() as *mut TrapFrame) }
 }

@@ -1,9 +1,9 @@
 //! A fake architecture for host tests: physical memory is a byte vector, address spaces are
-//! maps, kernel stacks are plain structs, the clock advances only when a test says so. Every
+//! maps, thread contexts are plain structs, the clock advances only when a test says so. Every
 //! test thread has its own machine.
 
 use crate::frames::FrameAllocator;
-use crate::hal::{Arch, MapError, Message, Resume, ThreadStack, UserRegs, IO_BITMAP_BYTES};
+use crate::hal::{Arch, MapError, Message, ThreadContext, UserRegs, IO_BITMAP_BYTES};
 use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
@@ -21,8 +21,10 @@ thread_local! {
     static CLOCK: Cell<u64> = const { Cell::new(1) };
     static ACTIVE: Cell<u64> = const { Cell::new(0) };
     static NEXT_ROOT: Cell<u64> = const { Cell::new(1) };
-    static NEXT_STACK: Cell<u64> = const { Cell::new(1) };
-    /// FPU saves and restores, in order, by stack id.
+    static NEXT_CONTEXT: Cell<u64> = const { Cell::new(1) };
+    /// The frame the next entry from user mode saves into (`Arch::set_entry_frame`).
+    pub static ENTRY_FRAME: Cell<u64> = const { Cell::new(0) };
+    /// FPU saves and restores, in order, by context id.
     pub static FPU_OPS: RefCell<Vec<(&'static str, u64)>> = const { RefCell::new(Vec::new()) };
     pub static FPU_TRAPS: Cell<bool> = const { Cell::new(true) };
     /// The timer deadline last asked for.
@@ -179,47 +181,31 @@ impl UserRegs for FakeRegs {
     }
 }
 
-pub struct FakeStack {
+pub struct FakeContext {
     pub regs: FakeRegs,
-    pub saved: u64,
     id: u64,
-    pub resumed_by: Option<Resume>,
 }
 
-impl ThreadStack for FakeStack {
+impl ThreadContext for FakeContext {
     type Regs = FakeRegs;
 
-    fn new_user() -> Box<Self> {
-        let id = NEXT_STACK.with(|n| {
+    fn new_user() -> Self {
+        let id = NEXT_CONTEXT.with(|n| {
             n.set(n.get() + 1);
             n.get()
         });
-        Box::new(FakeStack { regs: FakeRegs::default(), saved: id << 16, id, resumed_by: None })
-    }
-
-    fn top(&self) -> u64 {
-        self.id << 16 | 0xfff0
-    }
-
-    fn intact(&self) -> bool {
-        true
+        FakeContext { regs: FakeRegs::default(), id }
     }
 
     fn regs(&mut self) -> &mut FakeRegs {
         &mut self.regs
     }
 
-    fn saved(&self) -> u64 {
-        self.saved
+    fn frame(&self) -> u64 {
+        self.id << 16
     }
 
-    fn prepare_resume(&mut self, how: Resume) {
-        self.resumed_by = Some(how);
-    }
-
-    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) -> u64 {
-        // The contract the real stacks rely on: a thread waiting for the result of a call.
-        assert_eq!(self.resumed_by, Some(Resume::Syscall), "hand-off to a thread not waiting in a call");
+    fn hand_off(&mut self, msg: Message, tag: u64, label: u64) {
         match msg {
             Message::Utcb { dst, src, words } => {
                 assert!(words <= crate::hal::HAND_OFF_WORDS);
@@ -228,7 +214,6 @@ impl ThreadStack for FakeStack {
             Message::Regs { words, n } => self.regs.words[..n].copy_from_slice(&words[..n]),
         }
         self.regs.set_syscall_result(tag, label);
-        self.saved
     }
 
     fn fpu_save(&mut self) {
@@ -248,7 +233,7 @@ fn check_range(pa: PhysAddr, len: usize) -> usize {
 
 impl Arch for Fake {
     type Space = FakeSpace;
-    type Stack = FakeStack;
+    type Context = FakeContext;
     const TICK_HZ: u64 = 1000;
 
     fn cycles() -> u64 {
@@ -354,7 +339,9 @@ impl Arch for Fake {
         })
     }
 
-    fn set_kernel_stack(_: u64) {}
+    fn set_entry_frame(frame: u64) {
+        ENTRY_FRAME.with(|f| f.set(frame));
+    }
 
     fn set_user_gs(_: u64) {}
 

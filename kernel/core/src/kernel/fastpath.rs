@@ -9,7 +9,7 @@
 //! items, timeouts, a higher-priority thread ready, queued senders, pending interrupts) takes
 //! the general path in `ipc.rs`, which has the same semantics.
 
-use crate::hal::{Arch, Message, Resume, ThreadStack, UserRegs};
+use crate::hal::{Arch, Message, Resume, ThreadContext, UserRegs};
 use crate::kernel::switch::Next;
 use crate::kernel::vcpu::ResumeCache;
 use crate::kernel::GateCache;
@@ -92,14 +92,14 @@ impl<A: Arch> Kernel<A> {
         }
         // A register message stays one: neither UTCB is touched.
         let msg = if regs {
-            Message::Regs { words: t.kstack.regs().reg_words(), n: words }
+            Message::Regs { words: t.ctx.regs().reg_words(), n: words }
         } else {
             Message::Utcb { dst: d.utcb_frame?, src: t.utcb_frame?, words }
         };
         let rtag = MsgTag::new(tag.label(), words as u64, 0, if regs { MsgTag::REGS } else { 0 });
-        // Delivered once the address space is switched (see `ThreadStack::hand_off`): the
-        // partner's stack and UTCB are touched only in its own window.
-        let rsp = d.kstack.hand_off(msg, rtag.0, label);
+        // Delivered once the address space is switched (see `ThreadContext::hand_off`): the
+        // partner's UTCB is touched only in its own window.
+        d.ctx.hand_off(msg, rtag.0, label);
         d.state = ThreadState::Running;
         d.resume = None;
         // A call hands the partner our reply capability; a reply uses up ours.
@@ -110,9 +110,8 @@ impl<A: Arch> Kernel<A> {
             t.reply_to = None;
         }
         t.state = ThreadState::Receiving(if call { Wait::Reply(dst) } else { Wait::Open });
-        t.kstack.prepare_resume(Resume::Syscall);
         t.resume = Some(Resume::Syscall);
-        let next = Next::enter_at(d, rsp);
+        let next = Next::enter(d, Resume::Syscall);
         self.current = Some(dst);
         self.fpu_for(dst);
         Some(next)
@@ -157,7 +156,7 @@ impl<A: Arch> Kernel<A> {
             }
         }
         let t = self.threads.get_mut(me)?;
-        if !t.kstack.regs().set_context(ctx) {
+        if !t.ctx.regs().set_context(ctx) {
             return self.vcpu_resume_failed(me, abi::Error::Inval);
         }
         let own = (t.fs_base, t.root, t.io_task);
@@ -208,7 +207,7 @@ impl<A: Arch> Kernel<A> {
     #[cold]
     fn vcpu_resume_failed(&mut self, me: Id, e: abi::Error) -> Option<Next> {
         let t = self.threads.get_mut(me)?;
-        t.kstack.regs().set_syscall_result(MsgTag::error(e).0, 0);
+        t.ctx.regs().set_syscall_result(MsgTag::error(e).0, 0);
         self.resume_by = Resume::Syscall;
         self.resume_self()
     }

@@ -5,7 +5,7 @@
 //! through user pointers; results are written back there.
 
 use crate::captable::CapTable;
-use crate::hal::{Arch, ThreadStack, UserRegs};
+use crate::hal::{Arch, ThreadContext, UserRegs};
 use crate::kernel::ipc::Outcome;
 use crate::kernel::memory::{MapItem, MEM_ALL};
 use crate::kernel::Wait;
@@ -70,7 +70,7 @@ impl<A: Arch> Kernel<A> {
             return Err(Error::Inval);
         }
         let t = self.threads.get_mut(me).ok_or(Error::Inval)?;
-        let words = t.kstack.regs().reg_words();
+        let words = t.ctx.regs().reg_words();
         A::write_words(t.utcb_frame.ok_or(Error::Inval)?, &words[..tag.words()]);
         Ok(tag.without_regs())
     }
@@ -368,7 +368,7 @@ impl<A: Arch> Kernel<A> {
                 }
                 let current = self.current == Some(t);
                 let th = self.threads.get_mut(t).ok_or(Error::NoEnt)?;
-                let f = th.kstack.regs();
+                let f = th.ctx.regs();
                 let old = [f.ip(), f.sp(), f.flags()];
                 if current {
                     // Our own frame is in use by this very system call: apply on the way out.
@@ -492,7 +492,6 @@ impl<A: Arch> Kernel<A> {
 
     /// A new, inactive, unbound thread.
     pub fn new_thread(&mut self, factory: Option<Id>) -> Id {
-        let kstack = A::Stack::new_user();
         self.threads.insert(Thread {
             task: None,
             root: 0,
@@ -506,8 +505,7 @@ impl<A: Arch> Kernel<A> {
             prio: 0,
             quantum: QUANTUM,
             quantum_len: QUANTUM,
-            kstack,
-            fresh: true,
+            ctx: A::Context::new_user(),
             utcb_user: 0,
             utcb_frame: None,
             pager: CapIdx(0),

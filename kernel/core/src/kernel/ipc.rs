@@ -5,7 +5,7 @@
 //! frame, into which the waker writes the result registers.
 
 use crate::hal::Arch;
-use crate::hal::{Resume, ThreadStack, UserRegs};
+use crate::hal::{Resume, ThreadContext, UserRegs};
 use crate::kernel::memory::MapItem;
 use crate::kernel::{Kernel, PendingSend, ThreadState, Wait};
 use crate::mem::PhysAddr;
@@ -101,7 +101,7 @@ impl<A: Arch> Kernel<A> {
                 Ok((tag, label)) => (tag.0, label),
                 Err(e) => (MsgTag::error(e).0, 0),
             };
-            th.kstack.regs().set_syscall_result(tag, label);
+            th.ctx.regs().set_syscall_result(tag, label);
         }
         // A fault message, if it sent one, has been answered.
         th.pending_fault = None;
@@ -374,7 +374,7 @@ impl<A: Arch> Kernel<A> {
                     let utcb = self.threads.get(me).and_then(|t| t.utcb_frame).ok_or(Error::Inval)?;
                     read_words::<A>(utcb, 0, exc_regs::WORDS, &mut r);
                     if let Some(t) = self.threads.get_mut(caller) {
-                        t.kstack.regs().apply_exception_words(&r);
+                        t.ctx.regs().apply_exception_words(&r);
                     }
                 }
                 self.wake(caller, Ok((MsgTag::new(0, 0, 0, 0), 0)));
@@ -405,14 +405,7 @@ impl<A: Arch> Kernel<A> {
     /// A user exception of the current thread `me`: sends the fault message to its pager
     /// (page faults) or exception handler, and `me` blocks. Returns `None` if there is no
     /// handler. (A vCPU's user task upcalls instead: [`Kernel::vcpu_fault`].)
-    pub fn raise_fault<R: UserRegs>(
-        &mut self,
-        me: Id,
-        vector: u8,
-        error: u64,
-        addr: u64,
-        f: &R,
-    ) -> Option<()> {
+    pub fn raise_fault(&mut self, me: Id, vector: u8, error: u64, addr: u64) -> Option<()> {
         let (kind, handler_idx) = {
             let t = self.threads.get(me)?;
             if vector == 14 {
@@ -426,6 +419,7 @@ impl<A: Arch> Kernel<A> {
         if dst == me {
             return None;
         }
+        let f = self.threads.get_mut(me)?.ctx.regs();
         let (w, tag) = match kind {
             FaultKind::Page => {
                 let mut w = [0u64; exc_regs::WORDS];

@@ -22,7 +22,7 @@ mod fake;
 mod tests;
 
 use crate::captable::{Cap, CapTable};
-use crate::hal::{Arch, Resume, ThreadStack};
+use crate::hal::{Arch, Resume};
 use crate::mapdb::{Entry, MapDb};
 use crate::mem::{PhysAddr, PAGE_SIZE};
 use crate::sched::ReadyQueues;
@@ -147,8 +147,9 @@ pub struct PendingSend {
 pub struct Thread<A: Arch> {
     pub state: ThreadState,
     pub prio: u8,
-    /// How the thread returns to user mode while its kernel context is abandoned (it blocked):
-    /// wakers then write its result registers into its user frame.
+    /// How the thread returns to user mode once it runs again, while it is not running
+    /// (`None`: it has never run, or runs: by `iret`). Wakers of a thread that blocked in a
+    /// system call write its result registers into its frame.
     pub resume: Option<Resume>,
     pub utcb_frame: Option<PhysAddr>,
     pub utcb_user: u64,
@@ -162,12 +163,11 @@ pub struct Thread<A: Arch> {
     pub io_task: u64,
     /// The caller waiting for this thread's reply (the implicit reply capability).
     pub reply_to: Option<Id>,
-    pub kstack: Box<A::Stack>,
+    /// Its user registers (saved here by every entry from user mode) and FPU area.
+    pub ctx: A::Context,
     pub task: Option<Id>,
     pub quantum: u32,
     pub quantum_len: u32,
-    /// Has never run: its user frame on the kernel stack may be edited in place.
-    pub fresh: bool,
     pub pager: CapIdx,
     pub exc_handler: CapIdx,
     /// Threads blocked sending to this one, in arrival order.
@@ -232,7 +232,8 @@ pub struct Factory {
 /// Kernel memory charged per object kind (approximate footprint in bytes).
 pub mod cost {
     pub const TASK: u64 = 3 * 4096;
-    pub const THREAD: u64 = 16 * 1024 + 512;
+    /// The thread's arena entry with its registers, and its FPU area.
+    pub const THREAD: u64 = 2 * 1024;
     pub const SMALL: u64 = 128;
 }
 
@@ -253,8 +254,6 @@ pub struct Kernel<A: Arch> {
     pub io_loaded: u64,
     pub ready: ReadyQueues<Id>,
     pub current: Option<Id>,
-    /// Dead threads whose kernel stacks are freed once nobody runs on them.
-    pub zombies: Vec<(Id, Thread<A>)>,
     /// Threads blocked with a deadline.
     pub timed: Vec<Id>,
     pub kip: PhysAddr,
@@ -313,7 +312,6 @@ impl<A: Arch> Kernel<A> {
             io_loaded: 0,
             ready: ReadyQueues::new(),
             current: None,
-            zombies: Vec::new(),
             timed: Vec::new(),
             kip,
             lines: [None; crate::kernel::icu::LINES],
@@ -605,13 +603,7 @@ impl<A: Arch> Kernel<A> {
         }
         if let Some(t) = self.threads.remove(id) {
             self.refund(t.factory, cost::THREAD);
-            self.zombies.push((id, t));
         }
-    }
-
-    /// Frees the kernel stacks of dead threads other than the one we run on.
-    pub fn reap(&mut self, keep: Option<u64>) {
-        self.zombies.retain(|(_, z)| Some(z.kstack.top()) == keep);
     }
 }
 
@@ -686,9 +678,6 @@ impl<A: Arch> Kernel<A> {
             }
             if t.task.is_some_and(|tk| self.tasks.get(tk).is_none()) {
                 return Err("thread bound to a dead task");
-            }
-            if !t.kstack.intact() {
-                return Err("a kernel stack overflowed");
             }
         }
         for (_, g) in self.gates.iter() {

@@ -1,34 +1,30 @@
-//! Choosing the thread to run next. The kernel binary performs the actual switch (stacks and
-//! address space) with what [`Next`] says.
+//! Choosing the thread to run next. The kernel binary performs the actual switch (address
+//! space, user registers) with what [`Next`] says.
 
-use crate::hal::{Arch, ThreadStack};
+use crate::hal::{Arch, Resume, ThreadContext};
 use crate::kernel::{Kernel, Thread, ThreadState};
 
-/// Where the CPU goes next: an address space to load (0: keep the current one) and the saved
-/// kernel stack pointer of the thread.
+/// Where the CPU goes next: an address space to load (0: keep the current one), the user
+/// registers of the thread to resume and how to leave by them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Next {
     pub root: u64,
-    pub rsp: u64,
+    pub frame: u64,
+    pub by: Resume,
 }
 
 impl Next {
-    /// Prepares the CPU for the first user entry of `t` (kernel stack, user thread pointer) and
-    /// says where to resume it. The caller makes it current.
+    /// Prepares the CPU for the next user entry of `t` (where its registers are saved, its
+    /// thread pointers) and says how to resume it. The caller makes it current.
     #[inline(always)]
-    pub fn enter<A: Arch>(t: &Thread<A>) -> Next {
-        Self::enter_at(t, t.kstack.saved())
-    }
-
-    /// [`Next::enter`] with the stack pointer already known (from `ThreadStack::hand_off`).
-    #[inline(always)]
-    pub fn enter_at<A: Arch>(t: &Thread<A>, rsp: u64) -> Next {
-        A::set_kernel_stack(t.kstack.top());
+    pub fn enter<A: Arch>(t: &Thread<A>, by: Resume) -> Next {
+        let frame = t.ctx.frame();
+        A::set_entry_frame(frame);
         A::set_user_gs(t.gs_base);
         A::set_user_fs(t.fs_base);
         debug_assert!(t.root != 0, "runnable threads are bound");
         let root = if A::active_root() == t.root { 0 } else { t.root };
-        Next { root, rsp }
+        Next { root, frame, by }
     }
 }
 
@@ -46,10 +42,10 @@ impl<A: Arch> Kernel<A> {
             return;
         }
         if let Some(o) = self.fpu_owner.and_then(|o| self.threads.get_mut(o)) {
-            o.kstack.fpu_save();
+            o.ctx.fpu_save();
         }
         if let Some(t) = self.threads.get(cur) {
-            t.kstack.fpu_restore();
+            t.ctx.fpu_restore();
         }
         self.fpu_owner = Some(cur);
     }
@@ -60,23 +56,13 @@ impl<A: Arch> Kernel<A> {
         let next = self.ready.dequeue()?;
         let t = self.threads.get_mut(next).expect("ready queue names a live thread");
         t.state = ThreadState::Running;
-        t.fresh = false;
-        t.resume = None;
+        let by = t.resume.take().unwrap_or(Resume::Exception);
         let io = t.io_task;
-        let n = Next::enter(t);
+        let n = Next::enter(t, by);
         self.current = Some(next);
         self.load_io(io);
         self.fpu_for(next);
         Some(n)
-    }
-
-    /// The kernel stack the CPU runs on: the current thread's, also when it just died.
-    pub fn current_stack(&mut self) -> Option<&mut A::Stack> {
-        let c = self.current?;
-        if self.threads.get(c).is_some() {
-            return self.threads.get_mut(c).map(|t| &mut *t.kstack);
-        }
-        self.zombies.iter_mut().find(|(id, _)| *id == c).map(|(_, z)| &mut *z.kstack)
     }
 
     /// The timer interrupt: time-slice accounting when a tick is due, expired timeouts and
@@ -119,11 +105,13 @@ impl<A: Arch> Kernel<A> {
         self.current.and_then(|c| self.threads.get(c)).is_some_and(|t| self.ready.any_above(t.prio))
     }
 
-    /// The current thread, running, goes to the tail of its priority level (preemption).
-    pub fn requeue_current(&mut self) {
+    /// The current thread, running, goes to the tail of its priority level (preemption), to
+    /// resume from its registers the way `how` says.
+    pub fn requeue_current(&mut self, how: Resume) {
         let Some(c) = self.current else { return };
         if let Some(t) = self.threads.get_mut(c).filter(|t| t.state == ThreadState::Running) {
             t.state = ThreadState::Ready;
+            t.resume = Some(how);
             let p = t.prio;
             self.ready.enqueue(c, p);
         }

@@ -4,7 +4,7 @@
 use super::fake::{self, Fake};
 use super::ipc::Outcome;
 use super::{Factory, Kernel, Obj, ThreadState, Wait};
-use crate::hal::{Arch, Resume, ThreadStack, UserRegs};
+use crate::hal::{Arch, Resume, ThreadContext, UserRegs};
 use crate::slab::Id;
 use abi::cap::well_known as wk;
 use abi::proto::{self, fpage::unmap_mask, fpage::Fpage, thread_control as tc, Protocol};
@@ -56,15 +56,17 @@ impl M {
         self.k.ready.remove(me, prio);
         self.k.threads.get_mut(me).unwrap().state = ThreadState::Running;
         self.k.current = Some(me);
-        if self.k.fastpath(rdx, tag, r8).is_some() {
+        if let Some(n) = self.k.fastpath(rdx, tag, r8) {
+            // Whoever runs next is resumed from its own registers, and its next entry saves
+            // them there again.
+            let f = self.k.current.and_then(|c| self.k.threads.get(c)).unwrap().ctx.frame();
+            assert_eq!((n.frame, fake::ENTRY_FRAME.with(|e| e.get())), (f, f));
             return None;
         }
         match self.k.invoke(rdx, tag, r8) {
             Outcome::Done(t, l) => Some((t, l)),
             Outcome::Blocked => {
-                let t = self.k.threads.get_mut(me).unwrap();
-                t.kstack.prepare_resume(Resume::Syscall);
-                t.resume = Some(Resume::Syscall);
+                self.k.threads.get_mut(me).unwrap().resume = Some(Resume::Syscall);
                 None
             }
             Outcome::Resume => {
@@ -100,7 +102,7 @@ impl M {
 
     /// The result registers a blocked thread was woken with.
     fn woke_with(&mut self, t: Id) -> (MsgTag, u64) {
-        let r = self.k.threads.get_mut(t).unwrap().kstack.regs().syscall_args();
+        let r = self.k.threads.get_mut(t).unwrap().ctx.regs().syscall_args();
         (MsgTag(r[1]), r[2])
     }
 
@@ -190,20 +192,20 @@ fn register_messages_on_both_paths() {
     // The fast path: frame to frame, flagged, neither UTCB written.
     m.wait(s, 0);
     m.set_mrs(s, &[0; 4]);
-    m.k.threads.get_mut(m.root).unwrap().kstack.regs().words = [10, 11, 12, 13];
+    m.k.threads.get_mut(m.root).unwrap().ctx.regs().words = [10, 11, 12, 13];
     assert_eq!(m.sys(m.root, call, regs(7, 3), 0), None);
     let (tag, label) = m.woke_with(s);
     assert_eq!((tag.in_regs(), tag.words(), tag.label(), label), (true, 3, 7, 0x42));
-    assert_eq!(m.k.threads.get_mut(s).unwrap().kstack.regs().words[..3], [10, 11, 12]);
+    assert_eq!(m.k.threads.get_mut(s).unwrap().ctx.regs().words[..3], [10, 11, 12]);
     assert_eq!(m.mrs(s, 4), vec![0; 4], "the receiver's UTCB is untouched");
     // The reply in registers too.
-    m.k.threads.get_mut(s).unwrap().kstack.regs().words = [20, 21, 0, 0];
+    m.k.threads.get_mut(s).unwrap().ctx.regs().words = [20, 21, 0, 0];
     assert_eq!(m.sys(s, 0xf, regs(0, 2), 0), None);
     let (tag, _) = m.woke_with(m.root);
     assert_eq!((tag.in_regs(), tag.words()), (true, 2));
-    assert_eq!(m.k.threads.get_mut(m.root).unwrap().kstack.regs().words[..2], [20, 21]);
+    assert_eq!(m.k.threads.get_mut(m.root).unwrap().ctx.regs().words[..2], [20, 21]);
     // With a send timeout the general path takes it: the words arrive in the UTCB, unflagged.
-    m.k.threads.get_mut(m.root).unwrap().kstack.regs().words = [30, 31, 32, 33];
+    m.k.threads.get_mut(m.root).unwrap().ctx.regs().words = [30, 31, 32, 33];
     assert_eq!(m.sys(m.root, call, regs(7, 4), timeout::pack(1000, 0)), None);
     let (tag, _) = m.woke_with(s);
     assert_eq!((tag.in_regs(), tag.words()), (false, 4));
@@ -360,7 +362,6 @@ proptest! {
         for slot in 32..48 {
             let _ = m.op(wk::TASK, proto::task::LABEL, &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(slot), 0, Rights::ALL).0]);
         }
-        m.k.reap(None);
         prop_assert_eq!(m.k.factories.get(m.factory).unwrap().used, 0, "quota not refunded");
         prop_assert_eq!(fake::free_frames(), frames_machine, "frames leaked");
         prop_assert_eq!(m.k.self_check(), Ok(()));
@@ -429,16 +430,13 @@ fn vcpu_resume_and_upcall() {
     };
     let t = m.k.threads.get_mut(v).unwrap();
     assert_eq!(t.vcpu_user, Some(user));
-    assert_eq!((t.kstack.regs().ip(), t.kstack.regs().sp(), t.kstack.regs().gpr[0]), (0x1000, 0x2000, 5));
+    assert_eq!((t.ctx.regs().ip(), t.ctx.regs().sp(), t.ctx.regs().gpr[0]), (0x1000, 0x2000, 5));
     // A system call in the user task is an upcall, not an invocation.
-    t.kstack.regs().ip = 0x1002;
+    t.ctx.regs().ip = 0x1002;
     assert_eq!(m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0), None);
     let t = m.k.threads.get_mut(v).unwrap();
     assert_eq!(t.vcpu_user, None, "back in the vCPU's own task");
-    assert_eq!(
-        (t.kstack.regs().ip(), t.kstack.regs().sp(), t.kstack.regs().gpr[5]),
-        (0x40_0000, 0x7000, area_addr)
-    );
+    assert_eq!((t.ctx.regs().ip(), t.ctx.regs().sp(), t.ctx.regs().gpr[5]), (0x40_0000, 0x7000, area_addr));
     Fake::read_words(area, &mut w);
     assert_eq!((w[off::TRAPNO], w[off::REGS + 15], w[off::STATE]), (trap::SYSCALL, 0x1002, 0));
     assert_eq!(w[off::SAVED_STATE], state::USER_MODE);
@@ -503,7 +501,7 @@ fn vcpu_resume_with_map_items_takes_the_fast_path() {
     assert!(resume(&mut m, 0x1000, 0x30_0000), "a page-fault answer takes the fast path");
     let own_root = m.k.threads.get(m.root).unwrap().root;
     let t = m.k.threads.get_mut(v).unwrap();
-    assert_eq!((t.vcpu_user, t.kstack.regs().ip()), (Some(user), 0x1000));
+    assert_eq!((t.vcpu_user, t.ctx.regs().ip()), (Some(user), 0x1000));
     assert_eq!(m.k.tasks.get(user).unwrap().space.pages[&0x30_0000].0, page, "mapped on the way");
     assert_eq!(m.k.user_vcpu, Some((v, own_root)), "remembered in its user task");
     assert_eq!(m.k.self_check(), Ok(()));

@@ -4,7 +4,7 @@
 use super::ipc::Outcome;
 use super::switch::Next;
 use super::{Kernel, Obj, ThreadState, Wait};
-use crate::hal::{Arch, ThreadStack, UserRegs};
+use crate::hal::{Arch, ThreadContext, UserRegs};
 use crate::mem::PhysAddr;
 use crate::slab::Id;
 use abi::vcpu::{off, state, sticky, trap, VERSION};
@@ -89,7 +89,7 @@ impl<A: Arch> Kernel<A> {
         let head: [u64; off::REGS] = A::read_array(area.frame);
         let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
         if save {
-            th.kstack.regs().save_context(regs, [th.fs_base, th.gs_base, trapno, err, pfa]);
+            th.ctx.regs().save_context(regs, [th.fs_base, th.gs_base, trapno, err, pfa]);
         } else {
             A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &[trapno, err, pfa]);
         }
@@ -98,7 +98,7 @@ impl<A: Arch> Kernel<A> {
             set_word::<A>(&area, off::IRQ_LABEL, l);
         }
         let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
-        if !th.kstack.regs().set_entry(ip, sp, area.user) {
+        if !th.ctx.regs().set_entry(ip, sp, area.user) {
             let own = th.task;
             return self.vcpu_entry_unusable(own, ip, sp);
         }
@@ -158,9 +158,8 @@ impl<A: Arch> Kernel<A> {
         let how = core::mem::replace(&mut self.resume_by, crate::hal::Resume::Exception);
         let c = self.current?;
         let t = self.threads.get_mut(c)?;
-        t.kstack.prepare_resume(how);
         let io = t.io_task;
-        let n = Next::enter(t);
+        let n = Next::enter(t, how);
         self.load_io(io);
         Some(n)
     }
@@ -171,7 +170,7 @@ impl<A: Arch> Kernel<A> {
             Ok(()) => {
                 // A context whose rcx/r11 are its ip/flags (after a user `syscall`, or an
                 // upcall entry) survives sysret exactly; anything else needs iret.
-                let r = self.threads.get_mut(me).map(|t| t.kstack.regs().context());
+                let r = self.threads.get_mut(me).map(|t| t.ctx.regs().context());
                 let sysret = r.is_some_and(|c| c[2] == c[15] && c[10] == c[17]);
                 self.resume_by =
                     if sysret { crate::hal::Resume::Syscall } else { crate::hal::Resume::Exception };
@@ -222,7 +221,7 @@ impl<A: Arch> Kernel<A> {
         let (fs, gs) = (w[off::REGS + 18], w[off::REGS + 19]);
         let Some(user) = user else {
             let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-            if !th.kstack.regs().set_context(&ctx) {
+            if !th.ctx.regs().set_context(&ctx) {
                 return Err(Error::Inval);
             }
             (th.fs_base, th.gs_base) = (fs, gs);
@@ -232,7 +231,7 @@ impl<A: Arch> Kernel<A> {
         let (root, io) = (A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space), self.io_key(user));
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
         let own = (th.fs_base, th.root, th.io_task);
-        if !th.kstack.regs().set_context(&ctx) {
+        if !th.ctx.regs().set_context(&ctx) {
             return Err(Error::Inval);
         }
         // A vCPU already in a user task keeps what it saved of its own context then.
