@@ -726,3 +726,33 @@ fn cap_equal_tells_objects_apart() {
     assert_eq!(eq(&mut m, 30, 31), 0, "two gates with the same label are different objects");
     assert_eq!(eq(&mut m, 33, 33), 0, "empty slots name nothing");
 }
+
+#[test]
+fn preempted_threads_resume_from_their_frames_the_way_they_left() {
+    // There are no kernel stacks to keep a preempted context on: a thread interrupted in user
+    // mode resumes by iret from its frame, one preempted after a finished system call by
+    // sysret, and the CPU's next entry saves into the frame of whoever runs.
+    let mut m = machine(4 << 20);
+    let a = m.root;
+    let b = m.thread(CapIdx(20), 1);
+    let prio = m.k.threads.get(b).unwrap().prio;
+    let ta = m.k.threads.get_mut(a).unwrap();
+    (ta.prio, ta.state) = (prio, ThreadState::Running);
+    ta.ctx.regs().ip = 0x1234;
+    m.k.current = Some(a);
+    let frame = |m: &M, t: Id| m.k.threads.get(t).unwrap().ctx.frame();
+
+    m.k.requeue_current(Resume::Exception); // the tick interrupted a
+    let n = m.k.pick().unwrap();
+    assert_eq!((m.k.current, n.by, n.frame), (Some(b), Resume::Exception, frame(&m, b)), "b never ran: iret");
+    assert_eq!(fake::ENTRY_FRAME.with(|e| e.get()), frame(&m, b));
+
+    m.k.requeue_current(Resume::Syscall); // b finished a call, then a higher thread was ready
+    let n = m.k.pick().unwrap();
+    assert_eq!((m.k.current, n.by, n.frame), (Some(a), Resume::Exception, frame(&m, a)));
+    assert_eq!(m.k.threads.get_mut(a).unwrap().ctx.regs().ip, 0x1234, "a's frame untouched");
+    m.k.requeue_current(Resume::Exception);
+    let n = m.k.pick().unwrap();
+    assert_eq!((m.k.current, n.by), (Some(b), Resume::Syscall));
+    assert_eq!(m.k.threads.get(b).unwrap().resume, None, "running threads have no resumption pending");
+}
