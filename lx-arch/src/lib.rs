@@ -72,8 +72,11 @@ fn main(args: &str) -> i32 {
     // SAFETY: a plain int Linux writes before it returns; nothing else runs by now.
     let status = unsafe { uml_exitcode };
     if vcpu::HOT.profile.load(Ordering::Relaxed) {
-        let (n, c) = vcpu::profile();
+        let ((n, c), kinds) = vcpu::profile();
         l4::println!("os-L4 profile: {n} process events, {c} cycles each in Linux from upcall to resume");
+        for (kind, n, c) in kinds.into_iter().filter(|k| k.1 > 0) {
+            l4::println!("os-L4 profile:   {}: {n} events, {c} cycles each", vcpu::Kind(kind));
+        }
         let (r, m) = (vcpu::HOT.on_resume.load(Ordering::Relaxed), task::BY_MAP.load(Ordering::Relaxed));
         let sc = task::SYSCALL_CYCLES.load(Ordering::Relaxed) / n.max(1);
         l4::println!("os-L4 profile: {r} pages mapped by resumes, {m} by Task::Map; {sc} cycles per event in task calls");

@@ -172,13 +172,63 @@ extern "C" {
     fn lx_vcpu_enter(rdx: u64, tag: u64) -> u64;
 }
 
-static PROFILE_SUM: AtomicU64 = AtomicU64::new(0);
-static PROFILE_EVENTS: AtomicU64 = AtomicU64::new(0);
+/// Kinds of process events `lx.profile` tells apart: each system call number below
+/// [`SYSCALLS`], then page faults, interrupts and everything else.
+const SYSCALLS: usize = 512;
+const KINDS: usize = SYSCALLS + 3;
+/// Per kind: events, and cycles in Linux from the upcall to the next resume.
+static PROFILE: [(AtomicU64, AtomicU64); KINDS] = [const { (AtomicU64::new(0), AtomicU64::new(0)) }; KINDS];
+/// The kind of the event Linux handles now.
+static PROFILE_KIND: AtomicU64 = AtomicU64::new(0);
 
-/// The profile's result: (events, cycles in Linux per event).
-pub fn profile() -> (u64, u64) {
-    let n = PROFILE_EVENTS.load(Ordering::Relaxed);
-    (n, PROFILE_SUM.load(Ordering::Relaxed) / n.max(1))
+/// A line of `lx.profile`: a kind ([`Kind`]), its events, its cycles in Linux per event.
+pub type ProfileLine = (usize, u64, u64);
+
+/// The profile's result: (events, cycles in Linux per event) in all, and the eight kinds
+/// that took the most cycles, most first (0 events: none).
+pub fn profile() -> ((u64, u64), [ProfileLine; 8]) {
+    let load = |i: usize| (PROFILE[i].0.load(Ordering::Relaxed), PROFILE[i].1.load(Ordering::Relaxed));
+    let (n, c) = (0..KINDS).map(load).fold((0, 0), |(n, c), (a, b)| (n + a, c + b));
+    let mut top = [(0, 0, 0); 8];
+    let mut taken = [false; KINDS];
+    for slot in top.iter_mut() {
+        let best = (0..KINDS).filter(|i| !taken[*i] && load(*i).0 > 0).max_by_key(|i| load(*i).1);
+        let Some(i) = best else { break };
+        taken[i] = true;
+        let (n, c) = load(i);
+        *slot = (i, n, c / n);
+    }
+    ((n, c / n.max(1)), top)
+}
+
+/// Kind `i` of `lx.profile`, printable.
+pub struct Kind(pub usize);
+
+impl core::fmt::Display for Kind {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self.0.checked_sub(SYSCALLS) {
+            None => write!(f, "system call {}", self.0),
+            Some(0) => f.write_str("page fault"),
+            Some(1) => f.write_str("interrupt"),
+            Some(_) => f.write_str("other exception"),
+        }
+    }
+}
+
+/// The `lx.profile` kind of the event in the state area.
+fn event_kind() -> u64 {
+    match read(|s| unsafe_field(s, core::mem::offset_of!(VcpuState, regs.trapno))) {
+        trap::SYSCALL => {
+            read(|s| unsafe_field(s, core::mem::offset_of!(VcpuState, regs.rax))).min(SYSCALLS as u64 + 2)
+        }
+        14 => SYSCALLS as u64,
+        trap::IRQ => SYSCALLS as u64 + 1,
+        _ => SYSCALLS as u64 + 2,
+    }
+}
+
+fn unsafe_field(s: *mut VcpuState, offset: usize) -> *mut u64 {
+    s.cast::<u8>().wrapping_add(offset).cast()
 }
 
 fn area() -> *mut VcpuState {
@@ -502,8 +552,9 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
     }
     let t0 = HOT.profile_t0.swap(0, Ordering::Relaxed);
     if t0 != 0 {
-        PROFILE_SUM.fetch_add(l4::sys::cycles() - t0, Ordering::Relaxed);
-        PROFILE_EVENTS.fetch_add(1, Ordering::Relaxed);
+        let k = &PROFILE[PROFILE_KIND.load(Ordering::Relaxed) as usize];
+        k.0.fetch_add(1, Ordering::Relaxed);
+        k.1.fetch_add(l4::sys::cycles() - t0, Ordering::Relaxed);
     }
     // Pages UML's sync just mapped into this process go with the resume.
     let items = match crate::task::items_for_resume(task as u64) {
@@ -519,6 +570,7 @@ pub unsafe extern "C" fn lx_resume_user(task: c_int, gp: *const u64, fp: *const 
         return refused(MsgTag(r));
     }
     if HOT.profile.load(Ordering::Relaxed) {
+        PROFILE_KIND.store(event_kind(), Ordering::Relaxed);
         HOT.profile_t0.store(l4::sys::cycles(), Ordering::Relaxed);
     }
     0

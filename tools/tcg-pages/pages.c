@@ -11,7 +11,9 @@
  * look the target up in the jump cache, which the switch flushed too). Recording starts at the
  * first execution of `mark=ADDR` and stops after `windows=N` windows (default 24); with
  * `toggle=1`, executions of the mark alternately pause it and resume it in a new window.
- * Memory accesses are counted too. The result goes to `out=FILE` when QEMU exits.
+ * With `skip=N` the first N executions of the mark are ignored (a later round of a loop).
+ * Memory accesses are counted too. With `hist=N`, the instructions window N executed at each
+ * address are listed too (`H` lines). The result goes to `out=FILE` when QEMU exits.
  *
  * Only the few plugin API functions below are used; they are declared here (QEMU's public
  * plugin API, stable since version 2) so that no QEMU headers are needed to build it:
@@ -81,6 +83,25 @@ static uint64_t ip_now;
 static const char *out = "tcg-pages.txt";
 static struct window *win;
 static const struct block *prev_block;
+/* `hist=N`: instructions executed per address in window N. */
+#define HIST_SIZE (1 << 18)
+static int hist_window = -1;
+/* `skip=N`: the first N executions of the mark are not one. */
+static long skip_marks;
+static struct { uint64_t ip; long n; } *hist;
+
+static void count(uint64_t ip)
+{
+	uint64_t h = (ip * 0x9e3779b97f4a7c15ULL) >> 46;
+
+	for (int i = 0; i < HIST_SIZE; i++, h = (h + 1) & (HIST_SIZE - 1)) {
+		if (hist[h].ip == ip || !hist[h].n) {
+			hist[h].ip = ip;
+			hist[h].n++;
+			return;
+		}
+	}
+}
 
 static void touch(uint64_t va, bool code)
 {
@@ -99,7 +120,9 @@ static void on_insn(unsigned vcpu, void *ip_)
 	uint64_t ip = (uintptr_t)ip_;
 
 	(void)vcpu;
-	if (ip == mark_at && !done_recording) {
+	if (ip == mark_at && skip_marks > 0) {
+		skip_marks--;
+	} else if (ip == mark_at && !done_recording) {
 		if (recording) {
 			/* toggle: pause; the next execution of the mark opens a new window */
 			recording = !toggle;
@@ -116,6 +139,8 @@ static void on_insn(unsigned vcpu, void *ip_)
 		return;
 	ip_now = ip;
 	win[nw].insns++;
+	if (nw == hist_window)
+		count(ip);
 	touch(ip, true);
 	bool split = false;
 	for (int i = 0; i < n_splits; i++)
@@ -222,6 +247,9 @@ static void report(qemu_plugin_id_t id, void *unused)
 		for (int i = 0; i < win[w].nj; i++)
 			fprintf(f, "  J %016llx %016llx\n", (unsigned long long)win[w].j[i].target,
 				(unsigned long long)win[w].j[i].from);
+		for (int i = 0; w == hist_window && i < HIST_SIZE; i++)
+			if (hist[i].n)
+				fprintf(f, "  H %016llx %ld\n", (unsigned long long)hist[i].ip, hist[i].n);
 	}
 	fclose(f);
 }
@@ -248,6 +276,10 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
 			max_windows = atoi(a + 8);
 		else if (!strncmp(a, "toggle=", 7))
 			toggle = atoi(a + 7) != 0;
+		else if (!strncmp(a, "skip=", 5))
+			skip_marks = atol(a + 5);
+		else if (!strncmp(a, "hist=", 5))
+			hist_window = atoi(a + 5);
 		else if (!strncmp(a, "out=", 4))
 			out = a + 4;
 		else {
@@ -260,7 +292,8 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
 		return -1;
 	}
 	win = calloc(MAX_WINDOWS, sizeof(*win));
-	if (!win)
+	hist = calloc(HIST_SIZE, sizeof(*hist));
+	if (!win || !hist)
 		return -1;
 	qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
 	qemu_plugin_register_atexit_cb(id, report, NULL);
