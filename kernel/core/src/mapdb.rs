@@ -367,8 +367,9 @@ impl<V: Copy> MapDb<V> {
         out
     }
 
-    /// The slots of `space` at positions `first..=last`, by position: a lookup per position
-    /// for short ranges, a walk of the space's list for long ones.
+    /// The slots of `space` at positions `first..=last`: a lookup per position for short
+    /// ranges (in order), a walk of the space's list for long ones (in list order: a space's
+    /// removal needs no sorting).
     fn slots_in(&self, space: u64, first: u64, last: u64) -> Vec<(u64, Id)> {
         let last = last.min(HEAD - 1);
         let Some(first) = first.checked_next_multiple_of(self.step).filter(|f| *f <= last) else {
@@ -390,7 +391,6 @@ impl<V: Copy> MapDb<V> {
             }
             n = node.space_next;
         }
-        out.sort_unstable_by_key(|(p, _)| *p);
         out
     }
 
@@ -421,7 +421,10 @@ impl<V: Copy> MapDb<V> {
 
     /// Slots of `space` at `first..=last`, in order.
     pub fn keys_in(&self, space: u64, first: u64, last: u64) -> Vec<Key> {
-        self.slots_in(space, first, last).into_iter().map(|(p, _)| (space, p)).collect()
+        let mut keys: Vec<Key> =
+            self.slots_in(space, first, last).into_iter().map(|(p, _)| (space, p)).collect();
+        keys.sort_unstable();
+        keys
     }
 
     /// All slots holding `value` (e.g. every capability to an object being destroyed).

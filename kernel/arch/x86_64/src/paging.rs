@@ -137,6 +137,9 @@ fn zeroed_frame(fa: &mut FrameAllocator) -> Option<PhysAddr> {
 /// A user address space: its own PML4 whose kernel half points at the shared kernel tables.
 pub struct AddressSpace {
     pml4: PhysAddr,
+    /// The user-half tables below the PML4, as they were added (never removed before the
+    /// space goes): freed from this list rather than by scanning 512 entries per table.
+    tables: alloc::vec::Vec<PhysAddr>,
 }
 
 impl AddressSpace {
@@ -144,7 +147,7 @@ impl AddressSpace {
         let pml4 = zeroed_frame(fa)?;
         let k = table(kernel_pml4());
         table(pml4)[256..].copy_from_slice(&k[256..]);
-        Some(AddressSpace { pml4 })
+        Some(AddressSpace { pml4, tables: alloc::vec::Vec::new() })
     }
 
     pub fn root(&self) -> PhysAddr {
@@ -168,8 +171,10 @@ impl AddressSpace {
         for level in (1..=3).rev() {
             let e = &mut table(t)[Self::index(va.0, level)];
             if *e & PRESENT == 0 {
-                let frame = crate::frames::with_frames(|fa| zeroed_frame(fa));
-                *e = frame.ok_or(MapError::NoMemory)?.0 | PRESENT | WRITABLE | USER;
+                let frame = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
+                // (The heap may take the frame allocator's lock: it is free again here.)
+                self.tables.push(frame);
+                *e = frame.0 | PRESENT | WRITABLE | USER;
             }
             t = PhysAddr(*e & ADDR_MASK);
         }
@@ -209,22 +214,11 @@ impl AddressSpace {
 
     /// Frees the user-half page tables (not the frames they map).
     pub fn destroy(self, fa: &mut FrameAllocator) {
-        fn free_level(t: PhysAddr, level: u32, fa: &mut FrameAllocator) {
-            if level > 0 {
-                for e in table(t).iter().copied().filter(|e| e & PRESENT != 0) {
-                    free_level(PhysAddr(e & ADDR_MASK), level - 1, fa);
-                }
-            }
-            fa.free(t);
-        }
         if read_cr3() == self.pml4 {
             write_cr3(kernel_pml4());
         }
-        for i in 0..256 {
-            let e = table(self.pml4)[i];
-            if e & PRESENT != 0 {
-                free_level(PhysAddr(e & ADDR_MASK), 2, fa);
-            }
+        for t in self.tables {
+            fa.free(t);
         }
         fa.free(self.pml4);
     }

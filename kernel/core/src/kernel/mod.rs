@@ -525,8 +525,11 @@ impl<A: Arch> Kernel<A> {
         let k = id.as_u64();
         let gone = self.capdb.remove_space(k);
         self.drop_caps(&gone);
+        // The space's own page tables go as a whole below: only mappings derived into other
+        // spaces are unmapped one by one.
         let gone = self.memdb.remove_space(k);
-        self.unmap_entries(&gone);
+        let derived: Vec<_> = gone.into_iter().filter(|e| e.key.0 != k).collect();
+        self.unmap_entries(&derived);
         let gone = self.iodb.remove_space(k);
         self.deny_ports(&gone);
         if self.io_loaded == k {
