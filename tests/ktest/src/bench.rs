@@ -38,9 +38,19 @@ extern "C" fn fpu_echo_server() -> ! {
     })
 }
 
+/// What `cost` runs before it measures. QEMU sizes its software TLB by the use of the last
+/// 100 ms and clears all of it at every address-space switch: after a burst that touched
+/// many pages (creating 1,000 tasks) each switch costs more until the TLB shrinks again,
+/// which takes ~100 ms of switching. The measurements are of the steady state.
+const SETTLE_MS: u64 = 150;
+
 /// Median over `batches` batches of `per` runs of `f` (given the run's number), in cycles per
-/// run.
+/// run, after [`SETTLE_MS`] of runs.
 fn cost(batches: usize, per: u64, mut f: impl FnMut(u64)) -> u64 {
+    let settled = cycles() + l4::kip().tsc_hz / 1000 * SETTLE_MS;
+    while cycles() < settled {
+        f(0);
+    }
     let mut s = [0u64; 64];
     let n = batches.min(s.len());
     for v in s[..n].iter_mut() {
