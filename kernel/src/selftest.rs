@@ -17,12 +17,12 @@ pub fn kernel_fault() {
 pub fn bench() {
     const BATCHES: usize = 31;
     const PER_BATCH: u64 = 64;
-    let cr3 = arch_x86_64::paging::read_cr3();
+    let cr3 = arch_x86_64::paging::active_root();
     let mut samples = [0u64; BATCHES];
     for s in samples.iter_mut() {
         let t0 = A::cycles();
         for _ in 0..PER_BATCH {
-            arch_x86_64::paging::write_cr3(cr3);
+            arch_x86_64::paging::reload_cr3(cr3);
         }
         *s = (A::cycles() - t0) / PER_BATCH;
     }
@@ -58,7 +58,7 @@ static PAGES: Pages = Pages([[1; 512]; 16]);
 /// once).
 fn after_switch() {
     const N: u64 = 64;
-    let cr3 = arch_x86_64::paging::read_cr3();
+    let cr3 = arch_x86_64::paging::active_root();
     let fs: [fn(u64) -> u64; 8] = core::hint::black_box([f0, f1, f2, f3, f4, f5, f6, f7]);
     let run = |calls: usize, pages: usize| {
         let mut samples = [0u64; 31];
@@ -66,7 +66,7 @@ fn after_switch() {
             let mut acc = 1u64;
             let t0 = A::cycles();
             for _ in 0..N {
-                arch_x86_64::paging::write_cr3(cr3);
+                arch_x86_64::paging::reload_cr3(cr3);
                 for f in fs.iter().take(calls) {
                     acc = f(acc);
                 }

@@ -30,6 +30,8 @@ pub struct PerCpu {
     /// IA32_FS_BASE and IA32_KERNEL_GS_BASE (user mode's GS base) as last written.
     user_fs: u64,
     user_gs: u64,
+    /// CR3 as last written (reading CR3 is a helper call under TCG).
+    root: u64,
     /// The IPC fast path's message for the thread resumed next (`resume_context` delivers it).
     hand_off: HandOff,
 }
@@ -47,6 +49,24 @@ pub struct HandOff {
     tag: u64,
     label: u64,
     buf: [u64; HAND_OFF_WORDS],
+}
+
+/// Offset into the per-CPU data (GS) of the cached CR3, for `resume_context`.
+pub const ROOT_AT: usize = core::mem::offset_of!(PerCpu, root);
+
+/// The page-table root CR3 holds (as [`note_root`] recorded it).
+#[inline(always)]
+pub fn root() -> u64 {
+    // SAFETY: single CPU with interrupts masked in the kernel: a plain read of our own field.
+    unsafe { (*tables()).percpu.root }
+}
+
+/// Records that CR3 now holds `root` (every write of CR3 but `resume_context`'s, which records
+/// it itself).
+#[inline(always)]
+pub fn note_root(root: u64) {
+    // SAFETY: as in `root`; the static is usable before GS is set up (boot's first write).
+    unsafe { (*tables()).percpu.root = root };
 }
 
 /// Offsets into the per-CPU data (GS) of the staged hand-off, for `resume_context`.
@@ -186,6 +206,7 @@ static mut TABLES: Tables = Tables {
         fpu_traps: true,
         user_fs: 0,
         user_gs: 0,
+        root: 0,
         hand_off: HandOff { frame: 0, dst: 0, words: 0, tag: 0, label: 0, buf: [0; HAND_OFF_WORDS] },
     },
     gdt: GlobalDescriptorTable::new(),

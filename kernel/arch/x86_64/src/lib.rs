@@ -75,7 +75,7 @@ impl Arch for X86_64 {
     }
 
     fn active_root() -> u64 {
-        paging::read_cr3().0
+        paging::active_root().0
     }
 
     #[inline(always)]

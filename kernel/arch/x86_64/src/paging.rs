@@ -102,17 +102,34 @@ pub fn init(mmio: &[u64], allow_gib: bool) {
 pub fn write_cr3(pa: PhysAddr) {
     // SAFETY: every root passed here shares the kernel half, so the kernel stays mapped.
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) pa.0, options(nostack, preserves_flags)) };
+    crate::cpu::note_root(pa.0);
+}
+
+/// Loads `pa`, the root CR3 already holds, again (flushing the TLB) without recording it:
+/// the `cr3_write` benchmark, a switch's own cost (recording touches the hot data page, one
+/// more TLB refill after every write).
+pub fn reload_cr3(pa: PhysAddr) {
+    debug_assert_eq!(pa, active_root());
+    // SAFETY: the root already in CR3.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pa.0, options(nostack, preserves_flags)) };
 }
 
 /// Switches the CPU to the space with page-table root `root` unless it is already active.
 #[inline(always)]
 pub fn load_cr3(root: PhysAddr) {
-    if read_cr3() != root {
+    if active_root() != root {
         write_cr3(root);
     }
 }
 
-#[link_section = ".text.fast"]
+/// The root CR3 holds, as recorded at its last write (reading CR3 itself is a helper call
+/// under TCG, on every switch of the fast paths).
+#[inline(always)]
+pub fn active_root() -> PhysAddr {
+    PhysAddr(crate::cpu::root())
+}
+
+/// CR3 as the CPU holds it (for reports; the kernel's decisions use [`active_root`]).
 pub fn read_cr3() -> PhysAddr {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.
@@ -181,7 +198,7 @@ impl AddressSpace {
         let e = &mut table(t)[Self::index(va.0, 0)];
         let old = (*e & PRESENT != 0).then_some(PhysAddr(*e & ADDR_MASK));
         *e = pa.0 | PRESENT | USER | if p.write { WRITABLE } else { 0 } | if p.exec { 0 } else { NO_EXECUTE };
-        if old.is_some() && read_cr3() == self.pml4 {
+        if old.is_some() && active_root() == self.pml4 {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0));
         }
         Ok(old)
@@ -206,7 +223,7 @@ impl AddressSpace {
         }
         let old = PhysAddr(*e & ADDR_MASK);
         *e = 0;
-        if read_cr3() == self.pml4 {
+        if active_root() == self.pml4 {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0 & !0xfff));
         }
         Some(old)
@@ -214,7 +231,7 @@ impl AddressSpace {
 
     /// Frees the user-half page tables (not the frames they map).
     pub fn destroy(self, fa: &mut FrameAllocator) {
-        if read_cr3() == self.pml4 {
+        if active_root() == self.pml4 {
             write_cr3(kernel_pml4());
         }
         for t in self.tables {

@@ -425,6 +425,7 @@ resume_context:
     test rdi, rdi
     jz 1f
     mov cr3, rdi
+    mov gs:[{root}], rdi
 1:  mov rsp, rsi
     mov rdi, gs:[{ho_frame}]
     test rdi, rdi
@@ -459,6 +460,7 @@ resume_context:
     stack_size = const crate::cpu::KERNEL_STACK_SIZE,
     by_sysret = const By::Sysret as u32,
     by_iret = const By::Iret as u32,
+    root = const crate::cpu::ROOT_AT,
     ho_frame = const crate::cpu::HAND_OFF_FRAME,
     ho_dst = const crate::cpu::HAND_OFF_DST,
     ho_words = const crate::cpu::HAND_OFF_WORDS_AT,
