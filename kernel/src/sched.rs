@@ -13,7 +13,7 @@ use arch_x86_64::trap;
 use kernel_core::hal::{self, Arch, Resume, ThreadContext, UserRegs};
 use kernel_core::kernel::ipc::Outcome;
 use kernel_core::kernel::switch::Next;
-use kernel_core::kernel::Kernel;
+use kernel_core::kernel::{Kernel, ThreadState};
 use kernel_core::mem::PAGE_SIZE;
 
 /// Save slot of the idle context (the boot stack) while a thread runs: the one kernel context
@@ -85,16 +85,20 @@ fn resume_current() -> ! {
     resume(next)
 }
 
-/// The current thread's frame (0: none), which a returning entry leaves by, and which its next
-/// entry saves into: the entry may have moved it (creating a thread can grow the arena).
+/// The current thread's frame (0: none, the idle loop), which a returning entry leaves by, and
+/// which its next entry saves into: the entry may have moved it (creating a thread can grow the
+/// arena). If the entry ended the current thread or left it not running (a vCPU whose upcall
+/// entry was unusable loses its task, also from a timer interrupt), the next thread runs
+/// instead: there is nothing to return to.
 pub fn current_frame() -> u64 {
-    with_kernel(|k| {
-        let frame = k.current.and_then(|c| k.threads.get(c)).map_or(0, |t| t.ctx.frame());
-        if frame != 0 {
-            A::set_entry_frame(frame);
-        }
-        frame
-    })
+    let frame = with_kernel(|k| {
+        let Some(c) = k.current else { return Some(0) };
+        let t = k.threads.get(c).filter(|t| t.state == ThreadState::Running)?;
+        let frame = t.ctx.frame();
+        A::set_entry_frame(frame);
+        Some(frame)
+    });
+    frame.unwrap_or_else(|| block_and_leave(hal::Resume::Exception))
 }
 
 /// Preemption and the idle loop: runs the best ready thread. A running current thread goes to
