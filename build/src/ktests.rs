@@ -226,6 +226,23 @@ fn defs() -> Vec<Def> {
             input: &[],
         },
         Def {
+            name: "vcpu-doomed",
+            what: "a vCPU whose upcall entry is unusable loses its task at a timer interrupt; the rest runs on",
+            programs: vec![
+                BootProgram::start("ktest", "vcpu-doomed").named("vcpu-doomed"),
+                BootProgram::start("ktest", "survivor"),
+            ],
+            append: "",
+            forbidden: &[],
+            checks: vec![
+                ("armed", "vcpu-doomed: armed".into()),
+                ("task-destroyed", "vcpu of task vcpu-doomed: entry ip/sp 0x800000000000/".into()),
+                ("kernel-survives", "ktest: survivor still running after the faults".into()),
+            ],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
             name: "preempt",
             what: "the timer preempts a task spinning without system calls",
             programs: vec![

@@ -34,6 +34,7 @@ fn main(args: &str) -> i32 {
         (Some("vcpu-bench"), _) => finish(vcpubench::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
+        (Some("vcpu-doomed"), _) => finish(vcpu::doomed()),
         (Some("spawn"), _) => finish(spawn::run()),
         (Some("terminal"), _) => finish(terminal::run()),
         (Some("threads"), _) => finish(threads::run()),

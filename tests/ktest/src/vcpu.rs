@@ -427,3 +427,74 @@ pub fn run() -> R {
     println!("vcpu mini-OS ok");
     Ok(())
 }
+
+core::arch::global_asm!(
+    r#"
+    .section .text.doomed, "ax"
+    .p2align 12
+    .global doomed_spin
+doomed_spin:
+    pause
+    jmp doomed_spin
+    .p2align 12
+"#
+);
+
+extern "C" {
+    fn doomed_spin();
+}
+
+/// `ktest vcpu-doomed` (a boot task of its own): a vCPU whose upcall entry is a kernel address
+/// runs a user task that spins with interrupts on, above everyone else's priority. Its timer's
+/// upcall finds the entry unusable: the kernel destroys this task, from the timer interrupt,
+/// with the vCPU current — and must then run the next thread instead of returning into the
+/// dead one. The kernel's report and the other programs running on are the result.
+pub fn doomed() -> R {
+    let user = TASKS[0];
+    ok(factory::task(wk::FACTORY, user, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
+    let code = doomed_spin as *const () as u64 & !0xfff;
+    ok(task::map(user, wk::TASK, Fpage::memory(code, 12, Rights::from_bits_truncate(5)), code), "map code")?;
+    ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
+    ok(thread::control(VCPU, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB), "bind")?;
+    ok(
+        l4::sys::call_words(VCPU, proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), VCPU_STATE]),
+        "vcpu control",
+    )?;
+    let st = vstate();
+    (st.entry_ip, st.entry_sp) = (abi::kip::USER_END, stack_top(2));
+    st.regs = VcpuRegs {
+        rip: doomed_spin as *const () as u64,
+        rsp: 0x6000_0000,
+        rflags: 0x202,
+        ..Default::default()
+    };
+    ok(factory::irq(wk::FACTORY, TIMER), "timer irq")?;
+    ok(irq::attach(TIMER, VCPU, 0x71), "attach timer")?;
+    ok(
+        l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 2000, 0]),
+        "2 ms timer",
+    )?;
+    ok(thread::ex_regs(VCPU, doomed_start as *const () as u64, stack_top(3), 0), "ex_regs")?;
+    println!("armed: the timer fires in 2 ms");
+    ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 200, 1, 0), "run vcpu")?;
+    loop {
+        let _ = l4::ipc::wait(0);
+    }
+}
+
+/// The doomed vCPU's first context: into its user task with interrupts on.
+extern "C" fn doomed_start() -> ! {
+    let st = vstate();
+    st.user_task = TASKS[0].0;
+    st.saved_state = state::USER_MODE | state::IRQ;
+    set_mr(0, proto::thread::Op::VcpuResume.code());
+    let r = l4::sys::invoke(
+        abi::CapSel::from_idx(VCPU),
+        abi::syscall::Flags::CALL,
+        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+    );
+    println!("resume failed: {:?}", r.result());
+    loop {
+        core::hint::spin_loop();
+    }
+}
