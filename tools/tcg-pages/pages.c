@@ -83,7 +83,8 @@ static uint64_t ip_now;
 static const char *out = "tcg-pages.txt";
 static struct window *win;
 static const struct block *prev_block;
-/* `hist=N`: instructions executed per address in window N. */
+/* `hist=N`: instructions executed per address in window N (-2: in every window). */
+#define HIST_ALL (-2)
 #define HIST_SIZE (1 << 18)
 static int hist_window = -1;
 /* `skip=N`: the first N executions of the mark are not one. */
@@ -139,7 +140,7 @@ static void on_insn(unsigned vcpu, void *ip_)
 		return;
 	ip_now = ip;
 	win[nw].insns++;
-	if (nw == hist_window)
+	if (nw == hist_window || hist_window == HIST_ALL)
 		count(ip);
 	touch(ip, true);
 	bool split = false;
@@ -247,7 +248,8 @@ static void report(qemu_plugin_id_t id, void *unused)
 		for (int i = 0; i < win[w].nj; i++)
 			fprintf(f, "  J %016llx %016llx\n", (unsigned long long)win[w].j[i].target,
 				(unsigned long long)win[w].j[i].from);
-		for (int i = 0; w == hist_window && i < HIST_SIZE; i++)
+		bool last = w == nw;
+		for (int i = 0; (w == hist_window || (hist_window == HIST_ALL && last)) && i < HIST_SIZE; i++)
 			if (hist[i].n)
 				fprintf(f, "  H %016llx %ld\n", (unsigned long long)hist[i].ip, hist[i].n);
 	}
