@@ -13,7 +13,7 @@
  * `toggle=1`, executions of the mark alternately pause it and resume it in a new window.
  * With `skip=N` the first N executions of the mark are ignored (a later round of a loop).
  * Memory accesses are counted too. With `hist=N`, the instructions window N executed at each
- * address are listed too (`H` lines). The result goes to `out=FILE` when QEMU exits.
+ * address are listed too (`H` lines: address, instructions, windows it ran in). The result goes to `out=FILE` when QEMU exits.
  *
  * Only the few plugin API functions below are used; they are declared here (QEMU's public
  * plugin API, stable since version 2) so that no QEMU headers are needed to build it:
@@ -89,7 +89,8 @@ static const struct block *prev_block;
 static int hist_window = -1;
 /* `skip=N`: the first N executions of the mark are not one. */
 static long skip_marks;
-static struct { uint64_t ip; long n; } *hist;
+/* Per address: instructions executed, and in how many windows (the last one it was seen in). */
+static struct { uint64_t ip; long n; int windows, last; } *hist;
 
 static void count(uint64_t ip)
 {
@@ -97,7 +98,10 @@ static void count(uint64_t ip)
 
 	for (int i = 0; i < HIST_SIZE; i++, h = (h + 1) & (HIST_SIZE - 1)) {
 		if (hist[h].ip == ip || !hist[h].n) {
+			if (!hist[h].n || hist[h].last != nw)
+				hist[h].windows++;
 			hist[h].ip = ip;
+			hist[h].last = nw;
 			hist[h].n++;
 			return;
 		}
@@ -251,7 +255,8 @@ static void report(qemu_plugin_id_t id, void *unused)
 		bool last = w == nw;
 		for (int i = 0; (w == hist_window || (hist_window == HIST_ALL && last)) && i < HIST_SIZE; i++)
 			if (hist[i].n)
-				fprintf(f, "  H %016llx %ld\n", (unsigned long long)hist[i].ip, hist[i].n);
+				fprintf(f, "  H %016llx %ld %d\n", (unsigned long long)hist[i].ip, hist[i].n,
+					hist[i].windows);
 	}
 	fclose(f);
 }
