@@ -126,10 +126,10 @@ pub fn reschedule(how: Resume) {
             n => n,
         }
     });
-    match next {
-        Some(n) => resume(n),
-        None if with_kernel(|k| k.current.is_none()) => resume_idle(),
-        None => {}
+    // `None`: the current thread stays (a current thread that is gone or not running is
+    // left by `current_frame` on the way out).
+    if let Some(n) = next {
+        resume(n)
     }
 }
 

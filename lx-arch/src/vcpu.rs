@@ -217,18 +217,14 @@ impl core::fmt::Display for Kind {
 
 /// The `lx.profile` kind of the event in the state area.
 fn event_kind() -> u64 {
-    match read(|s| unsafe_field(s, core::mem::offset_of!(VcpuState, regs.trapno))) {
-        trap::SYSCALL => {
-            read(|s| unsafe_field(s, core::mem::offset_of!(VcpuState, regs.rax))).min(SYSCALLS as u64 + 2)
-        }
+    // SAFETY: only field addresses are computed.
+    match read(|s| unsafe { &raw mut (*s).regs.trapno }) {
+        // SAFETY: as above.
+        trap::SYSCALL => read(|s| unsafe { &raw mut (*s).regs.rax }).min(SYSCALLS as u64 + 2),
         14 => SYSCALLS as u64,
         trap::IRQ => SYSCALLS as u64 + 1,
         _ => SYSCALLS as u64 + 2,
     }
-}
-
-fn unsafe_field(s: *mut VcpuState, offset: usize) -> *mut u64 {
-    s.cast::<u8>().wrapping_add(offset).cast()
 }
 
 fn area() -> *mut VcpuState {

@@ -213,9 +213,15 @@ fn resume(i: usize, items: u64) -> ! {
     os.cur = i;
     // SAFETY: a 16-byte aligned FXSAVE image taken by `fxsave` (see `vcpu_upcall`/`vcpu_start`).
     unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) os.procs[i].fpu.0.as_ptr(), options(nostack)) };
+    vstate().regs = os.procs[i].regs;
+    enter_user(TASKS[i], items)
+}
+
+/// `VcpuResume` into user task `task` with interrupts on and `items` map items in the MRs;
+/// the context is the state area's.
+fn enter_user(task: CapIdx, items: u64) -> ! {
     let st = vstate();
-    st.regs = os.procs[i].regs;
-    st.user_task = TASKS[i].0;
+    st.user_task = task.0;
     st.saved_state = state::USER_MODE | state::IRQ;
     set_mr(0, proto::thread::Op::VcpuResume.code());
     let r = l4::sys::invoke(
@@ -227,6 +233,26 @@ fn resume(i: usize, items: u64) -> ! {
     loop {
         core::hint::spin_loop();
     }
+}
+
+/// User task `slot` (its UTCB area out of the way) with our code pages `[code, end)` mapped
+/// read and execute at their addresses.
+fn user_task(slot: CapIdx, code: u64, end: u64) -> R {
+    ok(factory::task(wk::FACTORY, slot, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
+    let mut a = code & !0xfff;
+    while a < end {
+        ok(task::map(slot, wk::TASK, Fpage::memory(a, 12, Rights::from_bits_truncate(5)), a), "map code")?;
+        a += 4096;
+    }
+    Ok(())
+}
+
+/// The vCPU's timer Irq (label 0x71), a one-shot `us` microseconds ahead.
+fn arm_timer(us: u64) -> R {
+    ok(factory::irq(wk::FACTORY, TIMER), "timer irq")?;
+    ok(irq::attach(TIMER, VCPU, 0x71), "attach timer")?;
+    ok(l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), us, 0]), "timer")?;
+    Ok(())
 }
 
 /// Nothing left to run: report and wait for good.
@@ -348,12 +374,7 @@ pub fn run() -> R {
     let spin = l4::kip().tsc_hz / 1000 * 8; // 8 ms: several timer periods
     let (code, end) = (utask_entry as *const () as u64, utask_end as *const () as u64);
     for (i, t) in TASKS.iter().enumerate() {
-        ok(factory::task(wk::FACTORY, *t, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
-        let mut a = code & !0xfff;
-        while a < end {
-            ok(task::map(*t, wk::TASK, Fpage::memory(a, 12, Rights::from_bits_truncate(5)), a), "map code")?;
-            a += 4096;
-        }
+        user_task(*t, code, end)?;
         let entry = if i == 2 { utask_bad as *const () as u64 } else { code };
         os().procs[i].regs = VcpuRegs {
             rip: entry,
@@ -381,12 +402,7 @@ pub fn run() -> R {
         Error::Inval,
         "resume on another thread",
     )?;
-    ok(factory::irq(wk::FACTORY, TIMER), "timer irq")?;
-    ok(irq::attach(TIMER, VCPU, 0x71), "attach timer")?;
-    ok(
-        l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 2000, 0]),
-        "2 ms timer",
-    )?;
+    arm_timer(2000)?;
     ok(thread::ex_regs(VCPU, vcpu_start as *const () as u64, stack_top(3), 0), "ex_regs")?;
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run vcpu")?;
     ok(factory::irq(wk::FACTORY, STORM), "storm irq")?;
@@ -450,10 +466,8 @@ extern "C" {
 /// with the vCPU current — and must then run the next thread instead of returning into the
 /// dead one. The kernel's report and the other programs running on are the result.
 pub fn doomed() -> R {
-    let user = TASKS[0];
-    ok(factory::task(wk::FACTORY, user, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
-    let code = doomed_spin as *const () as u64 & !0xfff;
-    ok(task::map(user, wk::TASK, Fpage::memory(code, 12, Rights::from_bits_truncate(5)), code), "map code")?;
+    let spin = doomed_spin as *const () as u64;
+    user_task(TASKS[0], spin, spin + 1)?;
     ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
     ok(thread::control(VCPU, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB), "bind")?;
     ok(
@@ -462,18 +476,8 @@ pub fn doomed() -> R {
     )?;
     let st = vstate();
     (st.entry_ip, st.entry_sp) = (abi::kip::USER_END, stack_top(2));
-    st.regs = VcpuRegs {
-        rip: doomed_spin as *const () as u64,
-        rsp: 0x6000_0000,
-        rflags: 0x202,
-        ..Default::default()
-    };
-    ok(factory::irq(wk::FACTORY, TIMER), "timer irq")?;
-    ok(irq::attach(TIMER, VCPU, 0x71), "attach timer")?;
-    ok(
-        l4::sys::call_words(TIMER, proto::irq::LABEL, &[proto::irq::Op::SetTimer.code(), 2000, 0]),
-        "2 ms timer",
-    )?;
+    st.regs = VcpuRegs { rip: spin, rsp: 0x6000_0000, rflags: 0x202, ..Default::default() };
+    arm_timer(2000)?;
     ok(thread::ex_regs(VCPU, doomed_start as *const () as u64, stack_top(3), 0), "ex_regs")?;
     println!("armed: the timer fires in 2 ms");
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 200, 1, 0), "run vcpu")?;
@@ -484,17 +488,5 @@ pub fn doomed() -> R {
 
 /// The doomed vCPU's first context: into its user task with interrupts on.
 extern "C" fn doomed_start() -> ! {
-    let st = vstate();
-    st.user_task = TASKS[0].0;
-    st.saved_state = state::USER_MODE | state::IRQ;
-    set_mr(0, proto::thread::Op::VcpuResume.code());
-    let r = l4::sys::invoke(
-        abi::CapSel::from_idx(VCPU),
-        abi::syscall::Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
-    );
-    println!("resume failed: {:?}", r.result());
-    loop {
-        core::hint::spin_loop();
-    }
+    enter_user(TASKS[0], 0)
 }
