@@ -156,13 +156,17 @@ fn rights_of(flags: u32) -> u8 {
 }
 
 /// Pages of the program image: user page address → (frame, rights). Frames go to `owned`.
+/// A 2 MiB block the image fills with pages of one set of rights gets 2 MiB of contiguous,
+/// aligned frames, so that the kernel maps it as one large page (`paging::AddressSpace`).
 fn load_segments(
     elf: &Elf,
     data: &[u8],
     owned: &mut Vec<PhysAddr>,
 ) -> Result<BTreeMap<u64, (PhysAddr, u8)>, String> {
-    let mut pages: BTreeMap<u64, (PhysAddr, u8)> = BTreeMap::new();
-    for ph in elf.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD) {
+    let loads = || elf.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD);
+    // The pages and their rights (a page two segments share gets both).
+    let mut rights: BTreeMap<u64, u8> = BTreeMap::new();
+    for ph in loads() {
         let end = ph.p_vaddr.checked_add(ph.p_memsz).filter(|e| *e <= BOOT_UTCB_ADDR);
         let file_end = ph.p_offset.checked_add(ph.p_filesz).filter(|e| *e <= data.len() as u64);
         let (Some(end), Some(_)) = (end, file_end) else {
@@ -171,34 +175,52 @@ fn load_segments(
         if ph.p_filesz > ph.p_memsz {
             return Err(format!("segment at {:#x} has more file than memory bytes", ph.p_vaddr));
         }
-        let rights = rights_of(ph.p_flags);
         let mut page = VirtAddr(ph.p_vaddr).page_down().0;
         while page < end {
-            let frame = match pages.get_mut(&page) {
-                Some((f, r)) => {
-                    *r |= rights;
-                    *f
-                }
-                None => {
-                    let f = new_frame(owned)?;
-                    pages.insert(page, (f, rights));
-                    f
-                }
-            };
-            let lo = page.max(ph.p_vaddr);
-            let hi = (page + PAGE_SIZE).min(ph.p_vaddr + ph.p_filesz);
-            if lo < hi {
-                let off = (ph.p_offset + (lo - ph.p_vaddr)) as usize;
-                A::write_phys(PhysAddr(frame.0 + (lo - page)), &data[off..off + (hi - lo) as usize]);
-            }
+            *rights.entry(page).or_insert(0) |= rights_of(ph.p_flags);
             page += PAGE_SIZE;
         }
     }
-    if pages.is_empty() {
+    if rights.is_empty() {
         return Err("no loadable segments".to_string());
+    }
+    let mut pages: BTreeMap<u64, (PhysAddr, u8)> = BTreeMap::new();
+    for (&page, &r) in &rights {
+        if pages.contains_key(&page) {
+            continue;
+        }
+        if page.is_multiple_of(LARGE_PAGE) {
+            let block: Vec<u8> = rights.range(page..page + LARGE_PAGE).map(|(_, r)| *r).collect();
+            if block.len() == LARGE_FRAMES && block.iter().all(|b| *b == r) {
+                if let Some(base) = with_frames(|fa| fa.alloc_aligned(LARGE_FRAMES, LARGE_FRAMES)) {
+                    for i in 0..LARGE_FRAMES as u64 {
+                        let f = PhysAddr(base.0 + i * PAGE_SIZE);
+                        A::write_phys(f, &[0; PAGE_SIZE as usize]);
+                        owned.push(f);
+                        pages.insert(page + i * PAGE_SIZE, (f, r));
+                    }
+                    continue;
+                }
+            }
+        }
+        pages.insert(page, (new_frame(owned)?, r));
+    }
+    for ph in loads() {
+        let mut va = ph.p_vaddr;
+        while va < ph.p_vaddr + ph.p_filesz {
+            let page = VirtAddr(va).page_down().0;
+            let hi = (page + PAGE_SIZE).min(ph.p_vaddr + ph.p_filesz);
+            let off = (ph.p_offset + (va - ph.p_vaddr)) as usize;
+            A::write_phys(PhysAddr(pages[&page].0 .0 + (va - page)), &data[off..off + (hi - va) as usize]);
+            va = hi;
+        }
     }
     Ok(pages)
 }
+
+/// A large page (2 MiB) and its frames.
+const LARGE_FRAMES: usize = kernel_core::mem::PAGES_PER_LARGE;
+const LARGE_PAGE: u64 = LARGE_FRAMES as u64 * PAGE_SIZE;
 
 fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
     let f = with_frames(|fa| fa.alloc()).ok_or("out of memory")?;

@@ -57,6 +57,7 @@ fn kernel_main(boot: Boot) -> ! {
         match opt {
             "bench" => selftest::bench(),
             "selftest=kernel-fault" => selftest::kernel_fault(),
+            "selftest=large-pages" => selftest::large_pages(),
             _ => {}
         }
     }

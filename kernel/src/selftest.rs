@@ -13,6 +13,71 @@ pub fn kernel_fault() {
     log::error!("selftest: read of an unmapped address returned {v}");
 }
 
+/// `selftest=large-pages`: an address space that maps a 2 MiB block page by page, from
+/// aligned contiguous frames with one set of rights, gets one 2 MiB page; changing, unmapping
+/// or re-protecting one page of it gives the 4 KiB pages back with every other translation
+/// kept; and the same again promotes it again.
+pub fn large_pages() {
+    match check_large_pages() {
+        Ok(()) => log::info!("selftest: large pages ok"),
+        Err(why) => log::error!("selftest: large pages: {why}"),
+    }
+}
+
+fn check_large_pages() -> Result<(), &'static str> {
+    use arch_x86_64::frames::with_frames;
+    use arch_x86_64::paging::AddressSpace;
+    use kernel_core::mem::{Perms, PhysAddr, VirtAddr, PAGES_PER_LARGE, PAGE_SIZE};
+    const VA: u64 = 0x4000_0000;
+    const N: u64 = PAGES_PER_LARGE as u64;
+    const LARGE: u64 = N * PAGE_SIZE;
+    let base = with_frames(|fa| fa.alloc_aligned(PAGES_PER_LARGE, PAGES_PER_LARGE)).ok_or("no memory")?;
+    let mut s = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
+    let page = |i: u64| (VirtAddr(VA + i * PAGE_SIZE), PhysAddr(base.0 + i * PAGE_SIZE));
+    // Every page translates to its frame, in pages of `size` (`moved`: page 7 maps page 8's).
+    let all = |s: &AddressSpace, size: u64, moved: bool, gone: Option<u64>| {
+        (0..N).all(|i| {
+            let want = page(if moved && i == 7 { 8 } else { i }).1;
+            s.lookup(page(i).0) == if gone == Some(i) { None } else { Some((want, size)) }
+        })
+    };
+    let map = |s: &mut AddressSpace, i: u64, frame: u64, p: Perms| {
+        s.map(page(i).0, page(frame).1, p).map(|_| ()).map_err(|_| "map failed")
+    };
+    let r = (|| {
+        for i in 0..N {
+            map(&mut s, i, i, Perms::RW)?;
+            if i + 1 < N && s.lookup(page(i).0) != Some((page(i).1, PAGE_SIZE)) {
+                return Err("a block not yet complete is in 4 KiB pages");
+            }
+        }
+        check(all(&s, LARGE, false, None), "the complete block is one 2 MiB page")?;
+        map(&mut s, 7, 7, Perms::RW)?;
+        check(all(&s, LARGE, false, None), "mapping a page as it is keeps the 2 MiB page")?;
+        map(&mut s, 7, 8, Perms::RW)?;
+        check(all(&s, PAGE_SIZE, true, None), "another frame for one page: 4 KiB pages, the rest kept")?;
+        map(&mut s, 7, 7, Perms::RW)?;
+        check(all(&s, LARGE, false, None), "the frame back: one 2 MiB page again")?;
+        map(&mut s, 9, 9, Perms::RO)?;
+        check(all(&s, PAGE_SIZE, false, None), "other rights for one page: 4 KiB pages")?;
+        map(&mut s, 9, 9, Perms::RW)?;
+        check(all(&s, LARGE, false, None), "the rights back: one 2 MiB page again")?;
+        check(s.unmap(page(3).0) == Some(page(3).1), "unmapping a page of a 2 MiB page")?;
+        check(all(&s, PAGE_SIZE, false, Some(3)), "unmapped one page, the rest kept")
+    })();
+    s.destroy();
+    with_frames(|fa| fa.free_contiguous(base, PAGES_PER_LARGE));
+    r
+}
+
+fn check(ok: bool, what: &'static str) -> Result<(), &'static str> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what)
+    }
+}
+
 /// `bench`: micro-benchmarks that only the kernel can run, printed as `BENCH name value unit`.
 pub fn bench() {
     const BATCHES: usize = 31;

@@ -76,7 +76,13 @@ impl<'a> FrameAllocator<'a> {
 
     /// Allocates `n` physically contiguous frames.
     pub fn alloc_contiguous(&mut self, n: usize) -> Option<PhysAddr> {
-        if n == 0 || n > self.free {
+        self.alloc_aligned(n, 1)
+    }
+
+    /// Allocates `n` physically contiguous frames, the first at a multiple of `align` frames
+    /// (a power of two): memory that can be mapped with large pages.
+    pub fn alloc_aligned(&mut self, n: usize, align: usize) -> Option<PhysAddr> {
+        if n == 0 || n > self.free || !align.is_power_of_two() {
             return None;
         }
         for pass in 0..2 {
@@ -84,6 +90,11 @@ impl<'a> FrameAllocator<'a> {
             let mut run = 0;
             let mut f = from;
             while f < to.min(self.frames) {
+                // A run starts only at an aligned frame.
+                if run == 0 && !f.is_multiple_of(align) {
+                    f = f.next_multiple_of(align);
+                    continue;
+                }
                 // Skip whole used words quickly.
                 if run == 0 && f % 64 == 0 && self.bits[f / 64] == 0 {
                     f += 64;
@@ -153,6 +164,13 @@ mod tests {
         assert!(!fa.free(a));
         assert_eq!(fa.free_frames(), 243);
         assert!(fa.alloc_contiguous(1000).is_none());
+        let g = fa.alloc_aligned(16, 16).unwrap();
+        assert!(
+            g.0.is_multiple_of(16 * PAGE_SIZE) && g.0 >= 32 * PAGE_SIZE,
+            "aligned past the used frames: {g:?}"
+        );
+        assert!(fa.free_contiguous(g, 16));
+        assert!(fa.alloc_aligned(4, 3).is_none(), "alignment must be a power of two");
     }
 
     #[test]

@@ -131,8 +131,9 @@ pub trait Arch: Sized + 'static {
     fn map(s: &mut Self::Space, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError>;
     /// Removes the mapping of `va` (flushing the TLB if the space is active); returns its frame.
     fn unmap(s: &mut Self::Space, va: VirtAddr) -> Option<PhysAddr>;
-    /// Frees the page tables of a space (not the frames mapped through it).
-    fn destroy_space(s: Self::Space, fa: &mut FrameAllocator);
+    /// Frees the page tables of a space (not the frames mapped through it). Takes the frame
+    /// allocator itself: the caller must not hold it.
+    fn destroy_space(s: Self::Space);
     /// The page-table root of a space, as the CPU loads it.
     fn space_root(s: &Self::Space) -> u64;
     /// The root the CPU uses now.

@@ -151,6 +151,31 @@ fn sigma0() -> R {
     Ok(())
 }
 
+/// A 2 MiB block from sigma0 (aligned and contiguous: the kernel maps it with one large page)
+/// keeps every page's contents when one page loses its write right and another is unmapped;
+/// only the unmapped one faults anew (and sigma0 serves a zero page there).
+fn large_pages() -> R {
+    const AT: u64 = 0x1200_0000;
+    const PAGES: u64 = 512;
+    ok(l4::ipc::sigma0::any(AT, 21), "2 MiB from sigma0")?;
+    let word = |i: u64| (AT + i * 4096) as *mut u64;
+    for i in 0..PAGES {
+        // SAFETY: sigma0 mapped the block at AT into this task; nothing else refers to it.
+        unsafe { word(i).write_volatile(i + 1) };
+    }
+    let page = |i: u64, r: u8| Fpage::memory(AT + i * 4096, 12, Rights::from_bits_truncate(r));
+    let (w, all) = (proto::fpage::mem_rights::W, Rights::ALL.bits());
+    ok(task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[page(9, w)]), "take the write right of a page")?;
+    ok(task::unmap(wk::TASK, unmap_mask::ALL_SPACES, &[page(5, all)]), "unmap a page")?;
+    // SAFETY: as above; page 5 faults and sigma0 maps a zero page there.
+    let kept = (0..PAGES).filter(|i| *i != 5).all(|i| unsafe { word(i).read_volatile() } == i + 1);
+    check(kept, "the other pages of the block keep their contents")?;
+    // SAFETY: as above.
+    check(unsafe { word(5).read_volatile() } == 0, "the unmapped page is gone")?;
+    println!("2 MiB pages ok");
+    Ok(())
+}
+
 /// The boot image is mapped into boot tasks and lists this program with its arguments.
 fn boot_image() -> R {
     let img = l4::sys::boot_image().ok_or("no boot image mapped")?;
@@ -530,6 +555,7 @@ fn fpu() -> R {
 /// Runs every check; prints the summary marker on success.
 pub fn run() -> R {
     sigma0()?;
+    large_pages()?;
     boot_image()?;
     factory_and_caps()?;
     semaphores()?;

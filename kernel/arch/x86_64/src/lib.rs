@@ -66,8 +66,8 @@ impl Arch for X86_64 {
         s.unmap(va)
     }
 
-    fn destroy_space(s: Self::Space, fa: &mut FrameAllocator) {
-        s.destroy(fa)
+    fn destroy_space(s: Self::Space) {
+        s.destroy()
     }
 
     fn space_root(s: &Self::Space) -> u64 {

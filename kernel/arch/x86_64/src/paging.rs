@@ -152,19 +152,42 @@ fn zeroed_frame(fa: &mut FrameAllocator) -> Option<PhysAddr> {
 }
 
 /// A user address space: its own PML4 whose kernel half points at the shared kernel tables.
+///
+/// A 2 MiB block whose 512 pages are mapped to one aligned, contiguous 2 MiB of frames with
+/// the same rights is *promoted*: its PD entry becomes one 2 MiB page, so a page walk reads
+/// three tables instead of four (under TCG each distinct table page a walk reads after an
+/// address-space switch costs a TLB fill, `docs/perf.md`). The block's page table stays as it
+/// was, kept in `promoted`, and comes back (*demotion*) before any page of the block changes:
+/// the mapping database and the kernel above see 4 KiB pages only.
+///
+/// ```text
+///   PD entry, 4 KiB pages:  | NX | ... | page table frame          | ... | U | W | P |
+///   PD entry, promoted:     | NX | ... | 2 MiB frame | 0 ... | PS=1 | ... | U | W | P |
+/// ```
 pub struct AddressSpace {
     pml4: PhysAddr,
     /// The user-half tables below the PML4, as they were added (never removed before the
     /// space goes): freed from this list rather than by scanning 512 entries per table.
     tables: alloc::vec::Vec<PhysAddr>,
+    /// The page tables of promoted blocks, by the block's address.
+    promoted: alloc::collections::BTreeMap<u64, PhysAddr>,
 }
+
+/// The attribute bits of a user leaf entry that must agree for pages to share a 2 MiB page
+/// (accessed and dirty bits do not matter: the kernel never reads them).
+const LEAF_ATTRS: u64 = PRESENT | WRITABLE | USER | WRITE_THROUGH | NO_CACHE | NO_EXECUTE;
+const LARGE: u64 = (kernel_core::mem::PAGES_PER_LARGE as u64) * 4096;
 
 impl AddressSpace {
     pub fn new(fa: &mut FrameAllocator) -> Option<Self> {
         let pml4 = zeroed_frame(fa)?;
         let k = table(kernel_pml4());
         table(pml4)[256..].copy_from_slice(&k[256..]);
-        Some(AddressSpace { pml4, tables: alloc::vec::Vec::new() })
+        Some(AddressSpace {
+            pml4,
+            tables: alloc::vec::Vec::new(),
+            promoted: alloc::collections::BTreeMap::new(),
+        })
     }
 
     pub fn root(&self) -> PhysAddr {
@@ -175,16 +198,23 @@ impl AddressSpace {
         ((va >> (12 + 9 * level)) & 0x1ff) as usize
     }
 
+    /// The leaf entry mapping `pa` with `p`.
+    #[inline(always)]
+    fn leaf(pa: PhysAddr, p: Perms) -> u64 {
+        pa.0 | PRESENT | USER | if p.write { WRITABLE } else { 0 } | if p.exec { 0 } else { NO_EXECUTE }
+    }
+
     /// Maps the 4 KiB page at `va` to `pa`; returns the frame it replaced. A missing table is
     /// taken from the frame allocator, which the caller must not hold; its lock is not taken
-    /// otherwise. (With the kernel's map path, `.text.fast.map`: every page fault a vCPU's
-    /// guest resolves comes here.)
+    /// otherwise. Promotes the page's 2 MiB block when this completes it. (With the kernel's
+    /// map path, `.text.fast.map`: every page fault a vCPU's guest resolves comes here.)
     #[link_section = ".text.fast.map"]
     pub fn map(&mut self, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError> {
         if !va.is_page_aligned() || !pa.is_page_aligned() || va.0 >= abi::kip::USER_END {
             return Err(MapError::BadAddress);
         }
-        let mut t = self.pml4;
+        let new = Self::leaf(pa, p);
+        let (mut t, mut pd) = (self.pml4, self.pml4);
         for level in (1..=3).rev() {
             let e = &mut table(t)[Self::index(va.0, level)];
             if *e & PRESENT == 0 {
@@ -192,16 +222,83 @@ impl AddressSpace {
                 // (The heap may take the frame allocator's lock: it is free again here.)
                 self.tables.push(frame);
                 *e = frame.0 | PRESENT | WRITABLE | USER;
+            } else if level == 1 && *e & HUGE != 0 {
+                // Already mapped so (a page the block maps the same way again): unchanged.
+                if (*e & ADDR_MASK) + (va.0 & (LARGE - 1)) == pa.0 && *e & LEAF_ATTRS == new & LEAF_ATTRS {
+                    return Ok(Some(pa));
+                }
+                self.demote(va, e);
             }
+            pd = t;
             t = PhysAddr(*e & ADDR_MASK);
         }
-        let e = &mut table(t)[Self::index(va.0, 0)];
-        let old = (*e & PRESENT != 0).then_some(PhysAddr(*e & ADDR_MASK));
-        *e = pa.0 | PRESENT | USER | if p.write { WRITABLE } else { 0 } | if p.exec { 0 } else { NO_EXECUTE };
+        let pt = table(t);
+        let i = Self::index(va.0, 0);
+        let old = (pt[i] & PRESENT != 0).then_some(PhysAddr(pt[i] & ADDR_MASK));
+        pt[i] = new;
         if old.is_some() && active_root() == self.pml4 {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va.0));
         }
+        // The whole block is compared only when its first page maps the aligned frame this
+        // page's place asks for and its last page is mapped too.
+        let first = pa.0.wrapping_sub(i as u64 * 4096);
+        if first.is_multiple_of(LARGE)
+            && pt[0] & (ADDR_MASK | PRESENT) == first | PRESENT
+            && pt[511] & PRESENT != 0
+        {
+            self.promote(va, pd, t);
+        }
         Ok(old)
+    }
+
+    /// Makes the entry in page directory `pd` of the block holding `va`, whose page table is
+    /// `pt`, one 2 MiB page if the table maps the block as one.
+    fn promote(&mut self, va: VirtAddr, pd: PhysAddr, pt: PhysAddr) {
+        let entries = table(pt);
+        let decode = |i: usize| {
+            let e = entries[i];
+            (e & PRESENT != 0).then_some((PhysAddr(e & ADDR_MASK), e & LEAF_ATTRS))
+        };
+        let Some((base, attrs)) = kernel_core::mem::uniform_block(kernel_core::mem::PAGES_PER_LARGE, decode)
+        else {
+            return;
+        };
+        self.promoted.insert(va.0 & !(LARGE - 1), pt);
+        table(pd)[Self::index(va.0, 1)] = base.0 | attrs | HUGE;
+        // The TLB may hold the block's 4 KiB translations: the same ones, but mixing page
+        // sizes for one address is left undefined by the architecture. Promotion is rare.
+        if active_root() == self.pml4 {
+            write_cr3(self.pml4);
+        }
+    }
+
+    /// Puts the page table of the promoted block holding `va` back under its PD entry `e`.
+    fn demote(&mut self, va: VirtAddr, e: &mut u64) {
+        let block = va.0 & !(LARGE - 1);
+        let pt = self.promoted.remove(&block).expect("a promoted block keeps its page table");
+        *e = pt.0 | PRESENT | WRITABLE | USER;
+        if active_root() == self.pml4 {
+            // (INVLPG drops the translation of the whole 2 MiB page holding the address.)
+            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(block));
+        }
+    }
+
+    /// The frame `va` translates to and the size of the page holding it (the kernel's own
+    /// checks: `selftest=large-pages`).
+    pub fn lookup(&self, va: VirtAddr) -> Option<(PhysAddr, u64)> {
+        let mut t = self.pml4;
+        for level in (1..=3).rev() {
+            let e = table(t)[Self::index(va.0, level)];
+            if e & PRESENT == 0 {
+                return None;
+            }
+            if level == 1 && e & HUGE != 0 {
+                return Some((PhysAddr((e & ADDR_MASK) + (va.0 & (LARGE - 1) & !0xfff)), LARGE));
+            }
+            t = PhysAddr(e & ADDR_MASK);
+        }
+        let e = table(t)[Self::index(va.0, 0)];
+        (e & PRESENT != 0).then_some((PhysAddr(e & ADDR_MASK), 4096))
     }
 
     /// Removes the mapping of the page at `va`; returns the frame it mapped.
@@ -211,11 +308,14 @@ impl AddressSpace {
         }
         let mut t = self.pml4;
         for level in (1..=3).rev() {
-            let e = table(t)[Self::index(va.0, level)];
-            if e & PRESENT == 0 {
+            let e = &mut table(t)[Self::index(va.0, level)];
+            if *e & PRESENT == 0 {
                 return None;
             }
-            t = PhysAddr(e & ADDR_MASK);
+            if level == 1 && *e & HUGE != 0 {
+                self.demote(va, e);
+            }
+            t = PhysAddr(*e & ADDR_MASK);
         }
         let e = &mut table(t)[Self::index(va.0, 0)];
         if *e & PRESENT == 0 {
@@ -229,15 +329,19 @@ impl AddressSpace {
         Some(old)
     }
 
-    /// Frees the user-half page tables (not the frames they map).
-    pub fn destroy(self, fa: &mut FrameAllocator) {
+    /// Frees the user-half page tables (not the frames they map). Takes the frame allocator
+    /// itself; the space's own vectors go after it is free again (the heap takes its lock to
+    /// free a large block).
+    pub fn destroy(self) {
         if active_root() == self.pml4 {
             write_cr3(kernel_pml4());
         }
-        for t in self.tables {
-            fa.free(t);
-        }
-        fa.free(self.pml4);
+        crate::frames::with_frames(|fa| {
+            for t in &self.tables {
+                fa.free(*t);
+            }
+            fa.free(self.pml4);
+        });
     }
 }
 

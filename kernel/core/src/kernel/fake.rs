@@ -272,8 +272,8 @@ impl Arch for Fake {
         s.pages.remove(&va.0).map(|(pa, _)| pa)
     }
 
-    fn destroy_space(s: FakeSpace, fa: &mut FrameAllocator) {
-        fa.free(s.table);
+    fn destroy_space(s: FakeSpace) {
+        Self::with_frames(|fa| fa.free(s.table));
     }
 
     fn space_root(s: &FakeSpace) -> u64 {

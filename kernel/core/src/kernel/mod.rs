@@ -540,13 +540,15 @@ impl<A: Arch> Kernel<A> {
         self.caps_changed();
         let Some(task) = self.tasks.remove(id) else { return };
         self.refund(task.factory, cost::TASK + task.utcb_frames.len() as u64 * 4096);
-        let Task { space, frames, utcb_frames, .. } = task;
+        let Task { space, mut frames, mut utcb_frames, .. } = task;
+        A::destroy_space(space);
         A::with_frames(|fa| {
-            A::destroy_space(space, fa);
-            for f in frames.into_iter().chain(utcb_frames) {
+            for f in frames.drain(..).chain(utcb_frames.drain(..)) {
                 fa.free(f);
             }
         });
+        // (The vectors go only now, outside the frame allocator's lock: the heap takes that
+        // lock to free a large block.)
     }
 
     /// Removes every capability naming `obj`.
