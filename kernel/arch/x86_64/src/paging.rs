@@ -169,8 +169,8 @@ pub struct AddressSpace {
     /// The user-half tables below the PML4, as they were added (never removed before the
     /// space goes): freed from this list rather than by scanning 512 entries per table.
     tables: alloc::vec::Vec<PhysAddr>,
-    /// The page tables of promoted blocks, by the block's address.
-    promoted: alloc::collections::BTreeMap<u64, PhysAddr>,
+    /// The promoted blocks' addresses and page tables (a few hundred at most: L4Linux's RAM).
+    promoted: alloc::vec::Vec<(u64, PhysAddr)>,
 }
 
 /// The attribute bits of a user leaf entry that must agree for pages to share a 2 MiB page
@@ -183,11 +183,7 @@ impl AddressSpace {
         let pml4 = zeroed_frame(fa)?;
         let k = table(kernel_pml4());
         table(pml4)[256..].copy_from_slice(&k[256..]);
-        Some(AddressSpace {
-            pml4,
-            tables: alloc::vec::Vec::new(),
-            promoted: alloc::collections::BTreeMap::new(),
-        })
+        Some(AddressSpace { pml4, tables: alloc::vec::Vec::new(), promoted: alloc::vec::Vec::new() })
     }
 
     pub fn root(&self) -> PhysAddr {
@@ -220,6 +216,10 @@ impl AddressSpace {
             if *e & PRESENT == 0 {
                 let frame = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
                 // (The heap may take the frame allocator's lock: it is free again here.)
+                if self.tables.try_reserve(1).is_err() {
+                    crate::frames::with_frames(|fa| fa.free(frame));
+                    return Err(MapError::NoMemory);
+                }
                 self.tables.push(frame);
                 *e = frame.0 | PRESENT | WRITABLE | USER;
             } else if level == 1 && *e & HUGE != 0 {
@@ -263,7 +263,11 @@ impl AddressSpace {
         else {
             return;
         };
-        self.promoted.insert(va.0 & !(LARGE - 1), pt);
+        // No memory for the note: the block simply stays in 4 KiB pages.
+        if self.promoted.try_reserve(1).is_err() {
+            return;
+        }
+        self.promoted.push((va.0 & !(LARGE - 1), pt));
         table(pd)[Self::index(va.0, 1)] = base.0 | attrs | HUGE;
         // The TLB may hold the block's 4 KiB translations: the same ones, but mixing page
         // sizes for one address is left undefined by the architecture. Promotion is rare.
@@ -275,7 +279,9 @@ impl AddressSpace {
     /// Puts the page table of the promoted block holding `va` back under its PD entry `e`.
     fn demote(&mut self, va: VirtAddr, e: &mut u64) {
         let block = va.0 & !(LARGE - 1);
-        let pt = self.promoted.remove(&block).expect("a promoted block keeps its page table");
+        let i =
+            self.promoted.iter().position(|p| p.0 == block).expect("a promoted block keeps its page table");
+        let (_, pt) = self.promoted.swap_remove(i);
         *e = pt.0 | PRESENT | WRITABLE | USER;
         if active_root() == self.pml4 {
             // (INVLPG drops the translation of the whole 2 MiB page holding the address.)
