@@ -10,6 +10,9 @@ pub struct ReadyQueues<Id> {
     queues: alloc::boxed::Box<[VecDeque<Id>; PRIORITIES]>,
     /// Bit p set: queue p is non-empty. Finds the highest level in four word scans.
     nonempty: [u64; PRIORITIES / 64],
+    /// The highest non-empty level, -1 if none: kept up to date so that the IPC fast path's
+    /// question ([`ReadyQueues::any_above`]) is one comparison.
+    top: i16,
 }
 
 impl<Id: Copy + PartialEq> Default for ReadyQueues<Id> {
@@ -23,7 +26,20 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         ReadyQueues {
             queues: alloc::boxed::Box::new(core::array::from_fn(|_| VecDeque::new())),
             nonempty: [0; PRIORITIES / 64],
+            top: -1,
         }
+    }
+
+    /// Marks level `prio` non-empty.
+    fn filled(&mut self, prio: u8) {
+        self.nonempty[prio as usize / 64] |= 1 << (prio % 64);
+        self.top = self.top.max(prio as i16);
+    }
+
+    /// Marks level `prio` empty.
+    fn emptied(&mut self, prio: u8) {
+        self.nonempty[prio as usize / 64] &= !(1 << (prio % 64));
+        self.top = self.highest().map_or(-1, i16::from);
     }
 
     /// Appends `id` at the tail of its priority level. Enqueuing a queued id is a no-op.
@@ -31,7 +47,7 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         let q = &mut self.queues[prio as usize];
         if !q.contains(&id) {
             q.push_back(id);
-            self.nonempty[prio as usize / 64] |= 1 << (prio % 64);
+            self.filled(prio);
         }
     }
 
@@ -42,7 +58,7 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
             q.remove(pos);
         }
         q.push_front(id);
-        self.nonempty[prio as usize / 64] |= 1 << (prio % 64);
+        self.filled(prio);
     }
 
     /// The highest non-empty priority.
@@ -53,22 +69,11 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
             .map(|w| (w * 64 + 63 - self.nonempty[w].leading_zeros() as usize) as u8)
     }
 
-    /// True if a thread of priority strictly above `prio` is ready. Branch-free: the IPC fast
-    /// path asks this on every hand-off (inlined there, to stay in its code page).
+    /// True if a thread of priority strictly above `prio` is ready. One comparison: the IPC
+    /// fast path asks this on every hand-off (inlined there, to stay in its code page).
     #[inline(always)]
     pub fn any_above(&self, prio: u8) -> bool {
-        let first = prio as usize + 1;
-        let mut any = 0;
-        for (w, bits) in self.nonempty.iter().enumerate() {
-            let lo = w * 64;
-            let mask = match first.checked_sub(lo) {
-                None => !0u64,
-                Some(k) if k >= 64 => 0,
-                Some(k) => !0u64 << k,
-            };
-            any |= bits & mask;
-        }
-        any != 0
+        self.top > prio as i16
     }
 
     /// Removes and returns the head of the highest non-empty level.
@@ -77,7 +82,7 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         let q = &mut self.queues[p as usize];
         let id = q.pop_front();
         if q.is_empty() {
-            self.nonempty[p as usize / 64] &= !(1 << (p % 64));
+            self.emptied(p);
         }
         id
     }
@@ -88,7 +93,7 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         let Some(pos) = q.iter().position(|x| *x == id) else { return false };
         q.remove(pos);
         if q.is_empty() {
-            self.nonempty[prio as usize / 64] &= !(1 << (prio % 64));
+            self.emptied(prio);
         }
         true
     }
@@ -129,5 +134,37 @@ mod tests {
         r.enqueue(8, 255);
         r.enqueue_front(8, 255);
         assert_eq!(r.dequeue(), Some(8));
+    }
+
+    proptest::proptest! {
+        /// `any_above` answers as a scan of every level would, after any sequence of enqueues
+        /// (at the tail or the head), dequeues and removals.
+        #[test]
+        fn any_above_agrees_with_a_scan(ops in proptest::collection::vec((0u8..4, 0u32..6, proptest::prelude::any::<u8>()), 1..200)) {
+            let mut r = ReadyQueues::new();
+            let mut prio_of = std::collections::HashMap::new();
+            for (op, id, prio) in ops {
+                match op {
+                    0 => if prio_of.get(&id).is_none_or(|p| *p == prio) {
+                        r.enqueue(id, prio);
+                        prio_of.insert(id, prio);
+                    },
+                    1 => if prio_of.get(&id).is_none_or(|p| *p == prio) {
+                        r.enqueue_front(id, prio);
+                        prio_of.insert(id, prio);
+                    },
+                    2 => if let Some(id) = r.dequeue() {
+                        prio_of.remove(&id);
+                    },
+                    _ => if let Some(p) = prio_of.remove(&id) {
+                        proptest::prop_assert!(r.remove(id, p));
+                    },
+                }
+                for q in [0u8, 1, 63, 64, 127, 128, 200, 254, 255, prio] {
+                    let scan = (q as usize + 1..PRIORITIES).any(|l| !r.queues[l].is_empty());
+                    proptest::prop_assert_eq!(r.any_above(q), scan);
+                }
+            }
+        }
     }
 }
