@@ -34,7 +34,10 @@ pub fn run() -> R {
         Args { line: "spawned by ktest", env: &[] },
         Slots { task: CapIdx(92), thread: CapIdx(93), pager: wk::PAGER },
         &caps,
-        100,
+        // Below ours (100): hello runs once we wait, so our line comes first whatever the time
+        // slices do (at equal priority a slice ending right after the spawn let hello greet
+        // and power off first).
+        99,
         &mut Sigma0Pages,
     );
     if let Err(e) = r {
