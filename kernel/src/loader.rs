@@ -19,7 +19,7 @@ use kernel_core::hal::{Arch, ThreadContext, UserRegs};
 use kernel_core::kernel::memory::{MEM_R, MEM_W, MEM_X};
 use kernel_core::kernel::Kernel;
 use kernel_core::kernel::{Factory, Gate, Obj, ThreadState};
-use kernel_core::mem::{PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use kernel_core::mem::{PhysAddr, PhysRange, VirtAddr, LARGE_PAGE_SIZE, PAGES_PER_LARGE, PAGE_SIZE};
 use kernel_core::slab::Id;
 
 /// Priority of boot tasks; sigma0 runs above them so it waits before anyone asks.
@@ -189,11 +189,11 @@ fn load_segments(
         if pages.contains_key(&page) {
             continue;
         }
-        if page.is_multiple_of(LARGE_PAGE) {
-            let block: Vec<u8> = rights.range(page..page + LARGE_PAGE).map(|(_, r)| *r).collect();
-            if block.len() == LARGE_FRAMES && block.iter().all(|b| *b == r) {
-                if let Some(base) = with_frames(|fa| fa.alloc_aligned(LARGE_FRAMES, LARGE_FRAMES)) {
-                    for i in 0..LARGE_FRAMES as u64 {
+        if page.is_multiple_of(LARGE_PAGE_SIZE) {
+            let same = rights.range(page..page + LARGE_PAGE_SIZE).filter(|(_, b)| **b == r).count();
+            if same == PAGES_PER_LARGE {
+                if let Some(base) = with_frames(|fa| fa.alloc_aligned(PAGES_PER_LARGE, PAGES_PER_LARGE)) {
+                    for i in 0..PAGES_PER_LARGE as u64 {
                         let f = PhysAddr(base.0 + i * PAGE_SIZE);
                         A::write_phys(f, &[0; PAGE_SIZE as usize]);
                         owned.push(f);
@@ -217,10 +217,6 @@ fn load_segments(
     }
     Ok(pages)
 }
-
-/// A large page (2 MiB) and its frames.
-const LARGE_FRAMES: usize = kernel_core::mem::PAGES_PER_LARGE;
-const LARGE_PAGE: u64 = LARGE_FRAMES as u64 * PAGE_SIZE;
 
 fn new_frame(owned: &mut Vec<PhysAddr>) -> Result<PhysAddr, String> {
     let f = with_frames(|fa| fa.alloc()).ok_or("out of memory")?;

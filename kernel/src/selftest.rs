@@ -27,10 +27,9 @@ pub fn large_pages() {
 fn check_large_pages() -> Result<(), &'static str> {
     use arch_x86_64::frames::with_frames;
     use arch_x86_64::paging::AddressSpace;
-    use kernel_core::mem::{Perms, PhysAddr, VirtAddr, PAGES_PER_LARGE, PAGE_SIZE};
+    use kernel_core::mem::{Perms, PhysAddr, VirtAddr, LARGE_PAGE_SIZE as LARGE, PAGES_PER_LARGE, PAGE_SIZE};
     const VA: u64 = 0x4000_0000;
     const N: u64 = PAGES_PER_LARGE as u64;
-    const LARGE: u64 = N * PAGE_SIZE;
     let base = with_frames(|fa| fa.alloc_aligned(PAGES_PER_LARGE, PAGES_PER_LARGE)).ok_or("no memory")?;
     let mut s = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
     let page = |i: u64| (VirtAddr(VA + i * PAGE_SIZE), PhysAddr(base.0 + i * PAGE_SIZE));

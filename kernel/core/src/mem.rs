@@ -61,6 +61,8 @@ impl Perms {
 /// Base pages per large page of the level above (2 MiB = 512 × 4 KiB on x86-64 and on AArch64
 /// with a 4 KiB granule).
 pub const PAGES_PER_LARGE: usize = 512;
+/// Bytes of such a large page.
+pub const LARGE_PAGE_SIZE: u64 = PAGES_PER_LARGE as u64 * PAGE_SIZE;
 
 /// Whether the `n` base pages of an aligned block, whose translations `entry(i)` gives as
 /// (frame, attribute bits), can be one large page: every one present, the frames contiguous
@@ -81,7 +83,7 @@ mod tests {
     use super::*;
 
     const N: usize = PAGES_PER_LARGE;
-    const BLOCK: u64 = N as u64 * PAGE_SIZE;
+    const BLOCK: u64 = LARGE_PAGE_SIZE;
 
     fn run(base: u64, attrs: u64) -> impl Fn(usize) -> Option<(PhysAddr, u64)> {
         move |i| Some((PhysAddr(base + i as u64 * PAGE_SIZE), attrs))

@@ -176,7 +176,7 @@ pub struct AddressSpace {
 /// The attribute bits of a user leaf entry that must agree for pages to share a 2 MiB page
 /// (accessed and dirty bits do not matter: the kernel never reads them).
 const LEAF_ATTRS: u64 = PRESENT | WRITABLE | USER | WRITE_THROUGH | NO_CACHE | NO_EXECUTE;
-const LARGE: u64 = (kernel_core::mem::PAGES_PER_LARGE as u64) * 4096;
+const LARGE: u64 = kernel_core::mem::LARGE_PAGE_SIZE;
 
 impl AddressSpace {
     pub fn new(fa: &mut FrameAllocator) -> Option<Self> {
