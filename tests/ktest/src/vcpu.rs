@@ -248,6 +248,18 @@ fn user_task(slot: CapIdx, code: u64, end: u64) -> R {
 }
 
 /// The vCPU's timer Irq (label 0x71), a one-shot `us` microseconds ahead.
+/// Makes our thread capability `slot` a vCPU: a new thread of our task, its UTCB at `utcb`, its
+/// state area at `state` (both in our UTCB area).
+pub(crate) fn vcpu_thread(slot: CapIdx, utcb: u64, state: u64) -> R {
+    ok(factory::thread(wk::FACTORY, slot), "vcpu thread")?;
+    ok(thread::control(slot, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, utcb), "bind")?;
+    ok(
+        l4::sys::call_words(slot, proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), state]),
+        "vcpu control",
+    )
+    .map(|_| ())
+}
+
 fn arm_timer(us: u64) -> R {
     ok(factory::irq(wk::FACTORY, TIMER), "timer irq")?;
     ok(irq::attach(TIMER, VCPU, 0x71), "attach timer")?;
@@ -468,12 +480,7 @@ extern "C" {
 pub fn doomed() -> R {
     let spin = doomed_spin as *const () as u64;
     user_task(TASKS[0], spin, spin + 1)?;
-    ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
-    ok(thread::control(VCPU, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB), "bind")?;
-    ok(
-        l4::sys::call_words(VCPU, proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), VCPU_STATE]),
-        "vcpu control",
-    )?;
+    vcpu_thread(VCPU, VCPU_UTCB, VCPU_STATE)?;
     let st = vstate();
     (st.entry_ip, st.entry_sp) = (abi::kip::USER_END, stack_top(2));
     st.regs = VcpuRegs { rip: spin, rsp: 0x6000_0000, rflags: 0x202, ..Default::default() };

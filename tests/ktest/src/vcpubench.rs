@@ -4,7 +4,7 @@
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
 use abi::kip::BOOT_UTCB_ADDR;
-use abi::proto::{self, fpage::Fpage, thread_control as tc};
+use abi::proto::{self, fpage::Fpage};
 use abi::syscall::timeout;
 use abi::vcpu::{off, state, trap, VcpuRegs, VcpuState};
 use abi::{CapIdx, MsgTag, Rights};
@@ -231,12 +231,7 @@ pub fn run() -> R {
     }
     ok(factory::semaphore(wk::FACTORY, DONE, 0), "done")?;
     ok(factory::irq(wk::FACTORY, TIMER), "timer")?;
-    ok(factory::thread(wk::FACTORY, VCPU), "vcpu")?;
-    ok(thread::control(VCPU, tc::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB), "bind")?;
-    ok(
-        l4::sys::call_words(VCPU, proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), VCPU_STATE]),
-        "vcpu",
-    )?;
+    crate::vcpu::vcpu_thread(VCPU, VCPU_UTCB, VCPU_STATE)?;
     ok(irq::attach(TIMER, VCPU, 1), "attach")?;
     let st = vstate();
     st.entry_ip = vbench_entry as *const () as u64;
