@@ -78,11 +78,16 @@ fn resume_if_replaced() {
     }
 }
 
-/// Resumes the current thread from its frame, in the address space it now belongs to.
+/// Resumes the current thread from its frame, in the address space it now belongs to. If the
+/// upcall that replaced its context ended it instead (an unusable entry loses the vCPU its
+/// task: at a timer interrupt, or at a `VcpuResume` that found an interrupt pending), the next
+/// thread runs.
 #[link_section = ".text.fast"]
 fn resume_current() -> ! {
-    let next = with_kernel(|k| k.resume_self()).expect("the current thread is alive");
-    resume(next)
+    match with_kernel(|k| k.resume_self()) {
+        Some(next) => resume(next),
+        None => block_and_leave(Resume::Exception),
+    }
 }
 
 /// The current thread's frame (0: none, the idle loop), which a returning entry leaves by, and

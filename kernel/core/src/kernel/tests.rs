@@ -756,3 +756,32 @@ fn preempted_threads_resume_from_their_frames_the_way_they_left() {
     assert_eq!((m.k.current, n.by), (Some(b), Resume::Syscall));
     assert_eq!(m.k.threads.get(b).unwrap().resume, None, "running threads have no resumption pending");
 }
+
+#[test]
+fn a_resume_whose_pending_irq_finds_no_usable_entry_ends_the_vcpu_without_touching_its_area() {
+    use abi::vcpu::{off, state};
+    let mut m = machine(4 << 20);
+    let v = m.thread(CapIdx(20), 1);
+    m.task(CapIdx(21));
+    m.op(CapIdx(20), proto::thread::LABEL, &[proto::thread::Op::VcpuControl.code(), UTCB + 3 * 1024])
+        .unwrap();
+    let area = m.k.threads.get(v).unwrap().vcpu.unwrap().frame;
+    // A pending interrupt, its IRQs on in the context to resume, and an entry outside the
+    // user half: the upcall at resume cannot run, and the vCPU's task (ours) goes.
+    m.op(wk::FACTORY, proto::factory::LABEL, &[0, Protocol::Irq.label() as u64, 22]).unwrap();
+    m.op(CapIdx(22), proto::irq::LABEL, &[0, 20, 0x99]).unwrap();
+    m.op(CapIdx(22), proto::irq::LABEL, &[2]).unwrap();
+    let mut w = [0u64; off::WORDS];
+    Fake::read_words(area, &mut w);
+    assert_eq!(w[off::STICKY], abi::vcpu::sticky::IRQ_PENDING);
+    (w[off::STATE], w[off::SAVED_STATE], w[off::USER_TASK]) = (0, state::USER_MODE | state::IRQ, 21);
+    (w[off::ENTRY_IP], w[off::ENTRY_SP]) = (abi::kip::USER_END, 0x7000);
+    Fake::write_words(area, &w);
+    m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
+    let rdx = CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits();
+    m.sys(v, rdx, MsgTag::new(proto::thread::LABEL, 1, 0, 0), 0);
+    assert!(m.k.threads.get(v).is_none(), "the vCPU went with its task");
+    assert_eq!(m.k.resume_self(), None, "nothing to resume: the next thread runs");
+    Fake::read_words(area, &mut w);
+    assert_eq!(w[off::SAVED_STATE], 0, "the freed state area was not written after the upcall");
+}

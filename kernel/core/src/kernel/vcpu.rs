@@ -209,6 +209,10 @@ impl<A: Arch> Kernel<A> {
                     set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
                 }
                 self.vcpu_upcall(me, trap::IRQ, 0, 0, Some(label), false);
+                // An unusable entry took the vCPU's task, state area and all.
+                if self.threads.get(me).is_none() {
+                    return Ok(());
+                }
                 // The context in the area is the one being resumed: its flags (USER_MODE
                 // above all) are those the handler asked for, not the handler's own.
                 set_word::<A>(&area, off::SAVED_STATE, resumed);
