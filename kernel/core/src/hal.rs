@@ -62,12 +62,16 @@ pub trait UserRegs {
     /// Applies an exception handler's answer (ip/sp only if they are user addresses; only the
     /// arithmetic flags).
     fn apply_exception_words(&mut self, w: &[u64; exc_regs::WORDS]);
-    /// The whole context in `abi::vcpu::VcpuRegs` order, rax .. rflags.
-    fn context(&self) -> [u64; 18];
-    /// Loads a whole context; `false` (nothing changed) if ip or sp is not a user address.
-    /// Only the arithmetic and direction flags are taken; interrupts stay enabled.
-    fn set_context(&mut self, c: &[u64; 18]) -> bool;
-    /// Writes the whole context ([`UserRegs::context`]'s order), then `tail`, to physical
+    /// Loads a whole context, `abi::vcpu::VcpuRegs` order (rax .. rflags), from the 18 words
+    /// at `pa` (8-byte aligned, kernel-owned), read in place: a `VcpuResume`'s load, without a
+    /// copy on the way (each word copied is two memory accesses more under TCG). `false`
+    /// (nothing changed) if ip or sp is not a user address. Only the arithmetic and direction
+    /// flags are taken; interrupts stay enabled.
+    fn load_context(&mut self, pa: PhysAddr) -> bool;
+    /// Whether leaving by [`Resume::Syscall`] restores this context exactly (x86_64: rcx and
+    /// r11 hold its ip and flags, as after a `syscall` or at an upcall entry).
+    fn syscall_exit_exact(&self) -> bool;
+    /// Writes the whole context ([`UserRegs::load_context`]'s order), then `tail`, to physical
     /// memory at `pa` (8-byte aligned, kernel-owned): a vCPU upcall's save, in one pass from
     /// the frame, without copies on the way (each is a memory access more under TCG).
     fn save_context(&self, pa: PhysAddr, tail: [u64; 5]);

@@ -381,6 +381,16 @@ pub fn read_words(pa: PhysAddr, out: &mut [u64]) {
 }
 
 /// Runs `f` on the `N` words at `pa` (8-byte aligned, kernel-owned memory such as a UTCB-area
+/// frame), read in place: a `VcpuResume` loads a context from there straight into the frame.
+#[inline(always)]
+pub fn with_words<const N: usize, R>(pa: PhysAddr, f: impl FnOnce(&[u64; N]) -> R) -> R {
+    assert!(pa.0.is_multiple_of(8) && pa.0 + N as u64 * 8 <= DIRECT_MAP_SIZE);
+    // SAFETY: aligned and inside the direct map (checked above), so the words are readable
+    // RAM; nothing writes them while `f` runs (single CPU, interrupts masked in the kernel).
+    f(unsafe { &*(phys_to_virt(pa) as *const [u64; N]) })
+}
+
+/// Runs `f` on the `N` words at `pa` (8-byte aligned, kernel-owned memory such as a UTCB-area
 /// frame), to write them in place: the vCPU upcall stores a context there straight from the
 /// frame.
 #[inline(always)]

@@ -134,30 +134,6 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         (self.rsi, self.rdi, self.rbp, self.r8) = (r[RSI], r[RDI], r[RBP], r[R8]);
     }
 
-    #[link_section = ".text.fast"]
-    fn context(&self) -> [u64; 18] {
-        [
-            self.rax,
-            self.rbx,
-            self.rcx,
-            self.rdx,
-            self.rsi,
-            self.rdi,
-            self.rbp,
-            self.r8,
-            self.r9,
-            self.r10,
-            self.r11,
-            self.r12,
-            self.r13,
-            self.r14,
-            self.r15,
-            self.rip,
-            self.rsp,
-            self.rflags,
-        ]
-    }
-
     #[inline(always)]
     fn save_context(&self, pa: PhysAddr, tail: [u64; 5]) {
         crate::paging::with_words_mut::<23>(pa, |d| {
@@ -184,19 +160,26 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     }
 
     #[link_section = ".text.fast.vcpu"]
-    fn set_context(&mut self, c: &[u64; 18]) -> bool {
-        if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
-            return false;
-        }
-        [self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.r8] =
-            [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
-        [self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15] =
-            [c[8], c[9], c[10], c[11], c[12], c[13], c[14]];
-        (self.rip, self.rsp) = (c[15], c[16]);
-        // Arithmetic flags and DF are the context's; IF stays on, IOPL/TF/NT/AC stay off.
-        self.rflags = (c[17] & 0xcd5) | 0x202;
-        (self.cs, self.ss) = (USER_CS, USER_SS);
-        true
+    fn load_context(&mut self, pa: PhysAddr) -> bool {
+        crate::paging::with_words::<18, _>(pa, |c| {
+            if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
+                return false;
+            }
+            [self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.r8] =
+                [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
+            [self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15] =
+                [c[8], c[9], c[10], c[11], c[12], c[13], c[14]];
+            (self.rip, self.rsp) = (c[15], c[16]);
+            // Arithmetic flags and DF are the context's; IF stays on, IOPL/TF/NT/AC stay off.
+            self.rflags = (c[17] & 0xcd5) | 0x202;
+            (self.cs, self.ss) = (USER_CS, USER_SS);
+            true
+        })
+    }
+
+    #[inline(always)]
+    fn syscall_exit_exact(&self) -> bool {
+        (self.rcx == self.rip) & (self.r11 == self.rflags)
     }
 }
 

@@ -100,8 +100,31 @@ pub struct FakeRegs {
     pub flags: u64,
     /// rax, rbx, rcx, rdx, rsi, rdi, rbp, r8
     pub gpr: [u64; 8],
+    /// r11 (with rcx, what decides whether sysret resumes a context exactly).
+    pub r11: u64,
     /// The message registers of a register message.
     pub words: [u64; abi::syscall::REG_WORDS],
+}
+
+impl FakeRegs {
+    /// The whole context in `abi::vcpu::VcpuRegs` order (what the upcall saves).
+    fn context(&self) -> [u64; 18] {
+        let mut c = [0; 18];
+        c[..8].copy_from_slice(&self.gpr);
+        (c[10], c[15], c[16], c[17]) = (self.r11, self.ip, self.sp, self.flags);
+        c
+    }
+
+    /// Loads a whole context (ip and sp user addresses, or nothing changes).
+    fn set_context(&mut self, c: &[u64; 18]) -> bool {
+        if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
+            return false;
+        }
+        self.gpr.copy_from_slice(&c[..8]);
+        self.r11 = c[10];
+        (self.ip, self.sp, self.flags) = (c[15], c[16], (c[17] & 0xcd5) | 0x202);
+        true
+    }
 }
 
 impl UserRegs for FakeRegs {
@@ -152,20 +175,13 @@ impl UserRegs for FakeRegs {
         self.gpr.copy_from_slice(&w[exc_regs::RAX..=exc_regs::R8]);
     }
 
-    fn context(&self) -> [u64; 18] {
-        let mut c = [0; 18];
-        c[..8].copy_from_slice(&self.gpr);
-        (c[15], c[16], c[17]) = (self.ip, self.sp, self.flags);
-        c
+    fn load_context(&mut self, pa: PhysAddr) -> bool {
+        let c: [u64; 18] = Fake::read_array(pa);
+        self.set_context(&c)
     }
 
-    fn set_context(&mut self, c: &[u64; 18]) -> bool {
-        if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
-            return false;
-        }
-        self.gpr.copy_from_slice(&c[..8]);
-        (self.ip, self.sp, self.flags) = (c[15], c[16], (c[17] & 0xcd5) | 0x202);
-        true
+    fn syscall_exit_exact(&self) -> bool {
+        (self.gpr[2] == self.ip) & (self.r11 == self.flags)
     }
 
     fn save_context(&self, pa: PhysAddr, tail: [u64; 5]) {

@@ -128,8 +128,8 @@ impl<A: Arch> Kernel<A> {
         let t = self.threads.get(me)?;
         let (area, own, utcb) = (t.vcpu?, t.task?, t.utcb_frame?);
         let op: [u64; 1] = A::read_array(utcb);
-        // Header and context in one read: words 0 .. REGS + 20.
-        let w: [u64; off::REGS + 20] = A::read_array(area.frame);
+        // The header words up to the user task's; the context is loaded in place below.
+        let w: [u64; off::USER_TASK + 1] = A::read_array(area.frame);
         let resumed = w[off::SAVED_STATE];
         let (sel, user_idx) = (CapSel::from_raw(rdx).idx().0, w[off::USER_TASK]);
         let cached = area
@@ -148,29 +148,29 @@ impl<A: Arch> Kernel<A> {
         if !plain {
             return None;
         }
-        // The context by reference: a copy would be an out-of-line memcpy (two more pages).
-        let ctx: &[u64; 18] = w[off::REGS..off::REGS + 18].try_into().ok()?;
         if tag.items() > 0 {
             if let Err(e) = self.map_items(me, own, user, tag) {
                 return self.vcpu_resume_failed(me, e);
             }
         }
+        let regs = crate::mem::PhysAddr(area.frame.0 + off::REGS as u64 * 8);
         let t = self.threads.get_mut(me)?;
-        if !t.ctx.regs().set_context(ctx) {
+        if !t.ctx.regs().load_context(regs) {
             return self.vcpu_resume_failed(me, abi::Error::Inval);
         }
+        // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
+        let exact = t.ctx.regs().syscall_exit_exact();
+        let [fs, gs]: [u64; 2] = A::read_array(crate::mem::PhysAddr(regs.0 + 18 * 8));
         let own = (t.fs_base, t.root, t.io_task);
         t.vcpu_user = Some(user);
-        (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, w[off::REGS + 18], w[off::REGS + 19]);
+        (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, fs, gs);
         if let Some(a) = t.vcpu.as_mut() {
             (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
             a.resume_cache = Some(found);
         }
         self.user_vcpu = Some((me, own.1));
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
-        // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
-        self.resume_by =
-            if ctx[2] == ctx[15] && ctx[10] == ctx[17] { Resume::Syscall } else { Resume::Exception };
+        self.resume_by = if exact { Resume::Syscall } else { Resume::Exception };
         self.resume_self()
     }
 

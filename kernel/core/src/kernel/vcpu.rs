@@ -168,12 +168,9 @@ impl<A: Arch> Kernel<A> {
     pub fn vcpu_resume(&mut self, me: Id, tag: MsgTag) -> Outcome {
         match self.try_vcpu_resume(me, tag) {
             Ok(()) => {
-                // A context whose rcx/r11 are its ip/flags (after a user `syscall`, or an
-                // upcall entry) survives sysret exactly; anything else needs iret.
-                let r = self.threads.get_mut(me).map(|t| t.ctx.regs().context());
-                let sysret = r.is_some_and(|c| c[2] == c[15] && c[10] == c[17]);
+                let exact = self.threads.get_mut(me).is_some_and(|t| t.ctx.regs().syscall_exit_exact());
                 self.resume_by =
-                    if sysret { crate::hal::Resume::Syscall } else { crate::hal::Resume::Exception };
+                    if exact { crate::hal::Resume::Syscall } else { crate::hal::Resume::Exception };
                 Outcome::Resume
             }
             Err(e) => Outcome::err(e),
@@ -220,12 +217,11 @@ impl<A: Arch> Kernel<A> {
             }
             set_word::<A>(&area, off::STICKY, w[off::STICKY] & !sticky::IRQ_PENDING);
         }
-        let mut ctx = [0u64; 18];
-        ctx.copy_from_slice(&w[off::REGS..off::REGS + 18]);
+        let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
         let (fs, gs) = (w[off::REGS + 18], w[off::REGS + 19]);
         let Some(user) = user else {
             let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-            if !th.ctx.regs().set_context(&ctx) {
+            if !th.ctx.regs().load_context(regs) {
                 return Err(Error::Inval);
             }
             (th.fs_base, th.gs_base) = (fs, gs);
@@ -235,7 +231,7 @@ impl<A: Arch> Kernel<A> {
         let (root, io) = (A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space), self.io_key(user));
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
         let own = (th.fs_base, th.root, th.io_task);
-        if !th.ctx.regs().set_context(&ctx) {
+        if !th.ctx.regs().load_context(regs) {
             return Err(Error::Inval);
         }
         // A vCPU already in a user task keeps what it saved of its own context then.
