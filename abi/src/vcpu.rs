@@ -15,9 +15,25 @@
 //! word  7  irq_label        label of the interrupt an IRQ upcall reports
 //! word  8  regs             the interrupted context (VcpuRegs), then trap number, error, address
 //! ```
+//!
+//! **Guest worlds** (`VcpuControl` with a slot `G`): the guest kernel runs at privilege level 1
+//! in the address space of the user task it runs (its *world*), where slot `G` of the vCPU's
+//! task — the guest kernel's code, data, stacks, this area and the UTCB — appears as
+//! supervisor memory, out of the user task's reach, and the kernel maps nothing but its
+//! entry trampoline. A system call of the user task then reaches the guest's entry without
+//! an address-space switch, and a `VcpuResume` that continues the same user task leaves
+//! without one. The guest kernel runs with the user task's FS and GS bases (it finds its UTCB
+//! and this area by address); user-mode contexts are resumed at level 3, its own at level 1.
+//! `VcpuResume` into its own context (no `USER_MODE`) continues it in the vCPU's own task.
 
 /// Layout version, in word 0.
 pub const VERSION: u64 = 1;
+
+/// The PML4 slots a guest world may use (slot 0 is every program's image, 256 and up the
+/// kernel's half).
+pub const WORLD_SLOTS: core::ops::RangeInclusive<u64> = 1..=255;
+/// Bytes of one slot.
+pub const WORLD_SLOT_SIZE: u64 = 1 << 39;
 
 /// Flags of `state` / `saved_state` (Fiasco's values).
 pub mod state {

@@ -529,6 +529,16 @@ fn defs() -> Vec<Def> {
             input: &[],
         },
         Def {
+            name: "world-bench",
+            what: "system-call reflection with the guest kernel in a guest world (level 1 in the user task's address space)",
+            programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "world-bench")],
+            append: "",
+            forbidden: &[],
+            checks: vec![("reflect", "BENCH vcpu_world_syscall_reflect".into())],
+            status: Some(0),
+            input: &[],
+        },
+        Def {
             name: "large-pages",
             what: "a user address space gets 2 MiB pages for complete blocks and 4 KiB pages back when one page changes",
             programs: vec![BootProgram::start("hello", "")],

@@ -101,6 +101,7 @@ pub fn current_frame() -> u64 {
         let t = k.threads.get(c).filter(|t| t.state == ThreadState::Running)?;
         let frame = t.ctx.frame();
         A::set_entry_frame(frame);
+        k.world_refresh();
         Some(frame)
     });
     frame.unwrap_or_else(|| block_and_leave(hal::Resume::Exception))
@@ -117,9 +118,10 @@ pub fn reschedule(how: Resume) {
     });
     if idle {
         if let Some(n) = with_kernel(|k| k.pick()) {
+            let (root, how) = if n.world != 0 { (n.world, trap::By::World) } else { (n.root, n.by.into()) };
             // SAFETY: `n` names the frame of the live thread just made current; the idle slot
             // is static.
-            unsafe { trap::switch(&raw mut IDLE_RSP, n.root, n.frame, n.by.into()) };
+            unsafe { trap::switch(&raw mut IDLE_RSP, root, n.frame, how) };
         }
         return;
     }
@@ -164,9 +166,12 @@ fn block_and_leave(how: hal::Resume) -> ! {
 
 #[link_section = ".text.fast.ipc"]
 fn resume(next: Next) -> ! {
+    let (root, how) =
+        if next.world != 0 { (next.world, trap::By::World) } else { (next.root, next.by.into()) };
     // SAFETY: `next.frame` is the frame of the live current thread, to leave the way it says;
-    // `root` is 0 or a task's page-table root; nothing on the abandoned stack is used again.
-    unsafe { trap::resume(next.root, next.frame, next.by.into()) }
+    // `root` is 0 or a task's page-table root (its world's for a thread in a guest world);
+    // nothing on the abandoned stack is used again.
+    unsafe { trap::resume(root, next.frame, how) }
 }
 
 /// Back to the idle loop's saved context: nothing is ready.
@@ -182,6 +187,9 @@ fn resume_idle() -> ! {
 /// Returns the frame to leave by.
 #[link_section = ".text.fast.ipc"]
 pub fn syscall([rdx, rax, _label, r8]: [u64; 4]) -> u64 {
+    if arch_x86_64::cpu::world() != 0 {
+        with_kernel(|k| k.world_entry());
+    }
     let general = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
         Some(next) => Err(next),
         None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
@@ -228,7 +236,9 @@ fn syscall_finish((out, preempt, frame): General) -> u64 {
     match out {
         // The caller destroyed itself.
         Outcome::Done(..) if frame == 0 => block_and_leave(hal::Resume::Syscall),
-        Outcome::Done(..) => {}
+        // The call moved a guest kernel out of the world it runs in (its user task went).
+        Outcome::Done(..) if with_kernel(|k| core::mem::take(&mut k.resume_current)) => resume_current(),
+        Outcome::Done(..) => with_kernel(|k| k.world_refresh()),
         Outcome::Blocked => block_and_leave(hal::Resume::Syscall),
         // A vCPU upcall or resume replaced the whole context.
         Outcome::Resume => resume_current(),

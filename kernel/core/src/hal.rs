@@ -31,6 +31,31 @@ pub enum Resume {
     Exception,
 }
 
+/// What the entry trampoline of a guest world needs to know about the thread that runs there
+/// next (`abi::vcpu`, guest worlds; [`Arch::set_world`]). Rewritten before every exit into a
+/// world; the trampoline reads it where the guest cannot write it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct WorldExit {
+    /// The world's root (loaded on the way out) and the normal root of the same task (loaded
+    /// by every entry from the world that needs the kernel).
+    pub root: u64,
+    pub kernel_root: u64,
+    /// The thread's user registers ([`ThreadContext::frame`]), where such entries save them.
+    pub frame: u64,
+    /// The vCPU state area's and UTCB's user addresses (in the guest slot).
+    pub state: u64,
+    pub utcb: u64,
+    /// The user task's FS and GS bases (saved into the state area by a forwarded upcall).
+    pub user_fs: u64,
+    pub user_gs: u64,
+    /// A `VcpuResume` the trampoline may complete itself, continuing the world's user task:
+    /// the caller's `rdx` (selector and flags) and the state area's `user_task` it must carry
+    /// (0: none, the kernel checks every resume).
+    pub resume_rdx: u64,
+    pub resume_user: u64,
+}
+
 /// Untyped words [`ThreadContext::hand_off`] carries (the IPC fast path's longest message).
 pub const HAND_OFF_WORDS: usize = 16;
 
@@ -66,8 +91,11 @@ pub trait UserRegs {
     /// at `pa` (8-byte aligned, kernel-owned), read in place: a `VcpuResume`'s load, without a
     /// copy on the way (each word copied is two memory accesses more under TCG). `false`
     /// (nothing changed) if ip or sp is not a user address. Only the arithmetic and direction
-    /// flags are taken; interrupts stay enabled.
-    fn load_context(&mut self, pa: PhysAddr) -> bool;
+    /// flags are taken; interrupts stay enabled. `guest`: the context runs as a guest kernel
+    /// in its world (x86_64: at privilege level 1), else in user mode.
+    fn load_context(&mut self, pa: PhysAddr, guest: bool) -> bool;
+    /// The context runs as a guest kernel (see [`UserRegs::load_context`]).
+    fn guest_mode(&self) -> bool;
     /// Whether leaving by [`Resume::Syscall`] restores this context exactly (x86_64: rcx and
     /// r11 hold its ip and flags, as after a `syscall` or at an upcall entry).
     fn syscall_exit_exact(&self) -> bool;
@@ -76,9 +104,10 @@ pub trait UserRegs {
     /// the frame, without copies on the way (each is a memory access more under TCG).
     fn save_context(&self, pa: PhysAddr, tail: [u64; 5]);
     /// The context a vCPU upcall enters: `ip` and `sp`, rdi = `arg`, rcx = `ip` and r11 = the
-    /// flags (so that sysret is exact), every other register 0, interrupts enabled. `false`
-    /// (nothing changed) if ip or sp is not a user address.
-    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool;
+    /// flags (so that sysret is exact), every other register 0, interrupts enabled; as a guest
+    /// kernel if `guest` ([`UserRegs::load_context`]). `false` (nothing changed) if ip or sp
+    /// is not a user address.
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64, guest: bool) -> bool;
 }
 
 /// A thread's architecture state, held inside the thread: its user registers, where the CPU
@@ -191,6 +220,19 @@ pub trait Arch: Sized + 'static {
     fn io_load(bits: &[u8; IO_BITMAP_BYTES]);
     /// Denies all I/O ports to user mode.
     fn io_disable();
+
+    /// The PML4-level table of `slot` (a 512 GiB slot of the user half) in `s`, made now if it
+    /// has none: a guest world's slot, shared by every world of the guest (its physical
+    /// address, as [`Arch::world_root`] takes it). It stays until the space goes.
+    fn guest_slot(s: &mut Self::Space, slot: usize) -> Result<u64, MapError>;
+    /// The root of `s`'s world for the guest whose slot table is `guest` (from
+    /// [`Arch::guest_slot`]) at `slot`: `s`'s user half with the guest's slot in place of its
+    /// own, supervisor only, and of the kernel only its entry trampoline. Made on first use;
+    /// kept in step with `s` until the space goes.
+    fn world_root(s: &mut Self::Space, slot: usize, guest: u64) -> Result<u64, MapError>;
+    /// The thread resumed next runs in a world (`Some`), or not: how it leaves the kernel and
+    /// enters it again. Cheap when nothing changes (every switch calls it).
+    fn set_world(w: Option<&WorldExit>);
     /// Masks / unmasks a hardware interrupt line.
     fn line_mask(line: u8);
     fn line_unmask(line: u8);

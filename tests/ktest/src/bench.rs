@@ -210,6 +210,7 @@ pub fn run() -> R {
     }
     println!("BENCH pagefault_roundtrip {} cycles", FAULT_CYCLES.load(Ordering::SeqCst));
     crate::vcpubench::run()?;
+    crate::worldbench::run()?;
     // The same inter-task round trip with 10, 100 and 1000 tasks alive.
     let mut alive = 1;
     for target in [10u64, 100, 1000] {

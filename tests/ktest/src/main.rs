@@ -16,6 +16,7 @@ mod terminal;
 mod threads;
 mod vcpu;
 mod vcpubench;
+mod worldbench;
 
 use abi::cap::well_known;
 use abi::syscall::Flags;
@@ -32,6 +33,7 @@ fn main(args: &str) -> i32 {
         (Some("bench"), _) => finish(bench::run()),
         (Some("trace"), _) => finish(bench::trace()),
         (Some("vcpu-bench"), _) => finish(vcpubench::run()),
+        (Some("world-bench"), _) => finish(worldbench::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("vcpu-doomed"), _) => finish(vcpu::doomed()),

@@ -10,7 +10,7 @@ use x86_64::instructions::tables::load_tss;
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, GsBase, KernelGsBase, LStar, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
-use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::gdt::{Descriptor, DescriptorFlags, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
@@ -32,6 +32,9 @@ pub struct PerCpu {
     user_gs: u64,
     /// CR3 as last written (reading CR3 is a helper call under TCG).
     root: u64,
+    /// The world root of the thread resumed next if it runs in a guest world (0: none); `LSTAR`
+    /// is then the world's entry (`world::world_syscall_entry`).
+    world: u64,
     /// The IPC fast path's message for the thread resumed next (`resume_context` delivers it).
     hand_off: HandOff,
 }
@@ -145,7 +148,7 @@ use kernel_core::hal::IO_BITMAP_BYTES;
 pub const INT80: usize = 0x80;
 const TSS_SIZE: usize = core::mem::size_of::<TaskStateSegment>();
 /// `iomap_base` that lies beyond the TSS limit: no bitmap, every port denied.
-const NO_IO_BITMAP: u16 = 0xdfff;
+pub(crate) const NO_IO_BITMAP: u16 = 0xdfff;
 
 /// One 64-bit interrupt gate. (The x86_64 crate's IDT type only takes handlers of the unstable
 /// `x86-interrupt` ABI per exception kind; our stubs are uniform, so a flat table is simpler.)
@@ -189,7 +192,7 @@ struct Idt([Gate; 256]);
 #[repr(C, align(64))]
 struct Tables {
     percpu: PerCpu,
-    gdt: GlobalDescriptorTable,
+    gdt: GlobalDescriptorTable<GDT_ENTRIES>,
     tss: TaskStateSegment,
     /// The TSS's I/O permission bitmap (a set bit denies the port) and its mandatory 0xff end.
     iobitmap: [u8; IO_BITMAP_BYTES + 1],
@@ -207,9 +210,10 @@ static mut TABLES: Tables = Tables {
         user_fs: 0,
         user_gs: 0,
         root: 0,
+        world: 0,
         hand_off: HandOff { frame: 0, dst: 0, words: 0, tag: 0, label: 0, buf: [0; HAND_OFF_WORDS] },
     },
-    gdt: GlobalDescriptorTable::new(),
+    gdt: GlobalDescriptorTable::empty(),
     tss: TaskStateSegment::new(),
     iobitmap: [0xff; IO_BITMAP_BYTES + 1],
     idt: Idt([Gate::EMPTY; 256]),
@@ -233,7 +237,11 @@ pub fn init() {
         let ucode = t.gdt.append(Descriptor::user_code_segment());
         t.tss.iomap_base = NO_IO_BITMAP;
         let tss = t.gdt.append(tss_descriptor(&raw const t.tss as u64));
+        // A guest kernel's level-1 code and stack segments (guest worlds).
+        let gcode = t.gdt.append(Descriptor::UserSegment(DescriptorFlags::KERNEL_CODE64.bits() | DPL_1));
+        let gdata = t.gdt.append(Descriptor::UserSegment(DescriptorFlags::KERNEL_DATA.bits() | DPL_1));
         assert_eq!((udata.0, ucode.0), (trap::USER_SS as u16, trap::USER_CS as u16));
+        assert_eq!((gcode.0 | 1, gdata.0 | 1), (trap::GUEST_CS as u16, trap::GUEST_SS as u16));
         t.gdt.load_unsafe();
         CS::set_reg(kcode);
         SS::set_reg(kdata);
@@ -299,7 +307,50 @@ pub fn init() {
         t.percpu.self_ptr = (&raw const t.percpu) as u64;
         GsBase::write(VirtAddr::new(t.percpu.self_ptr));
         KernelGsBase::write(VirtAddr::new(0));
+
+        let gdt = &raw const t.gdt as u64;
+        crate::world::init(crate::world::Tables {
+            gdt: (gdt, core::mem::size_of::<GlobalDescriptorTable<GDT_ENTRIES>>()),
+            tss: &raw const t.tss as u64,
+            idt: (&raw const t.idt as u64, core::mem::size_of::<Idt>()),
+        });
     }
+}
+
+/// GDT entries: null, kernel code and data, user data and code, the TSS (two), guest code and
+/// data.
+const GDT_ENTRIES: usize = 9;
+/// A descriptor's privilege level 1.
+const DPL_1: u64 = 1 << 45;
+
+/// The thread resumed next runs in a guest world (`Some`) or not: the trampoline's view of it,
+/// and the `syscall` entry. Cheap when nothing changes.
+#[inline(always)]
+#[link_section = ".text.fast"]
+pub fn set_world(w: Option<&kernel_core::hal::WorldExit>) {
+    // SAFETY: single CPU with interrupts masked in the kernel: no concurrent access.
+    let p = unsafe { &mut (*tables()).percpu };
+    match w {
+        None if p.world == 0 => {}
+        None => {
+            p.world = 0;
+            LStar::write(VirtAddr::new(trap::syscall_entry as *const () as usize as u64));
+        }
+        Some(w) => {
+            crate::world::configure(w);
+            if p.world == 0 {
+                LStar::write(VirtAddr::new(crate::world::world_syscall_entry as *const () as usize as u64));
+            }
+            p.world = w.root;
+        }
+    }
+}
+
+/// The world root of the current thread, if it runs in a guest world (0: it does not).
+#[inline(always)]
+pub fn world() -> u64 {
+    // SAFETY: single CPU with interrupts masked in the kernel: a plain read of our own field.
+    unsafe { (*tables()).percpu.world }
 }
 
 /// A 64-bit available-TSS descriptor whose limit covers the TSS and the I/O bitmap after it

@@ -16,6 +16,7 @@ pub mod pvh;
 pub mod rtc;
 pub mod serial;
 pub mod trap;
+pub mod world;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_core::frames::FrameAllocator;
@@ -134,6 +135,19 @@ impl Arch for X86_64 {
 
     fn io_disable() {
         cpu::io_disable()
+    }
+
+    fn guest_slot(s: &mut Self::Space, slot: usize) -> Result<u64, MapError> {
+        s.guest_slot(slot).map(|p| p.0)
+    }
+
+    fn world_root(s: &mut Self::Space, slot: usize, guest: u64) -> Result<u64, MapError> {
+        s.world_root(slot, PhysAddr(guest)).map(|p| p.0)
+    }
+
+    #[inline(always)]
+    fn set_world(w: Option<&kernel_core::hal::WorldExit>) {
+        cpu::set_world(w)
     }
 
     fn line_mask(line: u8) {
@@ -332,7 +346,19 @@ extern "C" fn arch_trap(f: *mut TrapFrame) -> *mut TrapFrame {
         return f;
     }
     assert!(current != 0, "an event from user mode returns to a thread");
+    leave_to_world(current);
     current as *mut TrapFrame
+}
+
+/// A thread in a guest world goes back there by the world's way out (`world.rs`), whatever
+/// entry it came by.
+#[inline(always)]
+fn leave_to_world(frame: u64) {
+    let world = cpu::world();
+    if world != 0 {
+        // SAFETY: `frame` is the current thread's, which runs in the world whose root this is.
+        unsafe { trap::resume(world, frame, trap::By::World) }
+    }
 }
 
 /// Handler of the `syscall` instruction (called from `syscall_entry` with the frame it saved
@@ -349,6 +375,7 @@ extern "C" fn arch_syscall(f: *const TrapFrame) -> *const TrapFrame {
     let rip = unsafe { (*f).rip };
     // sysret to a non-canonical address would fault in kernel mode: never return there.
     assert!(rip < abi::kip::USER_END, "syscall return to non-canonical address {rip:#x}");
+    leave_to_world(f as u64);
     f
 }
 

@@ -171,6 +171,16 @@ pub struct AddressSpace {
     tables: alloc::vec::Vec<PhysAddr>,
     /// The promoted blocks' addresses and page tables (a few hundred at most: L4Linux's RAM).
     promoted: alloc::vec::Vec<(u64, PhysAddr)>,
+    /// Guest worlds of this space (`world.rs`), one per guest: the guest's slot, its slot
+    /// table, and the world's root (this space's user half but that slot, the trampoline
+    /// half). A world's guest never changes, so a root once handed out stays what it was.
+    worlds: alloc::vec::Vec<World>,
+}
+
+struct World {
+    slot: usize,
+    guest: PhysAddr,
+    pml4: PhysAddr,
 }
 
 /// The attribute bits of a user leaf entry that must agree for pages to share a 2 MiB page
@@ -183,7 +193,63 @@ impl AddressSpace {
         let pml4 = zeroed_frame(fa)?;
         let k = table(kernel_pml4());
         table(pml4)[256..].copy_from_slice(&k[256..]);
-        Some(AddressSpace { pml4, tables: alloc::vec::Vec::new(), promoted: alloc::vec::Vec::new() })
+        Some(AddressSpace {
+            pml4,
+            tables: alloc::vec::Vec::new(),
+            promoted: alloc::vec::Vec::new(),
+            worlds: alloc::vec::Vec::new(),
+        })
+    }
+
+    /// The slot table of PML4 slot `slot` (user half), made now if missing.
+    pub fn guest_slot(&mut self, slot: usize) -> Result<PhysAddr, MapError> {
+        assert!((1..256).contains(&slot));
+        let e = table(self.pml4)[slot];
+        if e & PRESENT != 0 {
+            return Ok(PhysAddr(e & ADDR_MASK));
+        }
+        let frame = self.new_table()?;
+        let e = frame.0 | PRESENT | WRITABLE | USER;
+        table(self.pml4)[slot] = e;
+        self.mirror(slot, e);
+        Ok(frame)
+    }
+
+    /// The root of this space's world for the guest whose slot `slot` has table `guest`
+    /// (`world.rs`), made on first use.
+    pub fn world_root(&mut self, slot: usize, guest: PhysAddr) -> Result<PhysAddr, MapError> {
+        assert!((1..256).contains(&slot));
+        if let Some(w) = self.worlds.iter().find(|w| w.slot == slot && w.guest == guest) {
+            return Ok(w.pml4);
+        }
+        self.worlds.try_reserve(1).map_err(|_| MapError::NoMemory)?;
+        let pml4 = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
+        let (w, own) = (table(pml4), table(self.pml4));
+        w[..256].copy_from_slice(&own[..256]);
+        // Supervisor only: the guest kernel's, out of its user task's reach.
+        w[slot] = guest.0 | PRESENT | WRITABLE;
+        w[511] = crate::world::kernel_half();
+        self.worlds.push(World { slot, guest, pml4 });
+        Ok(pml4)
+    }
+
+    /// A user-half PML4 entry `i` was made: the worlds show it too (but their guest's slot).
+    fn mirror(&self, i: usize, e: u64) {
+        for w in self.worlds.iter().filter(|w| w.slot != i) {
+            table(w.pml4)[i] = e;
+        }
+    }
+
+    /// A zeroed page table, noted for freeing with the space.
+    fn new_table(&mut self) -> Result<PhysAddr, MapError> {
+        let frame = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
+        // (The heap may take the frame allocator's lock: it is free again here.)
+        if self.tables.try_reserve(1).is_err() {
+            crate::frames::with_frames(|fa| fa.free(frame));
+            return Err(MapError::NoMemory);
+        }
+        self.tables.push(frame);
+        Ok(frame)
     }
 
     pub fn root(&self) -> PhysAddr {
@@ -214,14 +280,11 @@ impl AddressSpace {
         for level in (1..=3).rev() {
             let e = &mut table(t)[Self::index(va.0, level)];
             if *e & PRESENT == 0 {
-                let frame = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
-                // (The heap may take the frame allocator's lock: it is free again here.)
-                if self.tables.try_reserve(1).is_err() {
-                    crate::frames::with_frames(|fa| fa.free(frame));
-                    return Err(MapError::NoMemory);
-                }
-                self.tables.push(frame);
+                let frame = self.new_table()?;
                 *e = frame.0 | PRESENT | WRITABLE | USER;
+                if level == 3 {
+                    self.mirror(Self::index(va.0, 3), *e);
+                }
             } else if level == 1 && *e & HUGE != 0 {
                 // Already mapped so (a page the block maps the same way again): unchanged.
                 if (*e & ADDR_MASK) + (va.0 & (LARGE - 1)) == pa.0 && *e & LEAF_ATTRS == new & LEAF_ATTRS {
@@ -345,6 +408,9 @@ impl AddressSpace {
         crate::frames::with_frames(|fa| {
             for t in &self.tables {
                 fa.free(*t);
+            }
+            for w in &self.worlds {
+                fa.free(w.pml4);
             }
             fa.free(self.pml4);
         });

@@ -29,6 +29,9 @@ pub const PIC_BASE: u8 = 0x30;
 /// User code and stack selectors (RPL 3), fixed by the GDT order that `sysret` demands.
 pub const USER_CS: u64 = 0x23;
 pub const USER_SS: u64 = 0x1b;
+/// A guest kernel's code and stack selectors in a guest world (RPL 1; `world.rs`).
+pub const GUEST_CS: u64 = 0x39;
+pub const GUEST_SS: u64 = 0x41;
 
 /// Registers saved on kernel entry, lowest address first. 16-byte aligned, so that its end is
 /// too: the CPU aligns the stack pointer it loads from `TSS.rsp0` to 16 bytes before saving.
@@ -73,8 +76,9 @@ impl TrapFrame {
         TrapFrame { rip: ip, rsp: sp, cs: USER_CS, ss: USER_SS, rflags: 0x202, ..Default::default() }
     }
 
+    /// Saved on an entry from user mode or from a guest kernel (level 1).
     pub fn from_user(&self) -> bool {
-        self.cs & 3 == 3
+        self.cs & 3 != 0
     }
 }
 
@@ -147,7 +151,7 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     }
 
     #[inline(always)]
-    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool {
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64, guest: bool) -> bool {
         if ip >= abi::kip::USER_END || sp >= abi::kip::USER_END {
             return false;
         }
@@ -155,12 +159,16 @@ impl kernel_core::hal::UserRegs for TrapFrame {
         [self.r12, self.r13, self.r14, self.r15] = [0; 4];
         (self.rcx, self.rdi, self.r11) = (ip, arg, 0x202);
         (self.rip, self.rsp, self.rflags) = (ip, sp, 0x202);
-        (self.cs, self.ss) = (USER_CS, USER_SS);
+        (self.cs, self.ss) = selectors(guest);
         true
     }
 
+    fn guest_mode(&self) -> bool {
+        self.cs == GUEST_CS
+    }
+
     #[link_section = ".text.fast.vcpu"]
-    fn load_context(&mut self, pa: PhysAddr) -> bool {
+    fn load_context(&mut self, pa: PhysAddr, guest: bool) -> bool {
         crate::paging::with_words::<18, _>(pa, |c| {
             if c[15] >= abi::kip::USER_END || c[16] >= abi::kip::USER_END {
                 return false;
@@ -172,7 +180,7 @@ impl kernel_core::hal::UserRegs for TrapFrame {
             (self.rip, self.rsp) = (c[15], c[16]);
             // Arithmetic flags and DF are the context's; IF stays on, IOPL/TF/NT/AC stay off.
             self.rflags = (c[17] & 0xcd5) | 0x202;
-            (self.cs, self.ss) = (USER_CS, USER_SS);
+            (self.cs, self.ss) = selectors(guest);
             true
         })
     }
@@ -180,6 +188,16 @@ impl kernel_core::hal::UserRegs for TrapFrame {
     #[inline(always)]
     fn syscall_exit_exact(&self) -> bool {
         (self.rcx == self.rip) & (self.r11 == self.rflags)
+    }
+}
+
+/// The code and stack selectors of a user-mode context, or of a guest kernel's.
+#[inline(always)]
+fn selectors(guest: bool) -> (u64, u64) {
+    if guest {
+        (GUEST_CS, GUEST_SS)
+    } else {
+        (USER_CS, USER_SS)
     }
 }
 
@@ -285,7 +303,8 @@ global_asm!(
     pop rax
     .endm
 
-    .section .text
+    /* The stubs are mapped into guest worlds with the trampoline (world.rs). */
+    .section .text.world, "ax"
     .p2align 4
     .global isr_stubs
 isr_stubs:
@@ -324,9 +343,13 @@ fpu_trap_entry:
 isr_common:
     test qword ptr [rsp + 24], 3
     jz 3f
-    swapgs
     push_gprs
+    /* From a guest world the frame is on its entry page (the shadow TSS's rsp0). */
     mov rdi, rsp
+    lea rax, [rip + {world_entry} + {world_frame}]
+    cmp rdi, rax
+    je world_trap_entry
+    swapgs
     lea rsp, [rip + {stack} + {stack_size}]
     cld
     call arch_trap
@@ -405,6 +428,8 @@ switch_context:
        flushed its jump cache), while direct jumps within a page stay chained. */
     .global resume_context
 resume_context:
+    cmp edx, {by_world}
+    je world_exit
     test rdi, rdi
     jz 1f
     mov cr3, rdi
@@ -443,6 +468,9 @@ resume_context:
     stack_size = const crate::cpu::KERNEL_STACK_SIZE,
     by_sysret = const By::Sysret as u32,
     by_iret = const By::Iret as u32,
+    by_world = const By::World as u32,
+    world_entry = sym crate::world::ENTRY,
+    world_frame = const crate::world::E_FRAME,
     root = const crate::cpu::ROOT_AT,
     ho_frame = const crate::cpu::HAND_OFF_FRAME,
     ho_dst = const crate::cpu::HAND_OFF_DST,
@@ -475,6 +503,9 @@ pub enum By {
     Sysret = 1,
     /// `iretq` from the frame at the stack pointer.
     Iret = 2,
+    /// Into a guest world (`cr3` is the world's root): `iretq` from the frame, by way of the
+    /// world's entry page (`world.rs`).
+    World = 3,
 }
 
 impl From<kernel_core::hal::Resume> for By {

@@ -3,7 +3,7 @@
 //! test thread has its own machine.
 
 use crate::frames::FrameAllocator;
-use crate::hal::{Arch, MapError, Message, ThreadContext, UserRegs, IO_BITMAP_BYTES};
+use crate::hal::{Arch, MapError, Message, ThreadContext, UserRegs, WorldExit, IO_BITMAP_BYTES};
 use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
@@ -37,6 +37,8 @@ thread_local! {
     pub static CONSOLE_IN: RefCell<VecDeque<u8>> = const { RefCell::new(VecDeque::new()) };
     /// Lines unmasked, in order.
     pub static UNMASKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The guest world the thread resumed last runs in (`Arch::set_world`).
+    pub static WORLD: Cell<Option<WorldExit>> = const { Cell::new(None) };
 }
 
 fn fresh_frames() -> FrameAllocator<'static> {
@@ -91,6 +93,16 @@ pub struct FakeSpace {
     pub pages: BTreeMap<u64, (PhysAddr, Perms)>,
     /// A page-table frame, so that spaces cost memory like real ones.
     table: PhysAddr,
+    /// Guest slots made (slot → table id) and the world root with the guest it shows.
+    pub slots: BTreeMap<usize, u64>,
+    pub world: Option<(u64, usize, u64)>,
+}
+
+fn next_root() -> u64 {
+    NEXT_ROOT.with(|n| {
+        n.set(n.get() + 1);
+        n.get() << 12
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,6 +114,8 @@ pub struct FakeRegs {
     pub gpr: [u64; 8],
     /// r11 (with rcx, what decides whether sysret resumes a context exactly).
     pub r11: u64,
+    /// Runs as a guest kernel (`UserRegs::guest_mode`).
+    pub guest: bool,
     /// The message registers of a register message.
     pub words: [u64; abi::syscall::REG_WORDS],
 }
@@ -175,9 +189,17 @@ impl UserRegs for FakeRegs {
         self.gpr.copy_from_slice(&w[exc_regs::RAX..=exc_regs::R8]);
     }
 
-    fn load_context(&mut self, pa: PhysAddr) -> bool {
+    fn load_context(&mut self, pa: PhysAddr, guest: bool) -> bool {
         let c: [u64; 18] = Fake::read_array(pa);
-        self.set_context(&c)
+        let ok = self.set_context(&c);
+        if ok {
+            self.guest = guest;
+        }
+        ok
+    }
+
+    fn guest_mode(&self) -> bool {
+        self.guest
     }
 
     fn syscall_exit_exact(&self) -> bool {
@@ -190,10 +212,14 @@ impl UserRegs for FakeRegs {
         Fake::write_words(pa, &w);
     }
 
-    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64) -> bool {
+    fn set_entry(&mut self, ip: u64, sp: u64, arg: u64, guest: bool) -> bool {
         let mut c = [0u64; 18];
         (c[2], c[5], c[10], c[15], c[16], c[17]) = (ip, arg, 0x202, ip, sp, 0x202);
-        self.set_context(&c)
+        let ok = self.set_context(&c);
+        if ok {
+            self.guest = guest;
+        }
+        ok
     }
 }
 
@@ -270,11 +296,13 @@ impl Arch for Fake {
 
     fn new_space(fa: &mut FrameAllocator) -> Option<FakeSpace> {
         let table = fa.alloc()?;
-        let root = NEXT_ROOT.with(|n| {
-            n.set(n.get() + 1);
-            n.get()
-        });
-        Some(FakeSpace { root: root << 12, pages: BTreeMap::new(), table })
+        Some(FakeSpace {
+            root: next_root(),
+            pages: BTreeMap::new(),
+            table,
+            slots: BTreeMap::new(),
+            world: None,
+        })
     }
 
     fn map(s: &mut FakeSpace, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError> {
@@ -374,6 +402,20 @@ impl Arch for Fake {
     fn io_load(_: &[u8; IO_BITMAP_BYTES]) {}
 
     fn io_disable() {}
+
+    fn guest_slot(s: &mut FakeSpace, slot: usize) -> Result<u64, MapError> {
+        Ok(*s.slots.entry(slot).or_insert_with(next_root))
+    }
+
+    fn world_root(s: &mut FakeSpace, slot: usize, guest: u64) -> Result<u64, MapError> {
+        let root = s.world.map_or_else(next_root, |w| w.0);
+        s.world = Some((root, slot, guest));
+        Ok(root)
+    }
+
+    fn set_world(w: Option<&WorldExit>) {
+        WORLD.with(|c| c.set(w.copied()));
+    }
 
     fn line_mask(_: u8) {}
 

@@ -11,7 +11,7 @@
 
 use crate::hal::{Arch, Message, Resume, ThreadContext, UserRegs};
 use crate::kernel::switch::Next;
-use crate::kernel::vcpu::ResumeCache;
+use crate::kernel::vcpu::{GuestWorld, ResumeCache};
 use crate::kernel::GateCache;
 use crate::kernel::{Kernel, Obj, ThreadState, Wait};
 use crate::slab::Id;
@@ -86,6 +86,8 @@ impl<A: Arch> Kernel<A> {
             & (call | (t.senders.is_empty() & t.irqs.is_empty()))
             & (!call | (tag.label() != abi::proto::ipc_gate::LABEL))
             & (d.io_task == self.io_loaded)
+            // A guest world's exit is another way out (`Arch::set_world`).
+            & (d.world_root == 0)
             & !self.ready.any_above(d.prio.max(t.prio));
         if !ok {
             return None;
@@ -111,7 +113,7 @@ impl<A: Arch> Kernel<A> {
         }
         t.state = ThreadState::Receiving(if call { Wait::Reply(dst) } else { Wait::Open });
         t.resume = Some(Resume::Syscall);
-        let next = Next::enter(d, Resume::Syscall);
+        let next = Next::enter(d, Resume::Syscall, epoch);
         self.current = Some(dst);
         self.fpu_for(dst);
         Some(next)
@@ -137,7 +139,7 @@ impl<A: Arch> Kernel<A> {
             .filter(|c| (c.epoch == self.cap_epoch) & (c.sel == sel) & (c.user_idx == user_idx));
         let found = match cached {
             Some(c) => c,
-            None => self.resume_lookup(me, own, sel, user_idx)?,
+            None => self.resume_world(me, own, sel, user_idx, area.world)?,
         };
         let (user, root, io) = (found.user, found.root, found.io);
         let plain = (op[0] == abi::proto::thread::Op::VcpuResume.code())
@@ -155,20 +157,27 @@ impl<A: Arch> Kernel<A> {
         }
         let regs = crate::mem::PhysAddr(area.frame.0 + off::REGS as u64 * 8);
         let t = self.threads.get_mut(me)?;
-        if !t.ctx.regs().load_context(regs) {
+        if !t.ctx.regs().load_context(regs, false) {
             return self.vcpu_resume_failed(me, abi::Error::Inval);
         }
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
         let exact = t.ctx.regs().syscall_exit_exact();
         let [fs, gs]: [u64; 2] = A::read_array(crate::mem::PhysAddr(regs.0 + 18 * 8));
-        let own = (t.fs_base, t.root, t.io_task);
-        t.vcpu_user = Some(user);
-        (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, fs, gs);
+        if area.world.is_some() {
+            Self::enter_user_world(t, user, (root, found.world_root, io));
+            (t.fs_base, t.gs_base) = (fs, gs);
+        } else {
+            let own = (t.fs_base, t.root, t.io_task);
+            t.vcpu_user = Some(user);
+            (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, fs, gs);
+            if let Some(a) = t.vcpu.as_mut() {
+                (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
+            }
+            self.user_vcpu = Some((me, own.1));
+        }
         if let Some(a) = t.vcpu.as_mut() {
-            (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
             a.resume_cache = Some(found);
         }
-        self.user_vcpu = Some((me, own.1));
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
         self.resume_by = if exact { Resume::Syscall } else { Resume::Exception };
         self.resume_self()
@@ -186,7 +195,8 @@ impl<A: Arch> Kernel<A> {
 
     /// `VcpuResume`'s lookups the slow way (capability and task tables): `me`'s own thread
     /// capability `sel` with the read right, the user task `user_idx` (not its own task `own`).
-    /// `None` if they do not hold: the general path answers.
+    /// `None` if they do not hold: the general path answers. (`world_root` is 0: see
+    /// [`Kernel::resume_world`].)
     #[inline(never)]
     pub(crate) fn resume_lookup(&self, me: Id, own: Id, sel: u64, user_idx: u64) -> Option<ResumeCache> {
         let caps = &self.tasks.get(own)?.caps;
@@ -199,7 +209,33 @@ impl<A: Arch> Kernel<A> {
             return None;
         }
         let root = A::space_root(&self.tasks.get(user)?.space);
-        Some(ResumeCache { epoch: self.cap_epoch, sel, user_idx, user, root, io: self.io_key(user) })
+        Some(ResumeCache {
+            epoch: self.cap_epoch,
+            sel,
+            user_idx,
+            user,
+            root,
+            world_root: 0,
+            io: self.io_key(user),
+        })
+    }
+
+    /// [`Kernel::resume_lookup`] for a vCPU with guest world `world` (if any): with the user
+    /// task's world root.
+    #[inline(never)]
+    fn resume_world(
+        &mut self,
+        me: Id,
+        own: Id,
+        sel: u64,
+        user_idx: u64,
+        world: Option<GuestWorld>,
+    ) -> Option<ResumeCache> {
+        let mut c = self.resume_lookup(me, own, sel, user_idx)?;
+        if let Some(w) = world {
+            c.world_root = A::world_root(&mut self.tasks.get_mut(c.user)?.space, w.slot, w.pdpt).ok()?;
+        }
+        Some(c)
     }
 
     /// `VcpuResume` by `me` failed after its map items were taken: the error goes back to

@@ -388,7 +388,7 @@ impl<A: Arch> Kernel<A> {
                 Ok(old.to_vec())
             }
             proto::thread::Op::VcpuControl => {
-                self.vcpu_control(t, m.get(1)?)?;
+                self.vcpu_control(t, m.get(1)?, m.get(2).unwrap_or(0))?;
                 Ok(Vec::new())
             }
             // Only on the caller's own thread, handled before the dispatch.
@@ -500,6 +500,7 @@ impl<A: Arch> Kernel<A> {
             fs_base: 0,
             vcpu: None,
             vcpu_user: None,
+            world_root: 0,
             gate_cache: None,
             state: ThreadState::Inactive,
             prio: 0,

@@ -185,6 +185,9 @@ pub struct Thread<A: Arch> {
     pub vcpu: Option<vcpu::VcpuArea>,
     /// The user task a vCPU runs in now (its `USER_MODE`).
     pub vcpu_user: Option<Id>,
+    /// The root of the guest world a guest-world vCPU runs in (`root` is the same task's
+    /// normal root, which the kernel runs on); 0 for every other thread.
+    pub world_root: u64,
     /// The gate this thread called last on the fast path (see [`GateCache`]).
     pub gate_cache: Option<GateCache>,
     pub factory: Option<Id>,
@@ -653,7 +656,9 @@ impl<A: Arch> Kernel<A> {
             let Some(c) = t.vcpu.and_then(|a| a.resume_cache).filter(|c| c.epoch == self.cap_epoch) else {
                 continue;
             };
-            if t.task.and_then(|own| self.resume_lookup(id, own, c.sel, c.user_idx)) != Some(c) {
+            // (The world root is the user task's world's, made once: not a lookup.)
+            let now = t.task.and_then(|own| self.resume_lookup(id, own, c.sel, c.user_idx));
+            if now.map(|n| vcpu::ResumeCache { world_root: c.world_root, ..n }) != Some(c) {
                 return Err("a vCPU's resume lookup outlived a capability change");
             }
         }

@@ -1,32 +1,69 @@
 //! Choosing the thread to run next. The kernel binary performs the actual switch (address
 //! space, user registers) with what [`Next`] says.
 
-use crate::hal::{Arch, Resume, ThreadContext};
+use crate::hal::{Arch, Resume, ThreadContext, WorldExit};
 use crate::kernel::{Kernel, Thread, ThreadState};
 
 /// Where the CPU goes next: an address space to load (0: keep the current one), the user
-/// registers of the thread to resume and how to leave by them.
+/// registers of the thread to resume and how to leave by them; for a thread in a guest world,
+/// the world's root (0: none), which the way out loads instead (see [`Arch::set_world`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Next {
     pub root: u64,
     pub frame: u64,
     pub by: Resume,
+    pub world: u64,
 }
 
 impl Next {
     /// Prepares the CPU for the next user entry of `t` (where its registers are saved, its
-    /// thread pointers) and says how to resume it. The caller makes it current.
+    /// thread pointers, its guest world) and says how to resume it. The caller makes it
+    /// current; `epoch` is [`Kernel::cap_epoch`].
     #[inline(always)]
-    pub fn enter<A: Arch>(t: &Thread<A>, by: Resume) -> Next {
+    pub fn enter<A: Arch>(t: &Thread<A>, by: Resume, epoch: u64) -> Next {
         let frame = t.ctx.frame();
         A::set_entry_frame(frame);
         A::set_user_gs(t.gs_base);
         A::set_user_fs(t.fs_base);
         debug_assert!(t.root != 0, "runnable threads are bound");
         let root = if A::active_root() == t.root { 0 } else { t.root };
-        Next { root, frame, by }
+        if t.world_root == 0 {
+            A::set_world(None);
+        } else {
+            A::set_world(Some(&world_exit(t, epoch)));
+        }
+        Next { root, frame, by, world: t.world_root }
     }
 }
+
+/// What the entry trampoline needs to know of guest-world thread `t` ([`WorldExit`]).
+#[inline(never)]
+pub(crate) fn world_exit<A: Arch>(t: &Thread<A>, epoch: u64) -> WorldExit {
+    let area = t.vcpu.expect("a thread in a guest world is a vCPU");
+    let world = area.world.expect("a thread in a guest world has one");
+    // The trampoline may complete a resume the kernel checked: into the same user task, by
+    // the same capabilities (changing capabilities takes a kernel entry, whose exit comes
+    // here again).
+    let valid = |c: &crate::kernel::vcpu::ResumeCache| (c.epoch == epoch) & (Some(c.user) == world.task);
+    let (resume_rdx, resume_user) = match area.resume_cache.filter(valid) {
+        Some(c) => (abi::CapSel::from_idx(abi::CapIdx(c.sel)).raw() | CALL_FLAGS, c.user_idx),
+        None => (0, 0),
+    };
+    WorldExit {
+        root: t.world_root,
+        kernel_root: t.root,
+        frame: t.ctx.frame(),
+        state: area.user,
+        utcb: t.utcb_user,
+        user_fs: t.fs_base,
+        user_gs: t.gs_base,
+        resume_rdx,
+        resume_user,
+    }
+}
+
+/// The flags of a call, as `VcpuResume` is made.
+const CALL_FLAGS: u64 = abi::syscall::Flags::CALL.bits();
 
 impl<A: Arch> Kernel<A> {
     /// The FPU trap setting for running `t`: its registers are loaded only if it owns them.
@@ -58,7 +95,7 @@ impl<A: Arch> Kernel<A> {
         t.state = ThreadState::Running;
         let by = t.resume.take().unwrap_or(Resume::Exception);
         let io = t.io_task;
-        let n = Next::enter(t, by);
+        let n = Next::enter(t, by, self.cap_epoch);
         self.current = Some(next);
         self.load_io(io);
         self.fpu_for(next);

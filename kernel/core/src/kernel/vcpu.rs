@@ -28,11 +28,28 @@ pub struct VcpuArea {
     /// [`Kernel::cap_epoch`] is unchanged: the capability and task tables are then two pages
     /// not touched after the address-space switch.
     pub resume_cache: Option<ResumeCache>,
+    /// The guest world, if the vCPU runs its guest in one (`abi::vcpu`).
+    pub world: Option<GuestWorld>,
+}
+
+/// A vCPU whose guest kernel runs in guest worlds: at privilege level 1 in the address space
+/// of the user task it runs, its slot `slot` of its own task mapped there for it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestWorld {
+    pub slot: usize,
+    /// The guest slot's table in the vCPU's task ([`Arch::guest_slot`]).
+    pub pdpt: u64,
+    /// The world root of the vCPU's own task.
+    pub own_root: u64,
+    /// The task whose world the vCPU is in (`None`: none yet, its first context runs as any
+    /// thread's does, until the first upcall).
+    pub task: Option<Id>,
 }
 
 /// `VcpuResume`'s lookups: the vCPU's own thread capability `sel` (with the read right) and
-/// the user task capability `user_idx` naming `user`, whose page-table root and I/O key are
-/// `root` and `io`; valid for `epoch`.
+/// the user task capability `user_idx` naming `user`, whose page-table root, world root (for
+/// a guest-world vCPU, else 0) and I/O key are `root`, `world_root` and `io`; valid for
+/// `epoch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumeCache {
     pub epoch: u64,
@@ -40,6 +57,7 @@ pub struct ResumeCache {
     pub user_idx: u64,
     pub user: Id,
     pub root: u64,
+    pub world_root: u64,
     pub io: u64,
 }
 
@@ -55,19 +73,71 @@ fn set_word<A: Arch>(a: &VcpuArea, i: usize, v: u64) {
 
 impl<A: Arch> Kernel<A> {
     /// `Thread::VcpuControl`: the state area at `addr` (1 KiB aligned, in the thread's task's
-    /// UTCB area, not a UTCB in use) makes `t` a vCPU.
-    pub fn vcpu_control(&mut self, t: Id, addr: u64) -> Result<(), Error> {
-        let task = self.threads.get(t).ok_or(Error::NoEnt)?.task.ok_or(Error::Inval)?;
+    /// UTCB area, not a UTCB in use) makes `t` a vCPU; with a guest-world `slot` (not 0), one
+    /// whose guest runs in guest worlds: the slot must hold the state area and `t`'s UTCB.
+    pub fn vcpu_control(&mut self, t: Id, addr: u64, slot: u64) -> Result<(), Error> {
+        let th = self.threads.get(t).ok_or(Error::NoEnt)?;
+        let (task, utcb) = (th.task.ok_or(Error::Inval)?, th.utcb_user);
+        if th.vcpu.is_some() {
+            return Err(Error::Exists);
+        }
         let frame = self.tasks.get(task).ok_or(Error::NoEnt)?.utcb_frame(addr).ok_or(Error::Inval)?;
         if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
             return Err(Error::Exists);
         }
+        let world = match slot {
+            0 => None,
+            s if abi::vcpu::WORLD_SLOTS.contains(&s)
+                && addr / abi::vcpu::WORLD_SLOT_SIZE == s
+                && utcb / abi::vcpu::WORLD_SLOT_SIZE == s =>
+            {
+                let space = &mut self.tasks.get_mut(task).ok_or(Error::NoEnt)?.space;
+                let pdpt = A::guest_slot(space, s as usize).map_err(|_| Error::NoMem)?;
+                let own_root = A::world_root(space, s as usize, pdpt).map_err(|_| Error::NoMem)?;
+                Some(GuestWorld { slot: s as usize, pdpt, own_root, task: None })
+            }
+            _ => return Err(Error::Inval),
+        };
         A::write_words(frame, &[0; off::WORDS]);
-        let area =
-            VcpuArea { frame, user: addr, kernel_fs: 0, kernel_root: 0, kernel_io: 0, resume_cache: None };
+        let area = VcpuArea {
+            frame,
+            user: addr,
+            kernel_fs: 0,
+            kernel_root: 0,
+            kernel_io: 0,
+            resume_cache: None,
+            world,
+        };
         set_word::<A>(&area, off::VERSION, VERSION);
         self.threads.get_mut(t).ok_or(Error::NoEnt)?.vcpu = Some(area);
         Ok(())
+    }
+
+    /// The current thread goes back to user mode without a switch: if it runs in a guest
+    /// world, the trampoline learns what this entry changed (FS/GS bases, capabilities).
+    pub fn world_refresh(&self) {
+        let Some(t) = self.current.and_then(|c| self.threads.get(c)) else { return };
+        if t.world_root != 0 {
+            A::set_world(Some(&super::switch::world_exit(t, self.cap_epoch)));
+        }
+    }
+
+    /// A kernel entry of the current thread from a guest world: the entry trampoline may have
+    /// moved the vCPU between its guest kernel and its user task without the kernel (a
+    /// forwarded system call, a resume it completed). Brings the thread's record in line with
+    /// the level the entry came from.
+    pub fn world_entry(&mut self) {
+        let Some(me) = self.current else { return };
+        let Some(t) = self.threads.get_mut(me) else { return };
+        let Some(w) = t.vcpu.and_then(|a| a.world) else { return };
+        let guest = t.ctx.regs().guest_mode();
+        match (guest, t.vcpu_user) {
+            // Forwarded: the guest kernel took its user task's system call.
+            (true, Some(_)) => t.vcpu_user = None,
+            // Resumed by the trampoline: back in the world's user task.
+            (false, None) => t.vcpu_user = w.task.filter(|&u| Some(u) != t.task),
+            _ => {}
+        }
     }
 
     /// Sends vCPU thread `t` to its upcall handler in its own task. With `save`, its current
@@ -77,6 +147,9 @@ impl<A: Arch> Kernel<A> {
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
+        if let Some(w) = area.world {
+            return self.world_upcall(t, w, [trapno, err, pfa], label, save);
+        }
         if (self.current == Some(t)) & th.vcpu_user.is_some() {
             // Out of the user task into the vCPU's own address space first: the state area
             // and the rest of this path are then touched only there, where the handler and
@@ -98,7 +171,7 @@ impl<A: Arch> Kernel<A> {
             set_word::<A>(&area, off::IRQ_LABEL, l);
         }
         let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
-        if !th.ctx.regs().set_entry(ip, sp, area.user) {
+        if !th.ctx.regs().set_entry(ip, sp, area.user, false) {
             let own = th.task;
             return self.vcpu_entry_unusable(own, ip, sp);
         }
@@ -114,6 +187,69 @@ impl<A: Arch> Kernel<A> {
             self.resume_current = true;
             self.resume_by = crate::hal::Resume::Syscall;
         }
+    }
+
+    /// [`Kernel::vcpu_upcall`] of a guest-world vCPU: the guest kernel takes the event at
+    /// level 1 in the world it is in (its own task's if none yet); nothing else of the thread
+    /// changes (the guest runs with its user task's FS/GS bases).
+    fn world_upcall(&mut self, t: Id, w: GuestWorld, trap: [u64; 3], label: Option<u64>, save: bool) {
+        let Some(th) = self.threads.get_mut(t) else { return };
+        let Some(area) = th.vcpu else { return };
+        let head: [u64; off::REGS] = A::read_array(area.frame);
+        let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
+        if save {
+            th.ctx.regs().save_context(regs, [th.fs_base, th.gs_base, trap[0], trap[1], trap[2]]);
+        } else {
+            A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &trap);
+        }
+        A::write_words(PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[0, head[off::STATE]]);
+        if let Some(l) = label {
+            set_word::<A>(&area, off::IRQ_LABEL, l);
+        }
+        let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
+        if !th.ctx.regs().set_entry(ip, sp, area.user, true) {
+            let own = th.task;
+            return self.vcpu_entry_unusable(own, ip, sp);
+        }
+        th.vcpu_user = None;
+        if w.task.is_none() {
+            self.enter_own_world(t);
+        }
+        if self.current == Some(t) {
+            self.resume_current = true;
+            self.resume_by = crate::hal::Resume::Exception;
+        }
+    }
+
+    /// Puts guest-world vCPU `t` into its own task's world (its guest's own contexts run there,
+    /// and there it goes when its user task's world goes away).
+    fn enter_own_world(&mut self, t: Id) {
+        let Some(th) = self.threads.get_mut(t) else { return };
+        let Some(a) = th.vcpu.as_mut() else { return };
+        let Some(w) = a.world.as_mut() else { return };
+        w.task = th.task;
+        th.world_root = w.own_root;
+        // Its own task's root and I/O key, as bound (kept in the area while it ran a user task).
+        if a.kernel_root != 0 {
+            (th.root, th.io_task) = (a.kernel_root, a.kernel_io);
+        }
+        a.kernel_root = 0;
+    }
+
+    /// A guest-world vCPU continues in user task `user` (root `root`, world root `world_root`,
+    /// I/O key `io`): remembers its own task's root and I/O key for [`Kernel::enter_own_world`].
+    pub(crate) fn enter_user_world(th: &mut super::Thread<A>, user: Id, roots: (u64, u64, u64)) {
+        let (root, world_root, io) = roots;
+        if let Some(a) = th.vcpu.as_mut() {
+            if a.kernel_root == 0 {
+                (a.kernel_root, a.kernel_io) = (th.root, th.io_task);
+            }
+            if let Some(w) = a.world.as_mut() {
+                w.task = Some(user);
+            }
+        }
+        (th.root, th.world_root, th.io_task) = (root, world_root, io);
+        th.vcpu_user = Some(user);
     }
 
     /// An exception of the current thread: if it is a vCPU running a user task, the upcall
@@ -156,10 +292,10 @@ impl<A: Arch> Kernel<A> {
     pub fn resume_self(&mut self) -> Option<Next> {
         self.resume_current = false;
         let how = core::mem::replace(&mut self.resume_by, crate::hal::Resume::Exception);
-        let c = self.current?;
+        let (c, epoch) = (self.current?, self.cap_epoch);
         let t = self.threads.get_mut(c)?;
         let io = t.io_task;
-        let n = Next::enter(t, how);
+        let n = Next::enter(t, how, epoch);
         self.load_io(io);
         Some(n)
     }
@@ -219,19 +355,38 @@ impl<A: Arch> Kernel<A> {
         }
         let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
         let (fs, gs) = (w[off::REGS + 18], w[off::REGS + 19]);
+        let world = area.world;
         let Some(user) = user else {
             let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-            if !th.ctx.regs().load_context(regs) {
+            if !th.ctx.regs().load_context(regs, world.is_some()) {
                 return Err(Error::Inval);
             }
             (th.fs_base, th.gs_base) = (fs, gs);
+            th.vcpu_user = None;
+            if world.is_some() {
+                // A guest's own contexts run in its own task's world.
+                self.enter_own_world(me);
+            }
             set_word::<A>(&area, off::STATE, resumed);
             return Ok(());
         };
-        let (root, io) = (A::space_root(&self.tasks.get(user).ok_or(Error::NoEnt)?.space), self.io_key(user));
+        let io = self.io_key(user);
+        let space = &mut self.tasks.get_mut(user).ok_or(Error::NoEnt)?.space;
+        let root = A::space_root(space);
+        if let Some(w) = world {
+            let world_root = A::world_root(space, w.slot, w.pdpt).map_err(|_| Error::NoMem)?;
+            let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
+            if !th.ctx.regs().load_context(regs, false) {
+                return Err(Error::Inval);
+            }
+            Self::enter_user_world(th, user, (root, world_root, io));
+            (th.fs_base, th.gs_base) = (fs, gs);
+            set_word::<A>(&area, off::STATE, resumed);
+            return Ok(());
+        }
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
         let own = (th.fs_base, th.root, th.io_task);
-        if !th.ctx.regs().load_context(regs) {
+        if !th.ctx.regs().load_context(regs, false) {
             return Err(Error::Inval);
         }
         // A vCPU already in a user task keeps what it saved of its own context then.
@@ -269,12 +424,26 @@ impl<A: Arch> Kernel<A> {
         self.threads.get(t).is_some_and(|x| x.vcpu.is_none() || x.state == ThreadState::Receiving(Wait::Open))
     }
 
-    /// vCPUs running in a task that goes away are sent back to their handler.
+    /// vCPUs running in a task that goes away are sent back to their handler; a guest kernel
+    /// in that task's world continues in its own task's.
     pub fn vcpu_task_gone(&mut self, task: Id) {
         let users: alloc::vec::Vec<Id> =
             self.threads.iter().filter(|(_, t)| t.vcpu_user == Some(task)).map(|(id, _)| id).collect();
+        let guests: alloc::vec::Vec<Id> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.vcpu.and_then(|a| a.world).is_some_and(|w| w.task == Some(task)))
+            .map(|(id, _)| id)
+            .collect();
         for t in users {
             self.vcpu_upcall(t, trap::TASK_GONE, 0, 0, None, false);
+        }
+        for t in guests {
+            self.enter_own_world(t);
+            if self.current == Some(t) {
+                // Its exit must not load the dying task's roots: it goes through `Next::enter`.
+                self.resume_current = true;
+            }
         }
     }
 }

@@ -1,0 +1,221 @@
+//! System-call reflection in a guest world (`abi::vcpu`): the user task's `syscall` reaches the
+//! guest kernel's entry at level 1 in the user task's own address space, and its `VcpuResume`
+//! goes back there, both through the kernel's trampoline without an address-space switch.
+//! Same loop as `vcpubench`'s `vcpu_syscall_reflect`, reported as `vcpu_world_syscall_reflect`.
+
+use crate::objects::{ok, stack_top, R};
+use abi::cap::well_known as wk;
+use abi::kip::BOOT_UTCB_ADDR;
+use abi::proto::{self, fpage::Fpage};
+use abi::syscall::timeout;
+use abi::vcpu::{off, state, trap, VcpuRegs, VcpuState};
+use abi::{CapIdx, MsgTag, Rights};
+use core::sync::atomic::{AtomicU64, Ordering};
+use l4::ipc::{factory, scheduler, semaphore, task, thread};
+use l4::println;
+
+const VCPU: CapIdx = CapIdx(124);
+const USER: CapIdx = CapIdx(125);
+const DONE: CapIdx = CapIdx(126);
+/// The guest slot: ktest's UTCB area (and so the vCPU's UTCB and state area) lies in slot 255.
+const SLOT: u64 = 255;
+const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 12 * 1024;
+const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 13 * 1024;
+/// Where the guest kernel's entry page is mapped, in the guest slot.
+const GUEST_CODE: u64 = SLOT << 39;
+const SYSCALLS: u64 = 2000;
+/// Reflected before the timed ones (as `vcpubench::WARM_SYSCALLS`).
+const WARM_SYSCALLS: u64 = 25_000;
+
+core::arch::global_asm!(
+    r#"
+    /* The user task: rdx warm-up system calls, then rdi timed ones; reports the cycles. */
+    .section .text.wubench, "ax"
+    .p2align 12
+    .global wubench_entry
+wubench_entry:
+0:  mov eax, 9
+    syscall
+    dec rdx
+    jnz 0b
+    mov r12, rdi
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+1:  mov eax, 9
+    syscall
+    dec r12
+    jnz 1b
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r13
+    mov rdi, rax
+    mov eax, 3
+    syscall
+2:  pause
+    jmp 2b
+    .p2align 12
+
+    /* The guest kernel's entry (rdi = state area), at level 1 in the user task's world: this
+       page is mapped at GUEST_CODE, so it uses no address of its own. System call 9 is
+       answered at once; system call 3 (the report) and anything else continue in our own
+       task, at wbench_done(cycles, or 0 for anything unexpected). Each upcall is counted in
+       the state area's irq_label word (this vCPU has no interrupts). */
+    .section .text.wbench, "ax"
+    .p2align 12
+    .global wbench_page
+wbench_page:
+    inc qword ptr [rdi + {irq_label}]
+    cmp qword ptr [rdi + {trapno}], {syscall}
+    jne 2f
+    cmp qword ptr [rdi + {rax}], 9
+    jne 1f
+    mov qword ptr [rdi + {saved_state}], {user_mode}
+    mov qword ptr [rdi + {user_task}], {user}
+    movabs rax, {utcb}
+    mov qword ptr [rax], {resume_op}
+    mov rdx, {vcpu_call}
+    movabs rax, {resume_tag}
+    xor r8, r8
+    syscall
+    ud2
+1:  cmp qword ptr [rdi + {rax}], 3
+    jne 2f
+    mov rax, [rdi + {rdi_}]
+    jmp 3f
+2:  xor eax, eax
+3:  mov [rdi + {rdi_}], rax
+    movabs rax, offset {done}
+    mov [rdi + {rip}], rax
+    mov rax, [rdi + {entry_sp}]
+    mov [rdi + {rsp}], rax
+    mov qword ptr [rdi + {rflags}], 0x202
+    movabs rax, {utcb}
+    mov [rdi + {gs}], rax
+    mov qword ptr [rdi + {fs}], 0
+    mov qword ptr [rdi + {saved_state}], 0
+    movabs rax, {utcb}
+    mov qword ptr [rax], {resume_op}
+    mov rdx, {vcpu_call}
+    movabs rax, {resume_tag}
+    xor r8, r8
+    syscall
+    ud2
+    .p2align 12
+"#,
+    trapno = const off::TRAPNO * 8,
+    syscall = const trap::SYSCALL,
+    rax = const off::REGS * 8,
+    rdi_ = const (off::REGS + 5) * 8,
+    rip = const (off::REGS + 15) * 8,
+    rsp = const (off::REGS + 16) * 8,
+    rflags = const (off::REGS + 17) * 8,
+    fs = const (off::REGS + 18) * 8,
+    gs = const (off::REGS + 19) * 8,
+    saved_state = const off::SAVED_STATE * 8,
+    user_mode = const state::USER_MODE,
+    user_task = const off::USER_TASK * 8,
+    user = const USER.0,
+    utcb = const VCPU_UTCB,
+    resume_op = const proto::thread::Op::VcpuResume.code(),
+    vcpu_call = const VCPU_CALL,
+    resume_tag = const RESUME_TAG,
+    done = sym wbench_done,
+    entry_sp = const off::ENTRY_SP * 8,
+    irq_label = const off::IRQ_LABEL * 8,
+);
+
+const VCPU_CALL: u64 = abi::CapSel::from_idx(VCPU).raw() | abi::syscall::Flags::CALL.bits();
+const RESUME_TAG: u64 = MsgTag::new(proto::thread::LABEL, 1, 0, 0).0;
+
+extern "C" {
+    fn wubench_entry();
+    fn wbench_page();
+}
+
+static RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The guest kernel's own context after the report: level 1, in our own task's world.
+extern "C" fn wbench_done(cycles: u64) -> ! {
+    RESULT.store(cycles, Ordering::SeqCst);
+    let _ = semaphore::up(DONE);
+    loop {
+        let _ = l4::ipc::wait(0);
+    }
+}
+
+fn vstate() -> &'static mut VcpuState {
+    // SAFETY: the state area lies in our UTCB area, mapped for the task's lifetime; only the
+    // benchmark's vCPU thread uses it, and only after we set it up here.
+    unsafe { &mut *(VCPU_STATE as *mut VcpuState) }
+}
+
+/// The vCPU's first context (an ordinary one, in our task): into the user task.
+extern "C" fn wbench_start() -> ! {
+    let st = vstate();
+    st.user_task = USER.0;
+    st.saved_state = state::USER_MODE;
+    l4::ipc::set_mr(0, proto::thread::Op::VcpuResume.code());
+    l4::sys::invoke(
+        abi::CapSel::from_idx(VCPU),
+        abi::syscall::Flags::CALL,
+        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+    );
+    println!("wbench: resume failed");
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+pub fn run() -> R {
+    ok(factory::task(wk::FACTORY, USER, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
+    let code = wubench_entry as *const () as u64;
+    ok(task::map(USER, wk::TASK, Fpage::memory(code, 12, Rights::from_bits_truncate(5)), code), "map code")?;
+    let entry = wbench_page as *const () as u64;
+    ok(
+        task::map(wk::TASK, wk::TASK, Fpage::memory(entry, 12, Rights::from_bits_truncate(5)), GUEST_CODE),
+        "map the guest entry into the guest slot",
+    )?;
+    ok(factory::semaphore(wk::FACTORY, DONE, 0), "done")?;
+    ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
+    ok(
+        thread::control(VCPU, proto::thread_control::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB),
+        "bind",
+    )?;
+    ok(
+        l4::sys::call_words(
+            VCPU,
+            proto::thread::LABEL,
+            &[proto::thread::Op::VcpuControl.code(), VCPU_STATE, SLOT],
+        ),
+        "vcpu control with a guest world",
+    )?;
+    let st = vstate();
+    st.entry_ip = GUEST_CODE;
+    st.entry_sp = stack_top(5);
+    st.regs = VcpuRegs {
+        rip: code,
+        rsp: 0,
+        rflags: 0x202,
+        rdi: SYSCALLS,
+        rdx: WARM_SYSCALLS,
+        ..Default::default()
+    };
+    ok(thread::ex_regs(VCPU, wbench_start as *const () as u64, stack_top(5), 0), "ex_regs")?;
+    ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run")?;
+    ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection in a guest world runs")?;
+    let upcalls = vstate().irq_label;
+    match RESULT.load(Ordering::SeqCst) {
+        0 => Err("the guest kernel got an unexpected event"),
+        _ if upcalls != WARM_SYSCALLS + SYSCALLS + 1 => {
+            println!("wbench: {upcalls} upcalls, {} expected", WARM_SYSCALLS + SYSCALLS + 1);
+            Err("the guest kernel did not see every system call")
+        }
+        c => {
+            println!("BENCH vcpu_world_syscall_reflect {} cycles", c / SYSCALLS);
+            Ok(())
+        }
+    }
+}
