@@ -58,6 +58,7 @@ fn kernel_main(boot: Boot) -> ! {
             "bench" => selftest::bench(),
             "selftest=kernel-fault" => selftest::kernel_fault(),
             "selftest=large-pages" => selftest::large_pages(),
+            "selftest=worlds" => selftest::worlds(),
             _ => {}
         }
     }

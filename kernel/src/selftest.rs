@@ -69,6 +69,76 @@ fn check_large_pages() -> Result<(), &'static str> {
     r
 }
 
+/// `selftest=worlds`: a guest world (`arch_x86_64::world`) shows its task's user half, the
+/// guest's slot for the kernel only, and of the kernel half nothing but the trampoline — the
+/// entry code and tables read-only, one entry page writable, the hot page's address showing a
+/// shadow — whatever the task maps before or after the world is made.
+pub fn worlds() {
+    match check_worlds() {
+        Ok(n) => log::info!("selftest: worlds ok ({n} trampoline pages)"),
+        Err(why) => log::error!("selftest: worlds: {why}"),
+    }
+}
+
+fn check_worlds() -> Result<usize, &'static str> {
+    use arch_x86_64::frames::with_frames;
+    use arch_x86_64::paging::{translate, AddressSpace, DIRECT_BASE};
+    use kernel_core::mem::{Perms, VirtAddr, PAGE_SIZE};
+    const SLOT: usize = 255;
+    let (guest_va, user_va, hidden_va, late_va) =
+        (0x7f80_0000_0000u64, 0x40_0000u64, 0x7fff_0000_0000u64, 1u64 << 39);
+    let frame = || with_frames(|fa| fa.alloc()).ok_or("no memory");
+    let (gf, uf, hf, lf) = (frame()?, frame()?, frame()?, frame()?);
+    let mut guest = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
+    let mut user = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
+    let r = (|| {
+        let map =
+            |s: &mut AddressSpace, va: u64, pa| s.map(VirtAddr(va), pa, Perms::RW).map_err(|_| "map failed");
+        let slot = guest.guest_slot(SLOT).map_err(|_| "no guest slot")?;
+        map(&mut guest, guest_va, gf)?;
+        map(&mut user, user_va, uf)?;
+        map(&mut user, hidden_va, hf)?;
+        let world = user.world_root(SLOT, slot).map_err(|_| "no world")?;
+        check(user.world_root(SLOT, slot).ok() == Some(world), "one world per guest")?;
+        map(&mut user, late_va, lf)?;
+        let tr = |va| translate(world, va);
+        let is = |va, pa, u: bool| tr(va).is_some_and(|t| t.pa == pa && t.user == u && t.write);
+        check(is(user_va, uf, true), "the user task's pages are there, for user mode")?;
+        check(is(late_va, lf, true), "a table the task makes later is there too")?;
+        check(is(guest_va, gf, false), "the guest's slot is there, supervisor only")?;
+        check(tr(hidden_va).is_none(), "the task's own pages in the guest's slot are not")?;
+        check(tr(DIRECT_BASE + gf.0).is_none(), "no direct map")?;
+        // The kernel half: only the trampoline's pages, supervisor, one writable.
+        let hot = arch_x86_64::cpu::hot_page();
+        let mut pages = 0;
+        let mut va = 0xffff_ffff_8000_0000u64;
+        while va < 0xffff_ffff_8000_0000 + (64 << 20) {
+            if let Some(t) = tr(va) {
+                pages += 1;
+                check(!t.user, "a trampoline page user mode can reach")?;
+                check(
+                    t.write == (va == arch_x86_64::world::entry_page()),
+                    "a writable page besides the entry page",
+                )?;
+                check(!(t.write && t.exec), "a writable and executable trampoline page")?;
+                let normal = translate(guest.root(), va).ok_or("a trampoline page the kernel lacks")?;
+                check((t.pa == normal.pa) != (va == hot), "the hot page's address not showing a shadow")?;
+            }
+            va += PAGE_SIZE;
+        }
+        check((4..=16).contains(&pages), "not a handful of trampoline pages")?;
+        Ok(pages)
+    })();
+    guest.destroy();
+    user.destroy();
+    with_frames(|fa| {
+        for f in [gf, uf, hf, lf] {
+            fa.free(f);
+        }
+    });
+    r
+}
+
 fn check(ok: bool, what: &'static str) -> Result<(), &'static str> {
     if ok {
         Ok(())

@@ -16,6 +16,7 @@ mod terminal;
 mod threads;
 mod vcpu;
 mod vcpubench;
+mod world;
 mod worldbench;
 
 use abi::cap::well_known;
@@ -34,6 +35,7 @@ fn main(args: &str) -> i32 {
         (Some("trace"), _) => finish(bench::trace()),
         (Some("vcpu-bench"), _) => finish(vcpubench::run()),
         (Some("world-bench"), _) => finish(worldbench::run()),
+        (Some("world"), _) => finish(world::run()),
         (Some("objects"), _) => finish(objects::run()),
         (Some("vcpu"), _) => finish(vcpu::run()),
         (Some("vcpu-doomed"), _) => finish(vcpu::doomed()),

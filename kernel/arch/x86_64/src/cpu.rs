@@ -317,6 +317,14 @@ pub fn init() {
     }
 }
 
+/// The hot page's address (`__hot_page`, the linker script): a world shows its shadow there.
+pub fn hot_page() -> u64 {
+    extern "C" {
+        static __hot_page: u8;
+    }
+    &raw const __hot_page as u64
+}
+
 /// GDT entries: null, kernel code and data, user data and code, the TSS (two), guest code and
 /// data.
 const GDT_ENTRIES: usize = 9;

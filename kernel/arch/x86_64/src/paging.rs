@@ -417,6 +417,40 @@ impl AddressSpace {
     }
 }
 
+/// What a root translates a virtual address to, with the rights the walk grants (the
+/// user/supervisor and write bits of every level, execute unless a level forbids it): the
+/// self-tests' view of a page table, large pages included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub pa: PhysAddr,
+    pub user: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+pub fn translate(root: PhysAddr, va: u64) -> Option<Translation> {
+    let (mut t, mut user, mut write, mut exec) = (root, true, true, true);
+    for level in (0..=3).rev() {
+        let e = table(t)[((va >> (12 + 9 * level)) & 0x1ff) as usize];
+        if e & PRESENT == 0 {
+            return None;
+        }
+        (user, write, exec) =
+            (user & (e & USER != 0), write & (e & WRITABLE != 0), exec & (e & NO_EXECUTE == 0));
+        let size = 1u64 << (12 + 9 * level);
+        if level == 0 || (level < 3 && e & HUGE != 0) {
+            return Some(Translation {
+                pa: PhysAddr((e & ADDR_MASK & !(size - 1)) + (va & (size - 1))),
+                user,
+                write,
+                exec,
+            });
+        }
+        t = PhysAddr(e & ADDR_MASK);
+    }
+    None
+}
+
 /// Copies between kernel buffers and physical memory.
 pub fn write_phys(pa: PhysAddr, bytes: &[u8]) {
     assert!(pa.0 + bytes.len() as u64 <= DIRECT_MAP_SIZE);

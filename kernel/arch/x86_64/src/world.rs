@@ -195,6 +195,11 @@ unsafe fn map(va: u64, pa: u64, write: bool, exec: bool) {
     }
 }
 
+/// The entry page's address: the one page of the kernel a world may write (self-tests).
+pub fn entry_page() -> u64 {
+    &raw const ENTRY as u64
+}
+
 /// The PML4 entry of a world's kernel half: the trampoline.
 pub fn kernel_half() -> u64 {
     image_phys(&raw const TRAMP_PDPT).0 | PRESENT | WRITABLE

@@ -785,3 +785,111 @@ fn a_resume_whose_pending_irq_finds_no_usable_entry_ends_the_vcpu_without_touchi
     Fake::read_words(area, &mut w);
     assert_eq!(w[off::SAVED_STATE], 0, "the freed state area was not written after the upcall");
 }
+
+#[test]
+fn guest_world_vcpu() {
+    use abi::vcpu::{off, state, trap};
+    let mut m = machine(4 << 20);
+    let v = m.thread(CapIdx(20), 1);
+    m.op(
+        wk::FACTORY,
+        proto::factory::LABEL,
+        &[0, Protocol::Task.label() as u64, 21, Fpage::memory(UTCB, 12, Rights::ALL).0],
+    )
+    .unwrap();
+    let area_addr = UTCB + 3 * 1024;
+    let control = proto::thread::Op::VcpuControl.code();
+    // The slot must hold the state area and the UTCB, and be one of the user half's.
+    for bad in [254, 256, 0x1_0000] {
+        assert_eq!(m.op(CapIdx(20), proto::thread::LABEL, &[control, area_addr, bad]), Err(Error::Inval));
+    }
+    assert!(m.k.threads.get(v).unwrap().vcpu.is_none(), "a refused control changes nothing");
+    m.op(CapIdx(20), proto::thread::LABEL, &[control, area_addr, 255]).unwrap();
+    let a = m.k.threads.get(v).unwrap().vcpu.unwrap();
+    let w = a.world.unwrap();
+    assert_eq!((w.slot, w.task), (255, None));
+    let own_space = &m.k.tasks.get(m.k.current_task().unwrap()).unwrap().space;
+    assert_eq!(own_space.slots.get(&255), Some(&w.pdpt), "the guest slot's table is the vCPU task's");
+    assert_eq!(own_space.world.map(|x| x.0), Some(w.own_root));
+    assert_eq!(m.k.threads.get(v).unwrap().world_root, 0, "its first context runs as any thread's");
+    let user = match m.k.cap(m.k.current_task().unwrap(), CapIdx(21)).unwrap().obj {
+        Obj::Task(u) => u,
+        _ => unreachable!(),
+    };
+    let resume = |m: &mut M, words: &[(usize, u64)]| {
+        let mut w = [0u64; off::WORDS];
+        Fake::read_words(a.frame, &mut w);
+        for &(i, x) in words {
+            w[i] = x;
+        }
+        Fake::write_words(a.frame, &w);
+        m.set_mrs(v, &[proto::thread::Op::VcpuResume.code()]);
+        m.sys(
+            v,
+            CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits(),
+            MsgTag::new(proto::thread::LABEL, 1, 0, 0),
+            0,
+        )
+    };
+    // Into the user task: its world, at user level.
+    let into_user = [
+        (off::SAVED_STATE, state::USER_MODE),
+        (off::USER_TASK, 21),
+        (off::ENTRY_IP, 0x40_0000),
+        (off::ENTRY_SP, 0x7000),
+        (off::REGS + 15, 0x1000),
+        (off::REGS + 16, 0x2000),
+    ];
+    resume(&mut m, &into_user);
+    let user_world = m.k.tasks.get(user).unwrap().space.world.unwrap();
+    assert_eq!((user_world.1, user_world.2), (255, w.pdpt), "the user task's world shows the guest's slot");
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!((t.vcpu_user, t.world_root, t.ctx.regs().guest), (Some(user), user_world.0, false));
+    let exit = fake::WORLD.with(|x| x.get()).expect("the way out is the world's");
+    assert_eq!((exit.root, exit.state, exit.utcb), (user_world.0, area_addr, UTCB + 1024));
+    assert_eq!(exit.kernel_root, Fake::space_root(&m.k.tasks.get(user).unwrap().space));
+    assert_eq!(
+        (exit.resume_rdx, exit.resume_user),
+        (CapSel::from_idx(CapIdx(20)).raw() | Flags::CALL.bits(), 21),
+        "the trampoline may continue this user task"
+    );
+    // A system call of the user task that reached the kernel: an upcall at guest level, in the
+    // same world.
+    m.k.threads.get_mut(v).unwrap().ctx.regs().ip = 0x1002;
+    assert_eq!(m.sys(v, 0, MsgTag::new(0, 0, 0, 0), 0), None);
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!((t.vcpu_user, t.world_root, t.ctx.regs().guest), (None, user_world.0, true));
+    assert_eq!((t.ctx.regs().ip(), t.ctx.regs().gpr[5]), (0x40_0000, area_addr));
+    let mut words = [0u64; off::WORDS];
+    Fake::read_words(a.frame, &mut words);
+    assert_eq!((words[off::TRAPNO], words[off::REGS + 15]), (trap::SYSCALL, 0x1002));
+    // The trampoline continued the user task without the kernel: the next entry, from user
+    // level, puts the record right; one from guest level (a forwarded call) likewise.
+    m.k.threads.get_mut(v).unwrap().ctx.regs().guest = false;
+    m.k.current = Some(v);
+    m.k.world_entry();
+    assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, Some(user));
+    m.k.threads.get_mut(v).unwrap().ctx.regs().guest = true;
+    m.k.world_entry();
+    assert_eq!(m.k.threads.get(v).unwrap().vcpu_user, None);
+    // Its own context (no USER_MODE) continues in its own task's world.
+    resume(&mut m, &[(off::SAVED_STATE, 0), (off::REGS + 15, 0x3000), (off::REGS + 16, 0x4000)]);
+    let own_root = Fake::space_root(&m.k.tasks.get(m.k.current_task().unwrap()).unwrap().space);
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!((t.world_root, t.root, t.ctx.regs().guest, t.vcpu_user), (w.own_root, own_root, true, None));
+    // The user task goes while the guest kernel runs in its world: back to its own.
+    resume(&mut m, &into_user);
+    assert_eq!(m.k.threads.get(v).unwrap().world_root, user_world.0);
+    m.k.current = Some(m.root);
+    m.op(
+        wk::TASK,
+        proto::task::LABEL,
+        &[1, unmap_mask::DELETE_OBJ, Fpage::object(CapIdx(21), 0, Rights::ALL).0],
+    )
+    .unwrap();
+    let t = m.k.threads.get_mut(v).unwrap();
+    assert_eq!((t.world_root, t.root, t.vcpu_user, t.ctx.regs().guest), (w.own_root, own_root, None, true));
+    Fake::read_words(a.frame, &mut words);
+    assert_eq!(words[off::TRAPNO], trap::TASK_GONE);
+    assert_eq!(m.k.self_check(), Ok(()));
+}
