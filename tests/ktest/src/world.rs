@@ -192,8 +192,9 @@ pub fn run() -> R {
     ok(thread::ex_regs(VCPU, start as *const () as u64, stack_top(7), 0), "ex_regs")?;
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 90, 1, 0), "run")?;
     ok(semaphore::down(DONE, timeout::pack(0, 5_000_000)), "the guest kernel finishes its probes")?;
+    let data = &raw const DATA;
     // SAFETY: the guest kernel wrote DATA before signalling DONE and is blocked now.
-    let d = unsafe { (*(&raw const DATA)).0 };
+    let d = unsafe { (*data).0 };
     let fault = |i: usize| (FAULTS[i].0.load(Ordering::SeqCst), FAULTS[i].1.load(Ordering::SeqCst));
     let idt = d[2] >> 16 | d[3] << 48;
     let checks = [
