@@ -415,20 +415,25 @@ fn sync_dir(from: &Path, to: &Path, keep: &[&str]) -> Result {
     Ok(())
 }
 
-/// Builds the `lx-arch` staticlib for the freestanding link and returns its path. Flags are set
-/// explicitly (as in `kbuild`); LTO is off because it would merge this crate's small-code-model
-/// bitcode with the prebuilt `core`'s kernel-code-model bitcode, which LLVM refuses.
-/// Flags of the `lx-arch` staticlib: linked into Linux at 0x60000000, so the small code model.
-pub const LX_ARCH_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=small";
+/// Flags of the `lx-arch` staticlib: linked into Linux at 0x7f_c000_0000 (above its processes,
+/// `linux-patches/0001`'s `Makefile-os-L4`), so the large code model.
+pub const LX_ARCH_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=large";
 
+/// Builds the `lx-arch` staticlib for the freestanding link and returns its path. Flags are set
+/// explicitly (as in `kbuild`). `core` and `alloc` are built along (`-Z build-std`, which a
+/// stable toolchain allows with `RUSTC_BOOTSTRAP=1`, as Linux's own Rust support does): the
+/// prebuilt ones for `x86_64-unknown-none` hold absolute 32-bit relocations and link only
+/// below 4 GiB. LTO stays off (it would pull the whole of `core` through LLVM again).
 fn build_lx_arch() -> Result<PathBuf> {
     step("linux (l4linux): building the lx-arch staticlib");
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(root())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", LX_ARCH_RUSTFLAGS)
+        .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .args(["build", "--release", "-p", "lx-arch", "--target", crate::kbuild::TARGET, "--target-dir"])
+        .args(["build", "--release", "-p", "lx-arch", "--target", crate::kbuild::TARGET])
+        .args(["-Z", "build-std=core,alloc,compiler_builtins", "--target-dir"])
         .arg(root().join(LX_ARCH_TARGET_DIR));
     run(&mut c)?;
     let lib = root().join(LX_ARCH_TARGET_DIR).join(LX_ARCH_LIB);

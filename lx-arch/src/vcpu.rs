@@ -297,10 +297,21 @@ fn drain() -> u32 {
     bits
 }
 
-/// `lx_vcpu_init`: makes this thread a vCPU whose upcalls enter `entry` on stack `sp`.
+/// Linux's guest regions (`abi::vcpu`, guest worlds): the last GiB below 512 GiB, where it is
+/// linked and keeps its RAM and vmalloc area (above its processes' `TASK_SIZE`,
+/// `linux-patches/0001`'s `Makefile-os-L4`), and slot 255, with the state area, the UTCB, the
+/// KIP and the start-up stack.
+const REGIONS: [(u64, u32); 2] = [(0x7f_c000_0000, 30), (0x7f80_0000_0000, 39)];
+
+/// `lx_vcpu_init`: makes this thread a vCPU whose upcalls enter `entry` on stack `sp`, its
+/// guest (Linux) in guest worlds: a process's system call reaches Linux and Linux's resume of
+/// it goes back without an address-space switch.
 #[no_mangle]
 pub extern "C" fn lx_vcpu_init(entry: u64, sp: u64) -> c_int {
-    if let Err(e) = l4::sys::call_words(wk::THREAD, proto::thread::LABEL, &[Op::VcpuControl.code(), STATE]) {
+    let region = |(base, order)| proto::fpage::Fpage::memory(base, order, abi::Rights::ALL).0;
+    let words = [Op::VcpuControl.code(), STATE];
+    let _ = (region(REGIONS[0]), region(REGIONS[1]));
+    if let Err(e) = l4::sys::call_words(wk::THREAD, proto::thread::LABEL, &words) {
         l4::println!("cannot become a vCPU: {e:?}");
         return -1;
     }

@@ -66,6 +66,7 @@ pub fn invoke(sel: CapSel, flags: Flags, tag: MsgTag) -> MsgTag {
 }
 
 /// This thread's UTCB.
+#[cfg(not(feature = "boot-utcb"))]
 pub fn utcb() -> *mut Utcb {
     let p: u64;
     // SAFETY: the kernel points GS at the UTCB and stores its address at TCR_SELF_OFFSET.
@@ -73,6 +74,12 @@ pub fn utcb() -> *mut Utcb {
         core::arch::asm!("mov {}, gs:[{off}]", out(reg) p, off = const TCR_SELF_OFFSET, options(nostack, readonly))
     };
     p as *mut Utcb
+}
+
+/// This thread's UTCB: the main thread's (feature `boot-utcb`).
+#[cfg(feature = "boot-utcb")]
+pub fn utcb() -> *mut Utcb {
+    abi::kip::BOOT_UTCB_ADDR as *mut Utcb
 }
 
 /// Stores `words` into MR[0..] and invokes `cap` with `label`.
