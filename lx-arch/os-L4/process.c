@@ -40,14 +40,11 @@ int start_userspace(unsigned long stub_stack)
 
 	if (task < 0)
 		printk(KERN_ERR "os-L4: no task for a new process: %d\n", task);
-	printk(KERN_ERR "DBG create %d by %d %s\n", task, current->pid, current->comm);
 	return task;
 }
 
 void os_kill_ptraced_process(int pid, int reap_child)
 {
-	printk(KERN_ERR "DBG delete %d by %d %s\n", pid, current->pid, current->comm);
-	dump_stack();
 	lx_task_delete(pid);
 }
 
@@ -190,8 +187,6 @@ void __lx_hot userspace(struct uml_pt_regs *regs, unsigned long *aux_fp_regs)
 		if (err) {
 			printk(KERN_ERR "%s - cannot run process task %d: %d\n", __func__,
 			       userspace_pid[0], err);
-			printk(KERN_ERR "DBG current %d %s mm %px pid %d active %px\n", current->pid, current->comm,
-			       current->mm, current->mm ? current->mm->context.id.pid : -1, current->active_mm);
 			fatal_sigsegv();
 		}
 		lx_in_upcall = 0;

@@ -309,8 +309,7 @@ const REGIONS: [(u64, u32); 2] = [(0x7f_c000_0000, 30), (0x7f80_0000_0000, 39)];
 #[no_mangle]
 pub extern "C" fn lx_vcpu_init(entry: u64, sp: u64) -> c_int {
     let region = |(base, order)| proto::fpage::Fpage::memory(base, order, abi::Rights::ALL).0;
-    let words = [Op::VcpuControl.code(), STATE];
-    let _ = (region(REGIONS[0]), region(REGIONS[1]));
+    let words = [Op::VcpuControl.code(), STATE, region(REGIONS[0]), region(REGIONS[1])];
     if let Err(e) = l4::sys::call_words(wk::THREAD, proto::thread::LABEL, &words) {
         l4::println!("cannot become a vCPU: {e:?}");
         return -1;

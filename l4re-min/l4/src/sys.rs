@@ -4,7 +4,7 @@
 use abi::cap::well_known;
 use abi::proto::{fpage, platform_ctl, task};
 use abi::syscall::{Flags, REG_WORDS};
-use abi::utcb::{Utcb, TCR_SELF_OFFSET};
+use abi::utcb::Utcb;
 use abi::{CapIdx, CapSel, Error, MsgTag, Rights};
 
 /// The raw system call with timeouts (`abi::syscall::timeout`) and the message words of a
@@ -71,7 +71,12 @@ pub fn utcb() -> *mut Utcb {
     let p: u64;
     // SAFETY: the kernel points GS at the UTCB and stores its address at TCR_SELF_OFFSET.
     unsafe {
-        core::arch::asm!("mov {}, gs:[{off}]", out(reg) p, off = const TCR_SELF_OFFSET, options(nostack, readonly))
+        core::arch::asm!(
+            "mov {}, gs:[{off}]",
+            out(reg) p,
+            off = const abi::utcb::TCR_SELF_OFFSET,
+            options(nostack, readonly)
+        )
     };
     p as *mut Utcb
 }

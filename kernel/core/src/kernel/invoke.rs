@@ -415,10 +415,7 @@ impl<A: Arch> Kernel<A> {
                 let pages = 1u64 << (area.order() - 12);
                 self.charge(fac, cost::TASK + pages * 4096)?;
                 match self.new_task(area.base(), pages, fac) {
-                    Ok(t) => {
-                        log::warn!("DBG new task {t:?} slot {}", slot.0);
-                        Obj::Task(t)
-                    }
+                    Ok(t) => Obj::Task(t),
                     Err(e) => {
                         self.refund(fac, cost::TASK + pages * 4096);
                         return Err(e);

@@ -288,7 +288,6 @@ impl<A: Arch> Kernel<A> {
                 for idx in fp.base()..fp.base() + (1u64 << fp.order()) {
                     let Some(cap) = self.cap(task, CapIdx(idx)) else { continue };
                     if delete && cap.rights.contains(Rights::D) && fp.rights().contains(Rights::D) {
-                        log::warn!("DBG delete slot {idx} obj {:?} by {:?}", cap.obj, self.current);
                         self.destroy(cap.obj);
                         if me_dead && cap.obj == Obj::Task(task) {
                             return Ok(true);

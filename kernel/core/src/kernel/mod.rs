@@ -518,7 +518,6 @@ impl<A: Arch> Kernel<A> {
     /// capabilities go, its memory is freed. The current thread may be among the dead; the
     /// caller must then reschedule instead of returning to user mode.
     pub fn destroy_task(&mut self, id: Id) {
-        log::warn!("DBG destroy task {id:?} {:?}", self.tasks.get(id).map(|t| t.name.clone()));
         self.vcpu_task_gone(id);
         self.console_task_gone(id);
         let Some(task) = self.tasks.get(id) else { return };

@@ -333,14 +333,14 @@ impl<A: Arch> Kernel<A> {
         let user_mode = resumed & state::USER_MODE != 0;
         let user = match user_mode {
             false => None,
-            true => match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or_else(|| { log::warn!("DBG resume: no cap {}", w[off::USER_TASK]); Error::NoEnt })?.obj {
+            true => match self.cap(own, CapIdx(w[off::USER_TASK])).ok_or(Error::NoEnt)?.obj {
                 Obj::Task(u) if u != own => Some(u),
                 _ => return Err(Error::Inval),
             },
         };
         // Map items first: they belong to the context even if an interrupt comes in between.
         if let (Some(u), true) = (user, tag.items() > 0) {
-            self.map_items(me, own, u, tag).inspect_err(|e| log::warn!("DBG resume: map items {e:?}"))?;
+            self.map_items(me, own, u, tag)?;
         }
         if w[off::STICKY] & sticky::IRQ_PENDING != 0 && resumed & state::IRQ != 0 {
             // Deliver one pending interrupt now; the area keeps the context to resume. The flag
