@@ -113,9 +113,10 @@ protocols! {
         /// message's map items into that task. An IRQ pending with IRQs enabled upcalls at once.
         VcpuResume = 4,
         /// `MR[1]` = user address of the vCPU state area (1 KiB aligned, in the UTCB area):
-        /// makes the thread a vCPU. `MR[2]` (optional, 0: none) = a PML4 slot `G`
-        /// (1..=255, 512 GiB each) of the thread's task that holds the guest kernel, state area
-        /// and UTCB included: the vCPU runs its guest in a *guest world* (`vcpu` module docs).
+        /// makes the thread a vCPU. `MR[2..]` (optional, up to `vcpu::GUEST_REGIONS`) =
+        /// memory flexpages of the thread's task (1 GiB to 512 GiB, aligned) that hold the guest
+        /// kernel, state area and UTCB included: the vCPU runs its guest in *guest worlds*
+        /// (`vcpu` module docs).
         VcpuControl = 7,
     }
     /// The kernel console (Fiasco's Vlog / vcon): output, and input for one terminal task.

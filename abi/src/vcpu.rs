@@ -16,9 +16,9 @@
 //! word  8  regs             the interrupted context (VcpuRegs), then trap number, error, address
 //! ```
 //!
-//! **Guest worlds** (`VcpuControl` with a slot `G`): the guest kernel runs at privilege level 1
-//! in the address space of the user task it runs (its *world*), where slot `G` of the vCPU's
-//! task — the guest kernel's code, data, stacks, this area and the UTCB — appears as
+//! **Guest worlds** (`VcpuControl` with guest regions): the guest kernel runs at privilege
+//! level 1 in the address space of the user task it runs (its *world*), where the regions of
+//! the vCPU's task — the guest kernel's code, data, stacks, this area and the UTCB — appear as
 //! supervisor memory, out of the user task's reach, and the kernel maps nothing but its
 //! entry trampoline. A system call of the user task then reaches the guest's entry without
 //! an address-space switch, and a `VcpuResume` that continues the same user task leaves
@@ -29,11 +29,11 @@
 /// Layout version, in word 0.
 pub const VERSION: u64 = 1;
 
-/// The PML4 slots a guest world may use (slot 0 is every program's image, 256 and up the
-/// kernel's half).
-pub const WORLD_SLOTS: core::ops::RangeInclusive<u64> = 1..=255;
-/// Bytes of one slot.
-pub const WORLD_SLOT_SIZE: u64 = 1 << 39;
+/// Most regions a guest kernel's task may show in its worlds (`VcpuControl`'s flexpages).
+pub const GUEST_REGIONS: usize = 4;
+/// Sizes (log2) of a guest region: 1 GiB to 512 GiB (a whole slot of the page tables' top
+/// level), aligned to their size.
+pub const GUEST_REGION_ORDERS: core::ops::RangeInclusive<u32> = 30..=39;
 
 /// Flags of `state` / `saved_state` (Fiasco's values).
 pub mod state {

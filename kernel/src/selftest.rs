@@ -83,31 +83,45 @@ pub fn worlds() {
 fn check_worlds() -> Result<usize, &'static str> {
     use arch_x86_64::frames::with_frames;
     use arch_x86_64::paging::{translate, AddressSpace, DIRECT_BASE};
-    use kernel_core::mem::{Perms, VirtAddr, PAGE_SIZE};
-    const SLOT: usize = 255;
-    let (guest_va, user_va, hidden_va, late_va) =
-        (0x7f80_0000_0000u64, 0x40_0000u64, 0x7fff_0000_0000u64, 1u64 << 39);
-    let frame = || with_frames(|fa| fa.alloc()).ok_or("no memory");
-    let (gf, uf, hf, lf) = (frame()?, frame()?, frame()?, frame()?);
+    use kernel_core::hal::GuestRegions;
+    use kernel_core::mem::{Perms, PhysAddr, VirtAddr, PAGE_SIZE};
+    // The guest shows a whole slot (255) and the last GiB of slot 0, as L4Linux does.
+    let regions = GuestRegions::new(&[(0x7f80_0000_0000, 39), (511 << 30, 30)]).ok_or("regions")?;
+    let guest_pages = [0x7f80_0000_0000u64, 0x7fc0_0000_0000, 0x7fc0_2000_0000];
+    let user_pages = [0x40_0000u64, 0x7fff_0000_0000, 0x7fc0_1000_0000, 3 << 30, 1 << 39];
+    let mut frames = [PhysAddr(0); 8];
+    for f in frames.iter_mut() {
+        *f = with_frames(|fa| fa.alloc()).ok_or("no memory")?;
+    }
     let mut guest = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
     let mut user = with_frames(|fa| AddressSpace::new(fa)).ok_or("no memory")?;
     let r = (|| {
         let map =
             |s: &mut AddressSpace, va: u64, pa| s.map(VirtAddr(va), pa, Perms::RW).map_err(|_| "map failed");
-        let slot = guest.guest_slot(SLOT).map_err(|_| "no guest slot")?;
-        map(&mut guest, guest_va, gf)?;
-        map(&mut user, user_va, uf)?;
-        map(&mut user, hidden_va, hf)?;
-        let world = user.world_root(SLOT, slot).map_err(|_| "no world")?;
-        check(user.world_root(SLOT, slot).ok() == Some(world), "one world per guest")?;
-        map(&mut user, late_va, lf)?;
+        guest.guest_regions(&regions).map_err(|_| "no guest tables")?;
+        // Some pages before the world is made, some after (the guest's last, the user task's
+        // in a new GiB of slot 0 and in a new slot).
+        map(&mut guest, guest_pages[0], frames[0])?;
+        map(&mut guest, guest_pages[1], frames[1])?;
+        for (i, va) in user_pages.iter().take(3).enumerate() {
+            map(&mut user, *va, frames[3 + i])?;
+        }
+        let world = user.world_root(guest.root(), &regions).map_err(|_| "no world")?;
+        check(user.world_root(guest.root(), &regions).ok() == Some(world), "one world per guest")?;
+        map(&mut guest, guest_pages[2], frames[2])?;
+        map(&mut user, user_pages[3], frames[6])?;
+        map(&mut user, user_pages[4], frames[7])?;
         let tr = |va| translate(world, va);
         let is = |va, pa, u: bool| tr(va).is_some_and(|t| t.pa == pa && t.user == u && t.write);
-        check(is(user_va, uf, true), "the user task's pages are there, for user mode")?;
-        check(is(late_va, lf, true), "a table the task makes later is there too")?;
-        check(is(guest_va, gf, false), "the guest's slot is there, supervisor only")?;
-        check(tr(hidden_va).is_none(), "the task's own pages in the guest's slot are not")?;
-        check(tr(DIRECT_BASE + gf.0).is_none(), "no direct map")?;
+        check(is(user_pages[0], frames[3], true), "the user task's pages are there, for user mode")?;
+        check(is(user_pages[3], frames[6], true), "a GiB the task fills later is there too")?;
+        check(is(user_pages[4], frames[7], true), "a slot the task fills later is there too")?;
+        for (va, f) in guest_pages.iter().zip(frames) {
+            check(is(*va, f, false), "the guest's regions are there, supervisor only")?;
+        }
+        check(tr(user_pages[1]).is_none(), "the task's own pages in a guest slot are not")?;
+        check(tr(user_pages[2]).is_none(), "the task's own pages in a guest GiB are not")?;
+        check(tr(DIRECT_BASE + frames[0].0).is_none(), "no direct map")?;
         // The kernel half: only the trampoline's pages, supervisor, one writable.
         let hot = arch_x86_64::cpu::hot_page();
         let mut pages = 0;
@@ -132,7 +146,7 @@ fn check_worlds() -> Result<usize, &'static str> {
     guest.destroy();
     user.destroy();
     with_frames(|fa| {
-        for f in [gf, uf, hf, lf] {
+        for f in frames {
             fa.free(f);
         }
     });

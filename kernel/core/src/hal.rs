@@ -56,6 +56,47 @@ pub struct WorldExit {
     pub resume_user: u64,
 }
 
+/// The regions of a guest kernel's task that its guest worlds show (`abi::vcpu`): aligned,
+/// each `2^order` bytes with `order` in `abi::vcpu::GUEST_REGION_ORDERS` (1 GiB to 512 GiB,
+/// so never across a 512 GiB slot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegions {
+    n: usize,
+    r: [(u64, u32); abi::vcpu::GUEST_REGIONS],
+}
+
+impl GuestRegions {
+    /// The regions `(base, order)`, if each is aligned and of an allowed size, in the user
+    /// half, disjoint from the others, and there are 1 to `abi::vcpu::GUEST_REGIONS`.
+    pub fn new(list: &[(u64, u32)]) -> Option<Self> {
+        if list.is_empty() || list.len() > abi::vcpu::GUEST_REGIONS {
+            return None;
+        }
+        let mut g = GuestRegions::default();
+        for &(base, order) in list {
+            let ok = abi::vcpu::GUEST_REGION_ORDERS.contains(&order)
+                && base.is_multiple_of(1 << order)
+                && base.checked_add(1 << order).is_some_and(|e| e <= abi::kip::USER_END)
+                && !g.iter().any(|(b, o)| base < b + (1 << o) && b < base + (1 << order));
+            if !ok {
+                return None;
+            }
+            g.r[g.n] = (base, order);
+            g.n += 1;
+        }
+        Some(g)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.r[..self.n].iter().copied()
+    }
+
+    /// `addr` lies in one of the regions.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.iter().any(|(b, o)| addr >= b && addr - b < 1 << o)
+    }
+}
+
 /// Untyped words [`ThreadContext::hand_off`] carries (the IPC fast path's longest message).
 pub const HAND_OFF_WORDS: usize = 16;
 
@@ -221,15 +262,15 @@ pub trait Arch: Sized + 'static {
     /// Denies all I/O ports to user mode.
     fn io_disable();
 
-    /// The PML4-level table of `slot` (a 512 GiB slot of the user half) in `s`, made now if it
-    /// has none: a guest world's slot, shared by every world of the guest (its physical
-    /// address, as [`Arch::world_root`] takes it). It stays until the space goes.
-    fn guest_slot(s: &mut Self::Space, slot: usize) -> Result<u64, MapError>;
-    /// The root of `s`'s world for the guest whose slot table is `guest` (from
-    /// [`Arch::guest_slot`]) at `slot`: `s`'s user half with the guest's slot in place of its
+    /// Makes the page tables of a guest's `regions` in its space `s` that its worlds share
+    /// (per region the one table under which all of it lies): after this, what `s` maps there
+    /// shows in every world of the guest at once. They stay until the space goes.
+    fn guest_regions(s: &mut Self::Space, regions: &GuestRegions) -> Result<(), MapError>;
+    /// The root of `s`'s world for the guest whose space has root `guest` (prepared by
+    /// [`Arch::guest_regions`]): `s`'s user half with the guest's `regions` in place of its
     /// own, supervisor only, and of the kernel only its entry trampoline. Made on first use;
     /// kept in step with `s` until the space goes.
-    fn world_root(s: &mut Self::Space, slot: usize, guest: u64) -> Result<u64, MapError>;
+    fn world_root(s: &mut Self::Space, guest: u64, regions: &GuestRegions) -> Result<u64, MapError>;
     /// The thread resumed next runs in a world (`Some`), or not: how it leaves the kernel and
     /// enters it again. Cheap when nothing changes (every switch calls it).
     fn set_world(w: Option<&WorldExit>);

@@ -181,7 +181,11 @@ pub fn run() -> R {
         l4::sys::call_words(
             VCPU,
             proto::thread::LABEL,
-            &[proto::thread::Op::VcpuControl.code(), VCPU_STATE, SLOT],
+            &[
+                proto::thread::Op::VcpuControl.code(),
+                VCPU_STATE,
+                Fpage::memory(SLOT << 39, 39, Rights::ALL).0,
+            ],
         ),
         "vcpu control with a guest world",
     )?;

@@ -17,7 +17,8 @@ use l4::println;
 const VCPU: CapIdx = CapIdx(124);
 const USER: CapIdx = CapIdx(125);
 const DONE: CapIdx = CapIdx(126);
-/// The guest slot: ktest's UTCB area (and so the vCPU's UTCB and state area) lies in slot 255.
+/// The guest region, a whole slot: ktest's UTCB area (and so the vCPU's UTCB and state area)
+/// lies in slot 255.
 const SLOT: u64 = 255;
 const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 12 * 1024;
 const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 13 * 1024;
@@ -188,7 +189,11 @@ pub fn run() -> R {
         l4::sys::call_words(
             VCPU,
             proto::thread::LABEL,
-            &[proto::thread::Op::VcpuControl.code(), VCPU_STATE, SLOT],
+            &[
+                proto::thread::Op::VcpuControl.code(),
+                VCPU_STATE,
+                Fpage::memory(SLOT << 39, 39, Rights::ALL).0,
+            ],
         ),
         "vcpu control with a guest world",
     )?;

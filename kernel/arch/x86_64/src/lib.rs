@@ -137,12 +137,16 @@ impl Arch for X86_64 {
         cpu::io_disable()
     }
 
-    fn guest_slot(s: &mut Self::Space, slot: usize) -> Result<u64, MapError> {
-        s.guest_slot(slot).map(|p| p.0)
+    fn guest_regions(s: &mut Self::Space, regions: &kernel_core::hal::GuestRegions) -> Result<(), MapError> {
+        s.guest_regions(regions)
     }
 
-    fn world_root(s: &mut Self::Space, slot: usize, guest: u64) -> Result<u64, MapError> {
-        s.world_root(slot, PhysAddr(guest)).map(|p| p.0)
+    fn world_root(
+        s: &mut Self::Space,
+        guest: u64,
+        regions: &kernel_core::hal::GuestRegions,
+    ) -> Result<u64, MapError> {
+        s.world_root(PhysAddr(guest), regions).map(|p| p.0)
     }
 
     #[inline(always)]

@@ -8,7 +8,7 @@
 
 use crate::boot::{PageTable, BOOT_PD, BOOT_PML4};
 use kernel_core::frames::FrameAllocator;
-use kernel_core::hal::MapError;
+use kernel_core::hal::{GuestRegions, MapError};
 use kernel_core::mem::{Perms, PhysAddr, VirtAddr};
 
 pub const DIRECT_BASE: u64 = 0xffff_8000_0000_0000;
@@ -178,9 +178,22 @@ pub struct AddressSpace {
 }
 
 struct World {
-    slot: usize,
     guest: PhysAddr,
+    regions: GuestRegions,
     pml4: PhysAddr,
+    /// PDPTs of the world's own, for slots a region shows only part of.
+    private: alloc::vec::Vec<(usize, PhysAddr)>,
+}
+
+/// The PML4 slot of a user address.
+fn slot_of(va: u64) -> usize {
+    (va >> 39) as usize & 0x1ff
+}
+
+/// The PDPT entries (GiBs within its slot) a region of `2^order` bytes at `base` covers.
+fn gibs(base: u64, order: u32) -> core::ops::Range<usize> {
+    let first = (base >> 30) as usize & 0x1ff;
+    first..first + (1usize << (order.min(39) - 30))
 }
 
 /// The attribute bits of a user leaf entry that must agree for pages to share a 2 MiB page
@@ -201,9 +214,27 @@ impl AddressSpace {
         })
     }
 
-    /// The slot table of PML4 slot `slot` (user half), made now if missing.
-    pub fn guest_slot(&mut self, slot: usize) -> Result<PhysAddr, MapError> {
-        assert!((1..256).contains(&slot));
+    /// Makes the tables a guest's `regions` of this space lie under, shared by its worlds:
+    /// a whole slot's PDPT, or a part's PDs (`world.rs`).
+    pub fn guest_regions(&mut self, regions: &GuestRegions) -> Result<(), MapError> {
+        for (base, order) in regions.iter() {
+            let slot = slot_of(base);
+            let pdpt = self.ensure_slot(slot)?;
+            if order < 39 {
+                for gib in gibs(base, order) {
+                    if table(pdpt)[gib] & PRESENT == 0 {
+                        let e = self.new_table()?.0 | PRESENT | WRITABLE | USER;
+                        table(pdpt)[gib] = e;
+                        self.mirror_gib(slot, gib, e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The PDPT of user slot `slot`, made now if missing.
+    fn ensure_slot(&mut self, slot: usize) -> Result<PhysAddr, MapError> {
         let e = table(self.pml4)[slot];
         if e & PRESENT != 0 {
             return Ok(PhysAddr(e & ADDR_MASK));
@@ -211,32 +242,84 @@ impl AddressSpace {
         let frame = self.new_table()?;
         let e = frame.0 | PRESENT | WRITABLE | USER;
         table(self.pml4)[slot] = e;
-        self.mirror(slot, e);
+        self.mirror_slot(slot, e);
         Ok(frame)
     }
 
-    /// The root of this space's world for the guest whose slot `slot` has table `guest`
-    /// (`world.rs`), made on first use.
-    pub fn world_root(&mut self, slot: usize, guest: PhysAddr) -> Result<PhysAddr, MapError> {
-        assert!((1..256).contains(&slot));
-        if let Some(w) = self.worlds.iter().find(|w| w.slot == slot && w.guest == guest) {
+    /// The root of this space's world for the guest whose space has root `guest` and shows
+    /// `regions` there (prepared by [`AddressSpace::guest_regions`]), made on first use. A
+    /// world never changes its guest, so a root once handed out shows what it showed.
+    pub fn world_root(&mut self, guest: PhysAddr, regions: &GuestRegions) -> Result<PhysAddr, MapError> {
+        if let Some(w) = self.worlds.iter().find(|w| w.guest == guest && w.regions == *regions) {
             return Ok(w.pml4);
         }
+        // A partly shown slot gets a PDPT of the world's own: this space's entries, the
+        // guest's PDs in the regions. Made for every such slot first, so that this space's
+        // later PDs there can be mirrored into it.
+        for (base, order) in regions.iter().filter(|r| r.1 < 39) {
+            let _ = (base, order);
+            self.ensure_slot(slot_of(base))?;
+        }
         self.worlds.try_reserve(1).map_err(|_| MapError::NoMemory)?;
-        let pml4 = crate::frames::with_frames(|fa| zeroed_frame(fa)).ok_or(MapError::NoMemory)?;
-        let (w, own) = (table(pml4), table(self.pml4));
-        w[..256].copy_from_slice(&own[..256]);
-        // Supervisor only: the guest kernel's, out of its user task's reach.
-        w[slot] = guest.0 | PRESENT | WRITABLE;
-        w[511] = crate::world::kernel_half();
-        self.worlds.push(World { slot, guest, pml4 });
-        Ok(pml4)
+        let mut w =
+            World { guest, regions: *regions, pml4: self.new_table()?, private: alloc::vec::Vec::new() };
+        let supervisor = |e: u64| e & !USER;
+        let (wt, own, gt) = (table(w.pml4), table(self.pml4), table(guest));
+        wt[..256].copy_from_slice(&own[..256]);
+        wt[511] = crate::world::kernel_half();
+        for (base, order) in regions.iter() {
+            let slot = slot_of(base);
+            let g = gt[slot];
+            if g & PRESENT == 0 {
+                return Err(MapError::BadAddress);
+            }
+            if order == 39 {
+                wt[slot] = supervisor(g);
+                continue;
+            }
+            let private = match w.private.iter().find(|p| p.0 == slot) {
+                Some(p) => p.1,
+                None => {
+                    let p = self.new_table()?;
+                    table(p).copy_from_slice(table(PhysAddr(own[slot] & ADDR_MASK)));
+                    w.private.try_reserve(1).map_err(|_| MapError::NoMemory)?;
+                    w.private.push((slot, p));
+                    wt[slot] = p.0 | PRESENT | WRITABLE | USER;
+                    p
+                }
+            };
+            let gpdpt = table(PhysAddr(g & ADDR_MASK));
+            for gib in gibs(base, order) {
+                if gpdpt[gib] & PRESENT == 0 {
+                    return Err(MapError::BadAddress);
+                }
+                table(private)[gib] = supervisor(gpdpt[gib]);
+            }
+        }
+        let root = w.pml4;
+        self.worlds.push(w);
+        Ok(root)
     }
 
-    /// A user-half PML4 entry `i` was made: the worlds show it too (but their guest's slot).
-    fn mirror(&self, i: usize, e: u64) {
-        for w in self.worlds.iter().filter(|w| w.slot != i) {
-            table(w.pml4)[i] = e;
+    /// A user-half PML4 entry `slot` was made: the worlds show it too, but where a guest
+    /// region covers the slot.
+    fn mirror_slot(&self, slot: usize, e: u64) {
+        for w in &self.worlds {
+            let shown = w.regions.iter().any(|(b, _)| slot_of(b) == slot);
+            if !shown {
+                table(w.pml4)[slot] = e;
+            }
+        }
+    }
+
+    /// A PDPT entry `gib` of user slot `slot` was made: worlds with a PDPT of their own for the
+    /// slot show it too, but where a guest region covers it.
+    fn mirror_gib(&self, slot: usize, gib: usize, e: u64) {
+        let va = ((slot as u64) << 39) | ((gib as u64) << 30);
+        for w in self.worlds.iter().filter(|w| !w.regions.contains(va)) {
+            if let Some(&(_, p)) = w.private.iter().find(|p| p.0 == slot) {
+                table(p)[gib] = e;
+            }
         }
     }
 
@@ -282,8 +365,10 @@ impl AddressSpace {
             if *e & PRESENT == 0 {
                 let frame = self.new_table()?;
                 *e = frame.0 | PRESENT | WRITABLE | USER;
-                if level == 3 {
-                    self.mirror(Self::index(va.0, 3), *e);
+                match level {
+                    3 => self.mirror_slot(Self::index(va.0, 3), *e),
+                    2 => self.mirror_gib(Self::index(va.0, 3), Self::index(va.0, 2), *e),
+                    _ => {}
                 }
             } else if level == 1 && *e & HUGE != 0 {
                 // Already mapped so (a page the block maps the same way again): unchanged.
@@ -411,6 +496,9 @@ impl AddressSpace {
             }
             for w in &self.worlds {
                 fa.free(w.pml4);
+                for &(_, p) in &w.private {
+                    fa.free(p);
+                }
             }
             fa.free(self.pml4);
         });

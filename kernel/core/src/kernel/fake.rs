@@ -3,7 +3,9 @@
 //! test thread has its own machine.
 
 use crate::frames::FrameAllocator;
-use crate::hal::{Arch, MapError, Message, ThreadContext, UserRegs, WorldExit, IO_BITMAP_BYTES};
+use crate::hal::{
+    Arch, GuestRegions, MapError, Message, ThreadContext, UserRegs, WorldExit, IO_BITMAP_BYTES,
+};
 use crate::mem::{Perms, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use abi::proto::exc_regs;
 use alloc::boxed::Box;
@@ -93,9 +95,10 @@ pub struct FakeSpace {
     pub pages: BTreeMap<u64, (PhysAddr, Perms)>,
     /// A page-table frame, so that spaces cost memory like real ones.
     table: PhysAddr,
-    /// Guest slots made (slot → table id) and the world root with the guest it shows.
-    pub slots: BTreeMap<usize, u64>,
-    pub world: Option<(u64, usize, u64)>,
+    /// The guest regions prepared in this space, and the world root with the guest (root)
+    /// and regions it shows.
+    pub guest: Option<GuestRegions>,
+    pub world: Option<(u64, u64, GuestRegions)>,
 }
 
 fn next_root() -> u64 {
@@ -296,13 +299,7 @@ impl Arch for Fake {
 
     fn new_space(fa: &mut FrameAllocator) -> Option<FakeSpace> {
         let table = fa.alloc()?;
-        Some(FakeSpace {
-            root: next_root(),
-            pages: BTreeMap::new(),
-            table,
-            slots: BTreeMap::new(),
-            world: None,
-        })
+        Some(FakeSpace { root: next_root(), pages: BTreeMap::new(), table, guest: None, world: None })
     }
 
     fn map(s: &mut FakeSpace, va: VirtAddr, pa: PhysAddr, p: Perms) -> Result<Option<PhysAddr>, MapError> {
@@ -403,13 +400,14 @@ impl Arch for Fake {
 
     fn io_disable() {}
 
-    fn guest_slot(s: &mut FakeSpace, slot: usize) -> Result<u64, MapError> {
-        Ok(*s.slots.entry(slot).or_insert_with(next_root))
+    fn guest_regions(s: &mut FakeSpace, regions: &GuestRegions) -> Result<(), MapError> {
+        s.guest = Some(*regions);
+        Ok(())
     }
 
-    fn world_root(s: &mut FakeSpace, slot: usize, guest: u64) -> Result<u64, MapError> {
+    fn world_root(s: &mut FakeSpace, guest: u64, regions: &GuestRegions) -> Result<u64, MapError> {
         let root = s.world.map_or_else(next_root, |w| w.0);
-        s.world = Some((root, slot, guest));
+        s.world = Some((root, guest, *regions));
         Ok(root)
     }
 

@@ -233,7 +233,7 @@ impl<A: Arch> Kernel<A> {
     ) -> Option<ResumeCache> {
         let mut c = self.resume_lookup(me, own, sel, user_idx)?;
         if let Some(w) = world {
-            c.world_root = A::world_root(&mut self.tasks.get_mut(c.user)?.space, w.slot, w.pdpt).ok()?;
+            c.world_root = A::world_root(&mut self.tasks.get_mut(c.user)?.space, w.guest, &w.regions).ok()?;
         }
         Some(c)
     }

@@ -388,7 +388,8 @@ impl<A: Arch> Kernel<A> {
                 Ok(old.to_vec())
             }
             proto::thread::Op::VcpuControl => {
-                self.vcpu_control(t, m.get(1)?, m.get(2).unwrap_or(0))?;
+                let regions: Vec<u64> = (2..).map_while(|i| m.get(i).ok()).collect();
+                self.vcpu_control(t, m.get(1)?, &regions)?;
                 Ok(Vec::new())
             }
             // Only on the caller's own thread, handled before the dispatch.

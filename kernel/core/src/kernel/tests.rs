@@ -799,18 +799,31 @@ fn guest_world_vcpu() {
     .unwrap();
     let area_addr = UTCB + 3 * 1024;
     let control = proto::thread::Op::VcpuControl.code();
-    // The slot must hold the state area and the UTCB, and be one of the user half's.
-    for bad in [254, 256, 0x1_0000] {
-        assert_eq!(m.op(CapIdx(20), proto::thread::LABEL, &[control, area_addr, bad]), Err(Error::Inval));
+    // The regions must hold the state area and the UTCB, be aligned memory of 1 GiB to
+    // 512 GiB in the user half, disjoint, and at most four.
+    let slot255 = Fpage::memory(0x7f80_0000_0000, 39, Rights::ALL).0;
+    let low = |i: u64| Fpage::memory(i << 30, 30, Rights::ALL).0;
+    for bad in [
+        vec![low(1)],
+        vec![Fpage::memory(0x7fff_ffe0_0000, 29, Rights::ALL).0],
+        vec![Fpage::memory(0x8000_0000_0000, 39, Rights::ALL).0],
+        vec![slot255, Fpage::memory(0x7fc0_0000_0000, 30, Rights::ALL).0],
+        vec![slot255, low(1), low(2), low(3), low(4)],
+        vec![Fpage::object(CapIdx(1), 0, Rights::ALL).0],
+    ] {
+        let words: Vec<u64> = [control, area_addr].into_iter().chain(bad).collect();
+        assert_eq!(m.op(CapIdx(20), proto::thread::LABEL, &words), Err(Error::Inval));
     }
     assert!(m.k.threads.get(v).unwrap().vcpu.is_none(), "a refused control changes nothing");
-    m.op(CapIdx(20), proto::thread::LABEL, &[control, area_addr, 255]).unwrap();
+    m.op(CapIdx(20), proto::thread::LABEL, &[control, area_addr, slot255, low(511)]).unwrap();
     let a = m.k.threads.get(v).unwrap().vcpu.unwrap();
     let w = a.world.unwrap();
-    assert_eq!((w.slot, w.task), (255, None));
+    let regions = crate::hal::GuestRegions::new(&[(0x7f80_0000_0000, 39), (511 << 30, 30)]).unwrap();
+    assert_eq!((w.regions, w.task), (regions, None));
     let own_space = &m.k.tasks.get(m.k.current_task().unwrap()).unwrap().space;
-    assert_eq!(own_space.slots.get(&255), Some(&w.pdpt), "the guest slot's table is the vCPU task's");
-    assert_eq!(own_space.world.map(|x| x.0), Some(w.own_root));
+    assert_eq!(own_space.guest, Some(regions), "the regions' tables are made in the vCPU's task");
+    assert_eq!(own_space.world, Some((w.own_root, w.guest, regions)));
+    assert_eq!(w.guest, Fake::space_root(own_space));
     assert_eq!(m.k.threads.get(v).unwrap().world_root, 0, "its first context runs as any thread's");
     let user = match m.k.cap(m.k.current_task().unwrap(), CapIdx(21)).unwrap().obj {
         Obj::Task(u) => u,
@@ -842,7 +855,11 @@ fn guest_world_vcpu() {
     ];
     resume(&mut m, &into_user);
     let user_world = m.k.tasks.get(user).unwrap().space.world.unwrap();
-    assert_eq!((user_world.1, user_world.2), (255, w.pdpt), "the user task's world shows the guest's slot");
+    assert_eq!(
+        (user_world.1, user_world.2),
+        (w.guest, regions),
+        "the user task's world shows the guest's regions"
+    );
     let t = m.k.threads.get_mut(v).unwrap();
     assert_eq!((t.vcpu_user, t.world_root, t.ctx.regs().guest), (Some(user), user_world.0, false));
     let exit = fake::WORLD.with(|x| x.get()).expect("the way out is the world's");

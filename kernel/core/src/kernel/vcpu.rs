@@ -4,7 +4,7 @@
 use super::ipc::Outcome;
 use super::switch::Next;
 use super::{Kernel, Obj, ThreadState, Wait};
-use crate::hal::{Arch, ThreadContext, UserRegs};
+use crate::hal::{Arch, GuestRegions, ThreadContext, UserRegs};
 use crate::mem::PhysAddr;
 use crate::slab::Id;
 use abi::vcpu::{off, state, sticky, trap, VERSION};
@@ -33,12 +33,12 @@ pub struct VcpuArea {
 }
 
 /// A vCPU whose guest kernel runs in guest worlds: at privilege level 1 in the address space
-/// of the user task it runs, its slot `slot` of its own task mapped there for it alone.
+/// of the user task it runs, the `regions` of its own task shown there for it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestWorld {
-    pub slot: usize,
-    /// The guest slot's table in the vCPU's task ([`Arch::guest_slot`]).
-    pub pdpt: u64,
+    pub regions: GuestRegions,
+    /// The root of the vCPU's task's space, whose regions the worlds show.
+    pub guest: u64,
     /// The world root of the vCPU's own task.
     pub own_root: u64,
     /// The task whose world the vCPU is in (`None`: none yet, its first context runs as any
@@ -73,9 +73,10 @@ fn set_word<A: Arch>(a: &VcpuArea, i: usize, v: u64) {
 
 impl<A: Arch> Kernel<A> {
     /// `Thread::VcpuControl`: the state area at `addr` (1 KiB aligned, in the thread's task's
-    /// UTCB area, not a UTCB in use) makes `t` a vCPU; with a guest-world `slot` (not 0), one
-    /// whose guest runs in guest worlds: the slot must hold the state area and `t`'s UTCB.
-    pub fn vcpu_control(&mut self, t: Id, addr: u64, slot: u64) -> Result<(), Error> {
+    /// UTCB area, not a UTCB in use) makes `t` a vCPU; with guest `regions` (memory flexpages
+    /// of its task), one whose guest runs in guest worlds: they must hold the state area and
+    /// `t`'s UTCB.
+    pub fn vcpu_control(&mut self, t: Id, addr: u64, regions: &[u64]) -> Result<(), Error> {
         let th = self.threads.get(t).ok_or(Error::NoEnt)?;
         let (task, utcb) = (th.task.ok_or(Error::Inval)?, th.utcb_user);
         if th.vcpu.is_some() {
@@ -85,18 +86,25 @@ impl<A: Arch> Kernel<A> {
         if self.threads.iter().any(|(_, o)| o.task == Some(task) && o.utcb_user == addr) {
             return Err(Error::Exists);
         }
-        let world = match slot {
-            0 => None,
-            s if abi::vcpu::WORLD_SLOTS.contains(&s)
-                && addr / abi::vcpu::WORLD_SLOT_SIZE == s
-                && utcb / abi::vcpu::WORLD_SLOT_SIZE == s =>
-            {
-                let space = &mut self.tasks.get_mut(task).ok_or(Error::NoEnt)?.space;
-                let pdpt = A::guest_slot(space, s as usize).map_err(|_| Error::NoMem)?;
-                let own_root = A::world_root(space, s as usize, pdpt).map_err(|_| Error::NoMem)?;
-                Some(GuestWorld { slot: s as usize, pdpt, own_root, task: None })
+        let world = if regions.is_empty() {
+            None
+        } else {
+            let mut list = [(0, 0); abi::vcpu::GUEST_REGIONS];
+            for (l, &f) in list.iter_mut().zip(regions) {
+                let f = abi::proto::fpage::Fpage(f);
+                if f.typ() != Some(abi::proto::fpage::Type::Memory) {
+                    return Err(Error::Inval);
+                }
+                *l = (f.base(), f.order());
             }
-            _ => return Err(Error::Inval),
+            let regions = GuestRegions::new(&list[..regions.len().min(list.len())])
+                .filter(|g| regions.len() <= abi::vcpu::GUEST_REGIONS && g.contains(addr) && g.contains(utcb))
+                .ok_or(Error::Inval)?;
+            let space = &mut self.tasks.get_mut(task).ok_or(Error::NoEnt)?.space;
+            A::guest_regions(space, &regions).map_err(|_| Error::NoMem)?;
+            let guest = A::space_root(space);
+            let own_root = A::world_root(space, guest, &regions).map_err(|_| Error::NoMem)?;
+            Some(GuestWorld { regions, guest, own_root, task: None })
         };
         A::write_words(frame, &[0; off::WORDS]);
         let area = VcpuArea {
@@ -374,7 +382,7 @@ impl<A: Arch> Kernel<A> {
         let space = &mut self.tasks.get_mut(user).ok_or(Error::NoEnt)?.space;
         let root = A::space_root(space);
         if let Some(w) = world {
-            let world_root = A::world_root(space, w.slot, w.pdpt).map_err(|_| Error::NoMem)?;
+            let world_root = A::world_root(space, w.guest, &w.regions).map_err(|_| Error::NoMem)?;
             let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
             if !th.ctx.regs().load_context(regs, false) {
                 return Err(Error::Inval);
