@@ -3,8 +3,9 @@
 //! this trampoline: the pages the CPU needs to enter the kernel and nothing else.
 //!
 //! ```text
-//!   world root:  PML4[0..256)  the user task's user half (its tables, shared)
-//!                PML4[G]       the guest's slot table, supervisor only (U = 0)
+//!   world root:  PML4[0..256)  the user task's user half (its tables, shared), except
+//!                              the guest's regions: its tables there, supervisor only (U = 0)
+//!                              (a slot shown in part: a PDPT of the world's own)
 //!                PML4[511]     TRAMP_PDPT → TRAMP_PD → TRAMP_PT:
 //!                                the entry code page and `.text.world`     read, execute
 //!                                the hot page's address → SHADOW           read
