@@ -285,30 +285,12 @@ world_syscall_entry:
     push qword ptr [rip + {entry} + {e_scratch}]
     push r11
     push {user_cs}
-    push rcx
-    push 0
-    push {syscall_vector}
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
-    jmp world_forward
+    jmp 2f
 1:  push {guest_ss}
     push qword ptr [rip + {entry} + {e_scratch}]
     push r11
     push {guest_cs}
-    push rcx
+2:  push rcx
     push 0
     push {syscall_vector}
     push rax
@@ -326,7 +308,8 @@ world_syscall_entry:
     push r13
     push r14
     push r15
-    jmp world_resume
+    cmp qword ptr [rip + {entry} + {e_mode}], 1
+    je world_resume
 
     /* A system call of the user task, taken by the guest kernel as an upcall (as
        Kernel::world_upcall makes one): the context into the state area, the flags, then the
@@ -531,7 +514,8 @@ world_to_kernel:
     push rbx
     ret
 
-    /* resume_context's way into a world: rdi = the world's root, rsi = the frame. */
+    /* resume_context's way into a world: rdi = the world's root, rsi = the frame. The frame
+       goes to the entry page, then out as trap_return leaves (its page is mapped there). */
     .global world_exit
 world_exit:
     mov r8, rdi
@@ -543,24 +527,7 @@ world_exit:
     mov [rip + {entry} + {e_mode}], rax
     mov cr3, r8
     lea rsp, [rip + {entry} + {e_frame}]
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    add rsp, 16
-    swapgs
-    iretq
+    jmp trap_return
     "#,
     entry = sym ENTRY,
     config = sym CONFIG,
