@@ -7,7 +7,7 @@
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
 use abi::kip::BOOT_UTCB_ADDR;
-use abi::proto::{self, exc_regs, fpage::Fpage, thread_control as tc};
+use abi::proto::{self, exc_regs, fpage::Fpage};
 use abi::syscall::timeout;
 use abi::vcpu::{off, state, VcpuRegs, VcpuState};
 use abi::{CapIdx, MsgTag, Rights};
@@ -21,11 +21,10 @@ const DONE: CapIdx = CapIdx(129);
 const HOLD: CapIdx = CapIdx(130);
 const HANDLER: CapIdx = CapIdx(131);
 const GATE: CapIdx = CapIdx(132);
-const SLOT: u64 = 255;
 const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 14 * 1024;
 const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 15 * 1024;
 /// The guest kernel's code and data pages, in the guest slot.
-const GUEST_CODE: u64 = (SLOT << 39) + 0x10_0000;
+const GUEST_CODE: u64 = (255 << 39) + 0x10_0000;
 const GUEST_DATA: u64 = GUEST_CODE + 0x1000;
 const DIRECT_BASE: u64 = 0xffff_8000_0000_0000;
 
@@ -174,21 +173,7 @@ pub fn run() -> R {
     ok(factory::semaphore(wk::FACTORY, HOLD, 0), "hold")?;
     crate::objects::spawn(HANDLER, wk::TASK, BOOT_UTCB_ADDR + 4 * 1024, handler, 6, 110)?;
     ok(factory::gate(wk::FACTORY, GATE, HANDLER, 0), "handler gate")?;
-    ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
-    let flags = tc::BIND_TASK | tc::SET_PAGER | tc::SET_EXC_HANDLER;
-    ok(thread::control(VCPU, flags, GATE, GATE, wk::TASK, VCPU_UTCB), "bind")?;
-    ok(
-        l4::sys::call_words(
-            VCPU,
-            proto::thread::LABEL,
-            &[
-                proto::thread::Op::VcpuControl.code(),
-                VCPU_STATE,
-                Fpage::memory(SLOT << 39, 39, Rights::ALL).0,
-            ],
-        ),
-        "vcpu control with a guest world",
-    )?;
+    crate::worldbench::world_vcpu(VCPU, VCPU_UTCB, VCPU_STATE, Some(GATE))?;
     let st = vstate();
     (st.entry_ip, st.entry_sp, st.user_task, st.saved_state) =
         (GUEST_CODE, stack_top(7), USER.0, state::USER_MODE);

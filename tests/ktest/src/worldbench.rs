@@ -170,6 +170,29 @@ extern "C" fn wbench_start() -> ! {
     }
 }
 
+/// Makes `vcpu` (UTCB `utcb`, in our task) a vCPU with state area `state` whose guest runs in
+/// guest worlds of region slot 255 (where our UTCB area lies); `handler` takes its faults and
+/// exceptions as pager and exception handler.
+pub(crate) fn world_vcpu(vcpu: CapIdx, utcb: u64, state: u64, handler: Option<CapIdx>) -> R {
+    use proto::thread_control as tc;
+    ok(factory::thread(wk::FACTORY, vcpu), "vcpu thread")?;
+    let (flags, h) = match handler {
+        Some(h) => (tc::BIND_TASK | tc::SET_PAGER | tc::SET_EXC_HANDLER, h),
+        None => (tc::BIND_TASK, CapIdx(0)),
+    };
+    ok(thread::control(vcpu, flags, h, h, wk::TASK, utcb), "bind")?;
+    let region = Fpage::memory(SLOT << 39, 39, Rights::ALL).0;
+    ok(
+        l4::sys::call_words(
+            vcpu,
+            proto::thread::LABEL,
+            &[proto::thread::Op::VcpuControl.code(), state, region],
+        ),
+        "vcpu control with a guest world",
+    )
+    .map(|_| ())
+}
+
 pub fn run() -> R {
     ok(factory::task(wk::FACTORY, USER, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
     let code = wubench_entry as *const () as u64;
@@ -180,23 +203,7 @@ pub fn run() -> R {
         "map the guest entry into the guest slot",
     )?;
     ok(factory::semaphore(wk::FACTORY, DONE, 0), "done")?;
-    ok(factory::thread(wk::FACTORY, VCPU), "vcpu thread")?;
-    ok(
-        thread::control(VCPU, proto::thread_control::BIND_TASK, CapIdx(0), CapIdx(0), wk::TASK, VCPU_UTCB),
-        "bind",
-    )?;
-    ok(
-        l4::sys::call_words(
-            VCPU,
-            proto::thread::LABEL,
-            &[
-                proto::thread::Op::VcpuControl.code(),
-                VCPU_STATE,
-                Fpage::memory(SLOT << 39, 39, Rights::ALL).0,
-            ],
-        ),
-        "vcpu control with a guest world",
-    )?;
+    world_vcpu(VCPU, VCPU_UTCB, VCPU_STATE, None)?;
     let st = vstate();
     st.entry_ip = GUEST_CODE;
     st.entry_sp = stack_top(5);

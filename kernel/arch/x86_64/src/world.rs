@@ -3,8 +3,9 @@
 //! this trampoline: the pages the CPU needs to enter the kernel and nothing else.
 //!
 //! ```text
-//!   world root:  PML4[0..256)  the user task's user half (its tables, shared)
-//!                PML4[G]       the guest's slot table, supervisor only (U = 0)
+//!   world root:  PML4[0..256)  the user task's user half (its tables, shared), except
+//!                              the guest's regions: its tables there, supervisor only (U = 0)
+//!                              (a slot shown in part: a PDPT of the world's own)
 //!                PML4[511]     TRAMP_PDPT → TRAMP_PD → TRAMP_PT:
 //!                                the entry code page and `.text.world`     read, execute
 //!                                the hot page's address → SHADOW           read
@@ -284,30 +285,12 @@ world_syscall_entry:
     push qword ptr [rip + {entry} + {e_scratch}]
     push r11
     push {user_cs}
-    push rcx
-    push 0
-    push {syscall_vector}
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
-    jmp world_forward
+    jmp 2f
 1:  push {guest_ss}
     push qword ptr [rip + {entry} + {e_scratch}]
     push r11
     push {guest_cs}
-    push rcx
+2:  push rcx
     push 0
     push {syscall_vector}
     push rax
@@ -325,7 +308,8 @@ world_syscall_entry:
     push r13
     push r14
     push r15
-    jmp world_resume
+    cmp qword ptr [rip + {entry} + {e_mode}], 1
+    je world_resume
 
     /* A system call of the user task, taken by the guest kernel as an upcall (as
        Kernel::world_upcall makes one): the context into the state area, the flags, then the
@@ -530,7 +514,8 @@ world_to_kernel:
     push rbx
     ret
 
-    /* resume_context's way into a world: rdi = the world's root, rsi = the frame. */
+    /* resume_context's way into a world: rdi = the world's root, rsi = the frame. The frame
+       goes to the entry page, then out as trap_return leaves (its page is mapped there). */
     .global world_exit
 world_exit:
     mov r8, rdi
@@ -542,24 +527,7 @@ world_exit:
     mov [rip + {entry} + {e_mode}], rax
     mov cr3, r8
     lea rsp, [rip + {entry} + {e_frame}]
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    add rsp, 16
-    swapgs
-    iretq
+    jmp trap_return
     "#,
     entry = sym ENTRY,
     config = sym CONFIG,
