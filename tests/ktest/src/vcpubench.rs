@@ -1,5 +1,7 @@
-//! vCPU benchmarks (part of `ktest bench`): system-call reflection (user task `syscall` →
-//! upcall → `VcpuResume`), page-fault reflection with map-on-resume, and timer IRQ latency.
+//! vCPU benchmarks (part of `ktest bench`) of the classic vCPU (its guest kernel in its own
+//! task): system-call reflection (user task `syscall` → upcall → `VcpuResume`, reported as
+//! `vcpu_syscall_reflect_classic`: `vcpu_syscall_reflect` is the guest-world path L4Linux runs
+//! on, `worldbench`), page-fault reflection with map-on-resume, and timer IRQ latency.
 
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
@@ -79,7 +81,7 @@ ubench_end:
 
     /* The upcall entry (rdi = state area). The system call being measured (rax 9) is
        answered here, touching only this code, the state area and the UTCB, as a guest
-       kernel's fast path would: `vcpu_syscall_reflect` then measures the kernel's part.
+       kernel's fast path would: `vcpu_syscall_reflect_classic` then measures the kernel's part.
        Everything else goes to `vbench_upcall`. */
     .section .text
     .global vbench_entry
@@ -249,7 +251,7 @@ pub fn run() -> R {
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run")?;
     ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection runs")?;
     ok(semaphore::down(DONE, timeout::pack(0, 1_000_000)), "timer upcall")?;
-    println!("BENCH vcpu_syscall_reflect {} cycles", RESULTS[0].load(Ordering::SeqCst) / SYSCALLS);
+    println!("BENCH vcpu_syscall_reflect_classic {} cycles", RESULTS[0].load(Ordering::SeqCst) / SYSCALLS);
     println!("BENCH vcpu_pagefault_reflect {} cycles", RESULTS[1].load(Ordering::SeqCst) / FAULT_PAGES);
     println!("BENCH timer_irq_latency {} cycles", RESULTS[2].load(Ordering::SeqCst));
     Ok(())

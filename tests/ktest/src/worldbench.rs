@@ -1,7 +1,8 @@
 //! System-call reflection in a guest world (`abi::vcpu`): the user task's `syscall` reaches the
 //! guest kernel's entry at level 1 in the user task's own address space, and its `VcpuResume`
 //! goes back there, both through the kernel's trampoline without an address-space switch.
-//! Same loop as `vcpubench`'s `vcpu_syscall_reflect`, reported as `vcpu_world_syscall_reflect`.
+//! Same loop as `vcpubench`'s, reported as `vcpu_syscall_reflect`: the vCPU path L4Linux runs on
+//! (the classic one is `vcpu_syscall_reflect_classic`).
 
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
@@ -226,7 +227,7 @@ pub fn run() -> R {
             Err("the guest kernel did not see every system call")
         }
         c => {
-            println!("BENCH vcpu_world_syscall_reflect {} cycles", c / SYSCALLS);
+            println!("BENCH vcpu_syscall_reflect {} cycles", c / SYSCALLS);
             Ok(())
         }
     }
