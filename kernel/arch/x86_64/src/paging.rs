@@ -171,9 +171,10 @@ pub struct AddressSpace {
     tables: alloc::vec::Vec<PhysAddr>,
     /// The promoted blocks' addresses and page tables (a few hundred at most: L4Linux's RAM).
     promoted: alloc::vec::Vec<(u64, PhysAddr)>,
-    /// Guest worlds of this space (`world.rs`), one per guest: the guest's slot, its slot
-    /// table, and the world's root (this space's user half but that slot, the trampoline
-    /// half). A world's guest never changes, so a root once handed out stays what it was.
+    /// Guest worlds of this space (`world.rs`), one per guest: the guest's root and regions,
+    /// and the world's root (this space's user half but the regions, the trampoline half).
+    /// A world's guest never changes, so a root once handed out stays what it was. Its tables
+    /// are in `tables`.
     worlds: alloc::vec::Vec<World>,
 }
 
@@ -256,8 +257,7 @@ impl AddressSpace {
         // A partly shown slot gets a PDPT of the world's own: this space's entries, the
         // guest's PDs in the regions. Made for every such slot first, so that this space's
         // later PDs there can be mirrored into it.
-        for (base, order) in regions.iter().filter(|r| r.1 < 39) {
-            let _ = (base, order);
+        for (base, _) in regions.iter().filter(|r| r.1 < 39) {
             self.ensure_slot(slot_of(base))?;
         }
         self.worlds.try_reserve(1).map_err(|_| MapError::NoMemory)?;
@@ -491,14 +491,9 @@ impl AddressSpace {
             write_cr3(kernel_pml4());
         }
         crate::frames::with_frames(|fa| {
+            // (The worlds' roots and PDPTs are among the tables.)
             for t in &self.tables {
                 fa.free(*t);
-            }
-            for w in &self.worlds {
-                fa.free(w.pml4);
-                for &(_, p) in &w.private {
-                    fa.free(p);
-                }
             }
             fa.free(self.pml4);
         });

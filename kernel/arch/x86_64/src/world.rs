@@ -46,10 +46,12 @@ pub struct EntryPage {
     /// The privilege level the last exit to the world went to (1: guest kernel, 3: user).
     mode: u64,
     _free: [u64; (4096 - 16 - FRAME_SIZE) / 8],
-    frame: TrapFrame,
+    /// A [`TrapFrame`] (only the assembly reads and writes it).
+    frame: [u64; FRAME_WORDS],
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
+const FRAME_WORDS: usize = FRAME_SIZE / 8;
 const _: () = assert!(core::mem::size_of::<EntryPage>() == 4096);
 
 /// What the trampoline knows about the thread in the world (read-only there).
@@ -62,31 +64,7 @@ struct ConfigPage {
 struct Page([u8; 4096]);
 
 pub(crate) static mut ENTRY: EntryPage =
-    EntryPage { scratch: 0, mode: 0, _free: [0; (4096 - 16 - FRAME_SIZE) / 8], frame: TRAP_FRAME_ZERO };
-const TRAP_FRAME_ZERO: TrapFrame = TrapFrame {
-    r15: 0,
-    r14: 0,
-    r13: 0,
-    r12: 0,
-    r11: 0,
-    r10: 0,
-    r9: 0,
-    r8: 0,
-    rbp: 0,
-    rdi: 0,
-    rsi: 0,
-    rdx: 0,
-    rcx: 0,
-    rbx: 0,
-    rax: 0,
-    vector: 0,
-    error: 0,
-    rip: 0,
-    cs: 0,
-    rflags: 0,
-    rsp: 0,
-    ss: 0,
-};
+    EntryPage { scratch: 0, mode: 0, _free: [0; (4096 - 16 - FRAME_SIZE) / 8], frame: [0; FRAME_WORDS] };
 static mut CONFIG: ConfigPage = ConfigPage {
     exit: WorldExit {
         root: 0,
@@ -223,7 +201,6 @@ extern "C" {
 }
 
 // Offsets for the assembly.
-const F_RAX: usize = offset_of!(TrapFrame, rax);
 const F_CS: usize = offset_of!(TrapFrame, cs);
 const C_ROOT: usize = offset_of!(WorldExit, kernel_root);
 const C_FRAME: usize = offset_of!(WorldExit, frame);
@@ -236,7 +213,6 @@ const C_RESUME_USER: usize = offset_of!(WorldExit, resume_user);
 const E_SCRATCH: usize = offset_of!(EntryPage, scratch);
 const E_MODE: usize = offset_of!(EntryPage, mode);
 pub(crate) const E_FRAME: usize = offset_of!(EntryPage, frame);
-const FRAME_WORDS: usize = FRAME_SIZE / 8;
 /// State area word `i` of the context (`VcpuRegs` order: rax rbx rcx rdx rsi rdi rbp r8 ..
 /// r15 rip rsp rflags fs gs).
 const fn reg(i: usize) -> usize {
@@ -607,5 +583,3 @@ world_exit:
     r17 = const reg(17),
     f17 = const freg(17),
 );
-
-const _: () = assert!(F_RAX == freg(0));

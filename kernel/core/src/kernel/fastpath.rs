@@ -163,21 +163,10 @@ impl<A: Arch> Kernel<A> {
         // After a user `syscall` (or at an upcall entry) rcx/r11 are ip/flags: sysret is exact.
         let exact = t.ctx.regs().syscall_exit_exact();
         let [fs, gs]: [u64; 2] = A::read_array(crate::mem::PhysAddr(regs.0 + 18 * 8));
-        if area.world.is_some() {
-            Self::enter_user_world(t, user, (root, found.world_root, io));
-            (t.fs_base, t.gs_base) = (fs, gs);
-        } else {
-            let own = (t.fs_base, t.root, t.io_task);
-            t.vcpu_user = Some(user);
-            (t.root, t.io_task, t.fs_base, t.gs_base) = (root, io, fs, gs);
-            if let Some(a) = t.vcpu.as_mut() {
-                (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
-            }
-            self.user_vcpu = Some((me, own.1));
-        }
         if let Some(a) = t.vcpu.as_mut() {
             a.resume_cache = Some(found);
         }
+        self.enter_user_task(me, user, (root, found.world_root, io), (fs, gs));
         A::write_words(crate::mem::PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[resumed]);
         self.resume_by = if exact { Resume::Syscall } else { Resume::Exception };
         self.resume_self()

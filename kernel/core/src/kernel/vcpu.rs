@@ -148,17 +148,16 @@ impl<A: Arch> Kernel<A> {
         }
     }
 
-    /// Sends vCPU thread `t` to its upcall handler in its own task. With `save`, its current
-    /// context is saved in the state area first; otherwise the area keeps the context it
-    /// already holds (an interrupt found pending at resume). Sets `resume_current` if `t` runs.
+    /// Sends vCPU thread `t` to its upcall handler in its own task (a guest-world vCPU: at
+    /// level 1 in the world it is in). With `save`, its current context is saved in the state
+    /// area first; otherwise the area keeps the context it already holds (an interrupt found
+    /// pending at resume). Sets `resume_current` if `t` runs.
     #[link_section = ".text.fast.vcpu"]
     pub fn vcpu_upcall(&mut self, t: Id, trapno: u64, err: u64, pfa: u64, label: Option<u64>, save: bool) {
         let Some(th) = self.threads.get_mut(t) else { return };
         let Some(area) = th.vcpu else { return };
-        if let Some(w) = area.world {
-            return self.world_upcall(t, w, [trapno, err, pfa], label, save);
-        }
-        if (self.current == Some(t)) & th.vcpu_user.is_some() {
+        let world = area.world;
+        if world.is_none() & (self.current == Some(t)) & th.vcpu_user.is_some() {
             // Out of the user task into the vCPU's own address space first: the state area
             // and the rest of this path are then touched only there, where the handler and
             // `VcpuResume` touch them anyway (under TCG a page touched after a switch costs a
@@ -179,53 +178,36 @@ impl<A: Arch> Kernel<A> {
             set_word::<A>(&area, off::IRQ_LABEL, l);
         }
         let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
-        if !th.ctx.regs().set_entry(ip, sp, area.user, false) {
+        if !th.ctx.regs().set_entry(ip, sp, area.user, world.is_some()) {
             let own = th.task;
             return self.vcpu_entry_unusable(own, ip, sp);
         }
-        th.gs_base = th.utcb_user;
-        if th.vcpu_user.take().is_some() {
-            // Back from a user task to its own: as it was at the resume.
-            (th.fs_base, th.root, th.io_task) = (area.kernel_fs, area.kernel_root, area.kernel_io);
-            if self.user_vcpu.is_some_and(|(v, _)| v == t) {
-                self.user_vcpu = None;
+        match world {
+            // The guest kernel stays in the world it is in (its own task's if none yet), with
+            // its user task's FS/GS bases.
+            Some(w) => {
+                th.vcpu_user = None;
+                if w.task.is_none() {
+                    self.enter_own_world(t);
+                }
+            }
+            None => {
+                th.gs_base = th.utcb_user;
+                if th.vcpu_user.take().is_some() {
+                    // Back from a user task to its own: as it was at the resume.
+                    (th.fs_base, th.root, th.io_task) = (area.kernel_fs, area.kernel_root, area.kernel_io);
+                    if self.user_vcpu.is_some_and(|(v, _)| v == t) {
+                        self.user_vcpu = None;
+                    }
+                }
             }
         }
         if self.current == Some(t) {
             self.resume_current = true;
-            self.resume_by = crate::hal::Resume::Syscall;
-        }
-    }
-
-    /// [`Kernel::vcpu_upcall`] of a guest-world vCPU: the guest kernel takes the event at
-    /// level 1 in the world it is in (its own task's if none yet); nothing else of the thread
-    /// changes (the guest runs with its user task's FS/GS bases).
-    fn world_upcall(&mut self, t: Id, w: GuestWorld, trap: [u64; 3], label: Option<u64>, save: bool) {
-        let Some(th) = self.threads.get_mut(t) else { return };
-        let Some(area) = th.vcpu else { return };
-        let head: [u64; off::REGS] = A::read_array(area.frame);
-        let regs = PhysAddr(area.frame.0 + off::REGS as u64 * 8);
-        if save {
-            th.ctx.regs().save_context(regs, [th.fs_base, th.gs_base, trap[0], trap[1], trap[2]]);
-        } else {
-            A::write_words(PhysAddr(area.frame.0 + off::TRAPNO as u64 * 8), &trap);
-        }
-        A::write_words(PhysAddr(area.frame.0 + off::STATE as u64 * 8), &[0, head[off::STATE]]);
-        if let Some(l) = label {
-            set_word::<A>(&area, off::IRQ_LABEL, l);
-        }
-        let (ip, sp) = (head[off::ENTRY_IP], head[off::ENTRY_SP]);
-        if !th.ctx.regs().set_entry(ip, sp, area.user, true) {
-            let own = th.task;
-            return self.vcpu_entry_unusable(own, ip, sp);
-        }
-        th.vcpu_user = None;
-        if w.task.is_none() {
-            self.enter_own_world(t);
-        }
-        if self.current == Some(t) {
-            self.resume_current = true;
-            self.resume_by = crate::hal::Resume::Exception;
+            // The entry context's rcx/r11 are ip/flags, but sysret only goes to user level: a
+            // guest kernel's leaves by iret (a world's way out, in fact).
+            self.resume_by =
+                if world.is_some() { crate::hal::Resume::Exception } else { crate::hal::Resume::Syscall };
         }
     }
 
@@ -244,19 +226,30 @@ impl<A: Arch> Kernel<A> {
         a.kernel_root = 0;
     }
 
-    /// A guest-world vCPU continues in user task `user` (root `root`, world root `world_root`,
-    /// I/O key `io`): remembers its own task's root and I/O key for [`Kernel::enter_own_world`].
-    pub(crate) fn enter_user_world(th: &mut super::Thread<A>, user: Id, roots: (u64, u64, u64)) {
-        let (root, world_root, io) = roots;
-        if let Some(a) = th.vcpu.as_mut() {
-            if a.kernel_root == 0 {
-                (a.kernel_root, a.kernel_io) = (th.root, th.io_task);
-            }
-            if let Some(w) = a.world.as_mut() {
+    /// vCPU `me`, its context loaded, continues in user task `user` (page-table root, world
+    /// root for a guest-world vCPU, I/O key) with FS/GS bases `fs`/`gs`. Its own task's root
+    /// and I/O key (and FS base) are kept for the way back, unless it runs a user task already.
+    #[inline(always)]
+    pub(crate) fn enter_user_task(&mut self, me: Id, user: Id, roots: (u64, u64, u64), bases: (u64, u64)) {
+        let Some(th) = self.threads.get_mut(me) else { return };
+        let own = (th.fs_base, th.root, th.io_task);
+        let Some(a) = th.vcpu.as_mut() else { return };
+        match a.world.as_mut() {
+            Some(w) => {
+                if a.kernel_root == 0 {
+                    (a.kernel_root, a.kernel_io) = (own.1, own.2);
+                }
                 w.task = Some(user);
             }
+            None => {
+                if th.vcpu_user.is_none() {
+                    (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
+                }
+                self.user_vcpu = Some((me, a.kernel_root));
+            }
         }
-        (th.root, th.world_root, th.io_task) = (root, world_root, io);
+        (th.root, th.world_root, th.io_task) = roots;
+        (th.fs_base, th.gs_base) = bases;
         th.vcpu_user = Some(user);
     }
 
@@ -381,30 +374,15 @@ impl<A: Arch> Kernel<A> {
         let io = self.io_key(user);
         let space = &mut self.tasks.get_mut(user).ok_or(Error::NoEnt)?.space;
         let root = A::space_root(space);
-        if let Some(w) = world {
-            let world_root = A::world_root(space, w.guest, &w.regions).map_err(|_| Error::NoMem)?;
-            let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-            if !th.ctx.regs().load_context(regs, false) {
-                return Err(Error::Inval);
-            }
-            Self::enter_user_world(th, user, (root, world_root, io));
-            (th.fs_base, th.gs_base) = (fs, gs);
-            set_word::<A>(&area, off::STATE, resumed);
-            return Ok(());
-        }
+        let world_root = match world {
+            Some(w) => A::world_root(space, w.guest, &w.regions).map_err(|_| Error::NoMem)?,
+            None => 0,
+        };
         let th = self.threads.get_mut(me).ok_or(Error::NoEnt)?;
-        let own = (th.fs_base, th.root, th.io_task);
         if !th.ctx.regs().load_context(regs, false) {
             return Err(Error::Inval);
         }
-        // A vCPU already in a user task keeps what it saved of its own context then.
-        if th.vcpu_user.replace(user).is_none() {
-            if let Some(a) = th.vcpu.as_mut() {
-                (a.kernel_fs, a.kernel_root, a.kernel_io) = own;
-            }
-        }
-        (th.root, th.io_task, th.fs_base, th.gs_base) = (root, io, fs, gs);
-        self.user_vcpu = th.vcpu.map(|a| (me, a.kernel_root));
+        self.enter_user_task(me, user, (root, world_root, io), (fs, gs));
         set_word::<A>(&area, off::STATE, resumed);
         Ok(())
     }
