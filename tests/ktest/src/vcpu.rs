@@ -220,12 +220,18 @@ fn resume(i: usize, items: u64) -> ! {
 /// `VcpuResume` into user task `task` with interrupts on and `items` map items in the MRs;
 /// the context is the state area's.
 fn enter_user(task: CapIdx, items: u64) -> ! {
-    let st = vstate();
+    resume_user(VCPU, vstate(), task, state::USER_MODE | state::IRQ, items)
+}
+
+/// `VcpuResume` by vCPU `vcpu` of the context in its state area `st`, in user task `task` with
+/// flags `flags` and `items` map items in the MRs (the vCPU benchmarks and guest-world tests
+/// use it too). Returns only if the kernel refused, and then never.
+pub(crate) fn resume_user(vcpu: CapIdx, st: &mut VcpuState, task: CapIdx, flags: u64, items: u64) -> ! {
     st.user_task = task.0;
-    st.saved_state = state::USER_MODE | state::IRQ;
+    st.saved_state = flags;
     set_mr(0, proto::thread::Op::VcpuResume.code());
     let r = l4::sys::invoke(
-        abi::CapSel::from_idx(VCPU),
+        abi::CapSel::from_idx(vcpu),
         abi::syscall::Flags::CALL,
         MsgTag::new(proto::thread::LABEL, 1, items, 0),
     );

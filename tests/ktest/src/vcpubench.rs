@@ -11,7 +11,7 @@ use abi::syscall::timeout;
 use abi::vcpu::{off, state, trap, VcpuRegs, VcpuState};
 use abi::{CapIdx, MsgTag, Rights};
 use core::sync::atomic::{AtomicU64, Ordering};
-use l4::ipc::{factory, irq, put_map_item, scheduler, semaphore, set_mr, task, thread};
+use l4::ipc::{factory, irq, put_map_item, scheduler, semaphore, task, thread};
 use l4::println;
 
 const VCPU: CapIdx = CapIdx(120);
@@ -153,19 +153,7 @@ fn vstate() -> &'static mut VcpuState {
 
 /// Continues the saved context with `items` map items and `state` flags.
 fn resume(items: u64, flags: u64) -> ! {
-    let st = vstate();
-    st.user_task = USER.0;
-    st.saved_state = flags;
-    set_mr(0, proto::thread::Op::VcpuResume.code());
-    l4::sys::invoke(
-        abi::CapSel::from_idx(VCPU),
-        abi::syscall::Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, items, 0),
-    );
-    println!("vbench: resume failed");
-    loop {
-        core::hint::spin_loop();
-    }
+    crate::vcpu::resume_user(VCPU, vstate(), USER, flags, items)
 }
 
 #[no_mangle]

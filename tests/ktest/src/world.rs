@@ -147,17 +147,9 @@ fn vstate() -> &'static mut VcpuState {
     unsafe { &mut *(VCPU_STATE as *mut VcpuState) }
 }
 
+/// The vCPU's first context (an ordinary one, in our task): into the user task.
 extern "C" fn start() -> ! {
-    l4::ipc::set_mr(0, proto::thread::Op::VcpuResume.code());
-    l4::sys::invoke(
-        abi::CapSel::from_idx(VCPU),
-        abi::syscall::Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
-    );
-    println!("world: resume failed");
-    loop {
-        core::hint::spin_loop();
-    }
+    crate::vcpu::resume_user(VCPU, vstate(), USER, state::USER_MODE, 0)
 }
 
 pub fn run() -> R {

@@ -156,19 +156,7 @@ fn vstate() -> &'static mut VcpuState {
 
 /// The vCPU's first context (an ordinary one, in our task): into the user task.
 extern "C" fn wbench_start() -> ! {
-    let st = vstate();
-    st.user_task = USER.0;
-    st.saved_state = state::USER_MODE;
-    l4::ipc::set_mr(0, proto::thread::Op::VcpuResume.code());
-    l4::sys::invoke(
-        abi::CapSel::from_idx(VCPU),
-        abi::syscall::Flags::CALL,
-        MsgTag::new(proto::thread::LABEL, 1, 0, 0),
-    );
-    println!("wbench: resume failed");
-    loop {
-        core::hint::spin_loop();
-    }
+    crate::vcpu::resume_user(VCPU, vstate(), USER, state::USER_MODE, 0)
 }
 
 /// Makes `vcpu` (UTCB `utcb`, in our task) a vCPU with state area `state` whose guest runs in
