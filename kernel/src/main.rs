@@ -74,9 +74,7 @@ fn kernel_main(boot: Boot) -> ! {
 #[no_mangle]
 #[link_section = ".text.fast.vcpu"]
 fn kernel_event(ev: Event) -> u64 {
-    if arch_x86_64::cpu::world() != 0 {
-        with_kernel(|k| k.world_entry());
-    }
+    sched::from_world();
     match ev {
         Event::Timer => sched::tick(),
         Event::Line(line) => sched::line(line),

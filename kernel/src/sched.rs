@@ -118,7 +118,7 @@ pub fn reschedule(how: Resume) {
     });
     if idle {
         if let Some(n) = with_kernel(|k| k.pick()) {
-            let (root, how) = if n.world != 0 { (n.world, trap::By::World) } else { (n.root, n.by.into()) };
+            let (root, how) = way_out(&n);
             // SAFETY: `n` names the frame of the live thread just made current; the idle slot
             // is static.
             unsafe { trap::switch(&raw mut IDLE_RSP, root, n.frame, how) };
@@ -166,12 +166,31 @@ fn block_and_leave(how: hal::Resume) -> ! {
 
 #[link_section = ".text.fast.ipc"]
 fn resume(next: Next) -> ! {
-    let (root, how) =
-        if next.world != 0 { (next.world, trap::By::World) } else { (next.root, next.by.into()) };
+    let (root, how) = way_out(&next);
     // SAFETY: `next.frame` is the frame of the live current thread, to leave the way it says;
     // `root` is 0 or a task's page-table root (its world's for a thread in a guest world);
     // nothing on the abandoned stack is used again.
     unsafe { trap::resume(root, next.frame, how) }
+}
+
+/// The root to load and the way to leave for `next`: a thread in a guest world leaves by the
+/// world's way out, with the world's root.
+#[inline(always)]
+fn way_out(next: &Next) -> (u64, trap::By) {
+    if next.world != 0 {
+        (next.world, trap::By::World)
+    } else {
+        (next.root, next.by.into())
+    }
+}
+
+/// An entry from a guest world: the kernel's record of the vCPU catches up with what the
+/// entry trampoline did meanwhile (`Kernel::world_entry`).
+#[inline(always)]
+pub fn from_world() {
+    if arch_x86_64::cpu::world() != 0 {
+        with_kernel(|k| k.world_entry());
+    }
 }
 
 /// Back to the idle loop's saved context: nothing is ready.
@@ -187,9 +206,7 @@ fn resume_idle() -> ! {
 /// Returns the frame to leave by.
 #[link_section = ".text.fast.ipc"]
 pub fn syscall([rdx, rax, _label, r8]: [u64; 4]) -> u64 {
-    if arch_x86_64::cpu::world() != 0 {
-        with_kernel(|k| k.world_entry());
-    }
+    from_world();
     let general = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
         Some(next) => Err(next),
         None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
