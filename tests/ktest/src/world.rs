@@ -52,6 +52,10 @@ wtest_guest:
     mov [rbx], rax
     mov rax, [rdi + {pfa}]
     mov [rbx + 8], rax
+    mov rax, [rdi + {err}]
+    mov [rbx + 48], rax
+    mov rax, [rdi + {rip}]
+    mov [rbx + 56], rax
     movabs rax, {direct}
     mov rax, [rax]
     ud2
@@ -91,6 +95,8 @@ wtest_done:
     direct = const DIRECT_BASE,
     trapno = const off::TRAPNO * 8,
     pfa = const off::PFA * 8,
+    err = const off::ERR * 8,
+    rip = const (off::REGS + 15) * 8,
     utcb = const VCPU_UTCB,
     up = const proto::semaphore::Op::Up.code(),
     down = const proto::semaphore::Op::Down.code(),
@@ -180,6 +186,9 @@ pub fn run() -> R {
     let idt = d[2] >> 16 | d[3] << 48;
     let checks = [
         ((d[0], d[1]) == (14, GUEST_CODE), "the user task reached the guest kernel's slot"),
+        // A read (bit 1 clear) in user mode (bit 2) of a present page (bit 0), at the `mov`
+        // after the 10-byte `movabs`.
+        ((d[6], d[7]) == (5, user_code + 10), "the user task's page fault reached its guest wrongly"),
         (fault(0) == (1, DIRECT_BASE), "the guest kernel read the kernel's direct map"),
         (d[5] == 1 && d[4] != 0, "the guest kernel could not read the IDT the CPU needs there"),
         (fault(1) == (1, idt | 2), "the guest kernel wrote the kernel's IDT"),
@@ -187,7 +196,7 @@ pub fn run() -> R {
     ];
     for (good, what) in checks {
         if !good {
-            println!("world: data {:x?} faults {:x?}", &d[..6], [fault(0), fault(1), fault(2)]);
+            println!("world: data {:x?} faults {:x?}", &d[..8], [fault(0), fault(1), fault(2)]);
             return Err(what);
         }
     }

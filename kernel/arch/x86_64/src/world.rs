@@ -17,9 +17,9 @@
 //!
 //! Every entry from a world lands here, on ENTRY: an interrupt or exception (TSS.rsp0 of the
 //! shadow TSS), or `syscall` (`LSTAR` is [`world_syscall_entry`] while a world thread runs).
-//! Two cases are served without leaving the world: a system call of the user task, forwarded
-//! to the guest kernel as an upcall (`world_forward`), and a `VcpuResume` of the guest kernel
-//! that continues the world's user task (`world_resume`). Everything else loads the task's
+//! Three cases are served without leaving the world: a system call or a page fault of the
+//! user task, forwarded to the guest kernel as an upcall (`world_forward`), and a
+//! `VcpuResume` of the guest kernel that continues the world's user task (`world_resume`). Everything else loads the task's
 //! normal root (CONFIG.kernel_root), copies the registers to the thread's frame and goes on
 //! as any entry; the way back copies them to ENTRY, loads the world root and returns by
 //! `iretq` (`world_exit`).
@@ -202,6 +202,8 @@ extern "C" {
 
 // Offsets for the assembly.
 const F_CS: usize = offset_of!(TrapFrame, cs);
+const F_VECTOR: usize = offset_of!(TrapFrame, vector);
+const F_ERROR: usize = offset_of!(TrapFrame, error);
 const C_ROOT: usize = offset_of!(WorldExit, kernel_root);
 const C_FRAME: usize = offset_of!(WorldExit, frame);
 const C_STATE: usize = offset_of!(WorldExit, state);
@@ -287,18 +289,25 @@ world_syscall_entry:
     cmp qword ptr [rip + {entry} + {e_mode}], 1
     je world_resume
 
-    /* A system call of the user task, taken by the guest kernel as an upcall (as
-       Kernel::world_upcall makes one): the context into the state area, the flags, then the
-       entry at level 1. An unusable entry is the kernel's to handle. */
+    /* A system call of the user task: the guest kernel's, as an upcall from here. */
+    mov r8d, {trap_syscall}
+    xor r9d, r9d
+    xor r10d, r10d
+    lea r11, [rip + world_syscall_kernel]
+
+    /* An event of the user task (frame on ENTRY) taken by the guest kernel as an upcall (as
+       Kernel::vcpu_upcall makes one): the context and r8..r10 (trap number, error code,
+       fault address) into the state area, the flags, then the entry at level 1. An unusable
+       entry is the kernel's to handle: on at r11. */
 world_forward:
     mov rdi, [rip + {config} + {c_state}]
     mov rax, [rdi + {o_entry_ip}]
     mov rdx, [rdi + {o_entry_sp}]
     mov rcx, {user_end}
     cmp rax, rcx
-    jae world_syscall_kernel
+    jae 3f
     cmp rdx, rcx
-    jae world_syscall_kernel
+    jae 3f
     mov rcx, [rsp + {f0}]
     mov [rdi + {r0}], rcx
     mov rcx, [rsp + {f1}]
@@ -339,9 +348,9 @@ world_forward:
     mov [rdi + {o_fs}], rcx
     mov rcx, [rip + {config} + {c_gs}]
     mov [rdi + {o_gs}], rcx
-    mov qword ptr [rdi + {o_trapno}], {trap_syscall}
-    mov qword ptr [rdi + {o_err}], 0
-    mov qword ptr [rdi + {o_pfa}], 0
+    mov [rdi + {o_trapno}], r8
+    mov [rdi + {o_err}], r9
+    mov [rdi + {o_pfa}], r10
     mov rcx, [rdi + {o_state}]
     mov [rdi + {o_saved_state}], rcx
     mov qword ptr [rdi + {o_state}], 0
@@ -367,6 +376,7 @@ world_forward:
     xor r14d, r14d
     xor r15d, r15d
     iretq
+3:  jmp r11
 
     /* A system call of the guest kernel: a VcpuResume the kernel checked before (CONFIG's
        resume_rdx and resume_user) that continues the world's user task, without map items
@@ -464,9 +474,21 @@ world_syscall_kernel:
     mov rsp, rax
     jmp syscall_return
 
-    /* ... and from an interrupt or exception (isr_common found its frame on ENTRY). */
+    /* An interrupt or exception (isr_common found its frame on ENTRY). A page fault of the
+       user task is the guest kernel's: an upcall from here, the address-space switches to the
+       kernel and back saved. Anything else goes into the kernel, as a system call does. */
     .global world_trap_entry
 world_trap_entry:
+    cmp qword ptr [rsp + {f_vector}], 14
+    jne world_trap_kernel
+    test byte ptr [rsp + {f_cs}], 2
+    jz world_trap_kernel
+    mov r8d, 14
+    mov r9, [rsp + {f_error}]
+    mov r10, cr2
+    lea r11, [rip + world_trap_kernel]
+    jmp world_forward
+world_trap_kernel:
     call world_to_kernel
     call arch_trap
     mov rsp, rax
@@ -516,6 +538,8 @@ world_exit:
     frame_size = const FRAME_SIZE,
     frame_words = const FRAME_WORDS,
     f_cs = const F_CS,
+    f_vector = const F_VECTOR,
+    f_error = const F_ERROR,
     c_root = const C_ROOT,
     c_frame = const C_FRAME,
     c_state = const C_STATE,
