@@ -530,11 +530,14 @@ fn defs() -> Vec<Def> {
         },
         Def {
             name: "world-bench",
-            what: "system-call reflection with the guest kernel in a guest world (level 1 in the user task's address space)",
+            what: "system-call and page-fault reflection with the guest kernel in a guest world (level 1 in the user task's address space)",
             programs: vec![BootProgram::sigma0(), BootProgram::start("ktest", "world-bench")],
             append: "",
             forbidden: &[],
-            checks: vec![("reflect", "BENCH vcpu_syscall_reflect ".into())],
+            checks: vec![
+                ("reflect", "BENCH vcpu_syscall_reflect ".into()),
+                ("fault", "BENCH vcpu_pagefault_reflect ".into()),
+            ],
             status: Some(0),
             input: &[],
         },

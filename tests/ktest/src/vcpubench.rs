@@ -1,7 +1,8 @@
 //! vCPU benchmarks (part of `ktest bench`) of the classic vCPU (its guest kernel in its own
-//! task): system-call reflection (user task `syscall` → upcall → `VcpuResume`, reported as
-//! `vcpu_syscall_reflect_classic`: `vcpu_syscall_reflect` is the guest-world path L4Linux runs
-//! on, `worldbench`), page-fault reflection with map-on-resume, and timer IRQ latency.
+//! task): system-call reflection (user task `syscall` → upcall → `VcpuResume`) and page-fault
+//! reflection with map-on-resume, reported as `vcpu_syscall_reflect_classic` and
+//! `vcpu_pagefault_reflect_classic` (without the suffix: the guest-world path L4Linux runs on,
+//! `worldbench`), and timer IRQ latency.
 
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
@@ -240,7 +241,10 @@ pub fn run() -> R {
     ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection runs")?;
     ok(semaphore::down(DONE, timeout::pack(0, 1_000_000)), "timer upcall")?;
     println!("BENCH vcpu_syscall_reflect_classic {} cycles", RESULTS[0].load(Ordering::SeqCst) / SYSCALLS);
-    println!("BENCH vcpu_pagefault_reflect {} cycles", RESULTS[1].load(Ordering::SeqCst) / FAULT_PAGES);
+    println!(
+        "BENCH vcpu_pagefault_reflect_classic {} cycles",
+        RESULTS[1].load(Ordering::SeqCst) / FAULT_PAGES
+    );
     println!("BENCH timer_irq_latency {} cycles", RESULTS[2].load(Ordering::SeqCst));
     Ok(())
 }

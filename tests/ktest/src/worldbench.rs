@@ -1,8 +1,11 @@
-//! System-call reflection in a guest world (`abi::vcpu`): the user task's `syscall` reaches the
-//! guest kernel's entry at level 1 in the user task's own address space, and its `VcpuResume`
-//! goes back there, both through the kernel's trampoline without an address-space switch.
-//! Same loop as `vcpubench`'s, reported as `vcpu_syscall_reflect`: the vCPU path L4Linux runs on
-//! (the classic one is `vcpu_syscall_reflect_classic`).
+//! Reflection in a guest world (`abi::vcpu`), the vCPU path L4Linux runs on. System calls: the
+//! user task's `syscall` reaches the guest kernel's entry at level 1 in the user task's own
+//! address space, and its `VcpuResume` goes back there, both through the kernel's trampoline
+//! without an address-space switch (`vcpu_syscall_reflect`). Page faults: forwarded by the
+//! trampoline too, answered by a `VcpuResume` with a map item, which the kernel carries out
+//! (`vcpu_pagefault_reflect`). The same loops as `vcpubench`'s, whose classic vCPU (the guest
+//! kernel in its own task) reports `vcpu_syscall_reflect_classic` and
+//! `vcpu_pagefault_reflect_classic`.
 
 use crate::objects::{ok, stack_top, R};
 use abi::cap::well_known as wk;
@@ -26,12 +29,31 @@ const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 13 * 1024;
 /// Where the guest kernel's entry page is mapped, in the guest slot.
 const GUEST_CODE: u64 = SLOT << 39;
 const SYSCALLS: u64 = 2000;
+/// Page faults, each on a fresh page of the user task from `FAULT_BASE` on.
+const FAULT_PAGES: u64 = 256;
+const FAULT_BASE: u64 = 0x4000_0000;
 /// Reflected before the timed ones (as `vcpubench::WARM_SYSCALLS`).
 const WARM_SYSCALLS: u64 = 25_000;
 
 core::arch::global_asm!(
     r#"
-    /* The user task: rdx warm-up system calls, then rdi timed ones; reports the cycles. */
+    /* r13 = the time-stamp counter */
+    .macro wubench_start
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+    .endm
+    /* rax = the cycles since wubench_start */
+    .macro wubench_stop
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r13
+    .endm
+
+    /* The user task: rdx warm-up system calls, then rdi timed ones, then a write to each of
+       rsi fresh pages; reports both cycle counts (rdi, rsi) by system call 3. */
     .section .text.wubench, "ax"
     .p2align 12
     .global wubench_entry
@@ -41,35 +63,42 @@ wubench_entry:
     dec rdx
     jnz 0b
     mov r12, rdi
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    mov r13, rax
+    wubench_start
 1:  mov eax, 9
     syscall
     dec r12
     jnz 1b
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    sub rax, r13
-    mov rdi, rax
+    wubench_stop
+    mov r14, rax
+    mov r12, rsi
+    mov r15, {fault_base}
+    wubench_start
+2:  mov byte ptr [r15], 1
+    add r15, 4096
+    dec r12
+    jnz 2b
+    wubench_stop
+    mov rsi, rax
+    mov rdi, r14
     mov eax, 3
     syscall
-2:  pause
-    jmp 2b
+3:  pause
+    jmp 3b
     .p2align 12
 
     /* The guest kernel's entry (rdi = state area), at level 1 in the user task's world: this
        page is mapped at GUEST_CODE, so it uses no address of its own. System call 9 is
-       answered at once; system call 3 (the report) and anything else continue in our own
-       task, at wbench_done(cycles, or 0 for anything unexpected). Each upcall is counted in
+       answered at once, a page fault by mapping PAGE at its address; system call 3 (the
+       report) and anything else continue in our own task, at wbench_done(cycles, or 0 for
+       anything unexpected; the fault loop's cycles stay in rsi). Each upcall is counted in
        the state area's irq_label word (this vCPU has no interrupts). */
     .section .text.wbench, "ax"
     .p2align 12
     .global wbench_page
 wbench_page:
     inc qword ptr [rdi + {irq_label}]
+    cmp qword ptr [rdi + {trapno}], 14
+    je 4f
     cmp qword ptr [rdi + {trapno}], {syscall}
     jne 2f
     cmp qword ptr [rdi + {rax}], 9
@@ -105,9 +134,31 @@ wbench_page:
     xor r8, r8
     syscall
     ud2
+4:  mov qword ptr [rdi + {saved_state}], {user_mode}
+    mov qword ptr [rdi + {user_task}], {user}
+    movabs rax, {utcb}
+    mov qword ptr [rax], {resume_op}
+    mov rcx, [rdi + {pfa}]
+    and rcx, -4096
+    or rcx, {map_item}
+    mov [rax + 8], rcx
+    movabs rcx, offset {page}
+    or rcx, {page_fpage}
+    mov [rax + 16], rcx
+    mov rdx, {vcpu_call}
+    movabs rax, {resume_map_tag}
+    xor r8, r8
+    syscall
+    ud2
     .p2align 12
 "#,
     trapno = const off::TRAPNO * 8,
+    pfa = const off::PFA * 8,
+    fault_base = const FAULT_BASE,
+    map_item = const proto::map::ITEM,
+    page = sym PAGE,
+    page_fpage = const Fpage::memory(0, 12, Rights::ALL).0,
+    resume_map_tag = const MsgTag::new(proto::thread::LABEL, 1, 1, 0).0,
     syscall = const trap::SYSCALL,
     rax = const off::REGS * 8,
     rdi_ = const (off::REGS + 5) * 8,
@@ -137,11 +188,18 @@ extern "C" {
     fn wbench_page();
 }
 
-static RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The cycles of the system-call loop and of the page-fault loop.
+static RESULT: [AtomicU64; 2] = [const { AtomicU64::new(u64::MAX) }; 2];
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+/// What the guest kernel maps at each faulting address (writable, in .bss).
+static mut PAGE: Page = Page([0; 4096]);
 
 /// The guest kernel's own context after the report: level 1, in our own task's world.
-extern "C" fn wbench_done(cycles: u64) -> ! {
-    RESULT.store(cycles, Ordering::SeqCst);
+extern "C" fn wbench_done(cycles: u64, fault_cycles: u64) -> ! {
+    RESULT[0].store(cycles, Ordering::SeqCst);
+    RESULT[1].store(fault_cycles, Ordering::SeqCst);
     let _ = semaphore::up(DONE);
     loop {
         let _ = l4::ipc::wait(0);
@@ -201,6 +259,7 @@ pub fn run() -> R {
         rsp: 0,
         rflags: 0x202,
         rdi: SYSCALLS,
+        rsi: FAULT_PAGES,
         rdx: WARM_SYSCALLS,
         ..Default::default()
     };
@@ -208,14 +267,19 @@ pub fn run() -> R {
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run")?;
     ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection in a guest world runs")?;
     let upcalls = vstate().irq_label;
-    match RESULT.load(Ordering::SeqCst) {
+    let expected = WARM_SYSCALLS + SYSCALLS + FAULT_PAGES + 1;
+    match RESULT[0].load(Ordering::SeqCst) {
         0 => Err("the guest kernel got an unexpected event"),
-        _ if upcalls != WARM_SYSCALLS + SYSCALLS + 1 => {
-            println!("wbench: {upcalls} upcalls, {} expected", WARM_SYSCALLS + SYSCALLS + 1);
-            Err("the guest kernel did not see every system call")
+        _ if upcalls != expected => {
+            println!("wbench: {upcalls} upcalls, {expected} expected");
+            Err("the guest kernel did not see every system call and page fault")
         }
         c => {
             println!("BENCH vcpu_syscall_reflect {} cycles", c / SYSCALLS);
+            println!(
+                "BENCH vcpu_pagefault_reflect {} cycles",
+                RESULT[1].load(Ordering::SeqCst) / FAULT_PAGES
+            );
             Ok(())
         }
     }
