@@ -184,8 +184,9 @@ fn way_out(next: &Next) -> (u64, trap::By) {
     }
 }
 
-/// An entry from a guest world: the kernel's record of the vCPU catches up with what the
-/// entry trampoline did meanwhile (`Kernel::world_entry`).
+/// An event's entry from a guest world: the kernel's record of the vCPU catches up with what
+/// the entry trampoline did meanwhile (`Kernel::world_entry`; a system call does it under the
+/// lock it takes anyway).
 #[inline(always)]
 pub fn from_world() {
     if arch_x86_64::cpu::world() != 0 {
@@ -206,10 +207,14 @@ fn resume_idle() -> ! {
 /// Returns the frame to leave by.
 #[link_section = ".text.fast.ipc"]
 pub fn syscall([rdx, rax, _label, r8]: [u64; 4]) -> u64 {
-    from_world();
-    let general = with_kernel(|k| match k.fastpath(rdx, MsgTag(rax), r8) {
-        Some(next) => Err(next),
-        None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
+    let general = with_kernel(|k| {
+        if arch_x86_64::cpu::world() != 0 {
+            k.world_entry();
+        }
+        match k.fastpath(rdx, MsgTag(rax), r8) {
+            Some(next) => Err(next),
+            None => Ok(invoke_general(k, rdx, MsgTag(rax), r8)),
+        }
     });
     match general {
         Err(next) => resume(next),

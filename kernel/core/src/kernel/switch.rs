@@ -30,35 +30,38 @@ impl Next {
         if t.world_root == 0 {
             A::set_world(None);
         } else {
-            A::set_world(Some(&world_exit(t, epoch)));
+            A::set_world(Some(&Self::world_exit(t, epoch)));
         }
         Next { root, frame, by, world: t.world_root }
     }
-}
 
-/// What the entry trampoline needs to know of guest-world thread `t` ([`WorldExit`]).
-#[inline(never)]
-pub(crate) fn world_exit<A: Arch>(t: &Thread<A>, epoch: u64) -> WorldExit {
-    let area = t.vcpu.expect("a thread in a guest world is a vCPU");
-    let world = area.world.expect("a thread in a guest world has one");
-    // The trampoline may complete a resume the kernel checked: into the same user task, by
-    // the same capabilities (changing capabilities takes a kernel entry, whose exit comes
-    // here again).
-    let valid = |c: &crate::kernel::vcpu::ResumeCache| (c.epoch == epoch) & (Some(c.user) == world.task);
-    let (resume_rdx, resume_user) = match area.resume_cache.filter(valid) {
-        Some(c) => (abi::CapSel::from_idx(abi::CapIdx(c.sel)).raw() | CALL_FLAGS, c.user_idx),
-        None => (0, 0),
-    };
-    WorldExit {
-        root: t.world_root,
-        kernel_root: t.root,
-        frame: t.ctx.frame(),
-        state: area.user,
-        utcb: t.utcb_user,
-        user_fs: t.fs_base,
-        user_gs: t.gs_base,
-        resume_rdx,
-        resume_user,
+    /// What the entry trampoline needs to know of guest-world thread `t` ([`WorldExit`]).
+    /// Beside the vCPU paths (every way out to a world comes here), out of the IPC fast
+    /// path's page.
+    #[inline(never)]
+    #[link_section = ".text.fast.vcpu"]
+    pub(crate) fn world_exit<A: Arch>(t: &Thread<A>, epoch: u64) -> WorldExit {
+        let area = t.vcpu.expect("a thread in a guest world is a vCPU");
+        let world = area.world.expect("a thread in a guest world has one");
+        // The trampoline may complete a resume the kernel checked: into the same user task, by
+        // the same capabilities (changing capabilities takes a kernel entry, whose exit comes
+        // here again).
+        let valid = |c: &crate::kernel::vcpu::ResumeCache| (c.epoch == epoch) & (Some(c.user) == world.task);
+        let (resume_rdx, resume_user) = match area.resume_cache.filter(valid) {
+            Some(c) => (abi::CapSel::from_idx(abi::CapIdx(c.sel)).raw() | CALL_FLAGS, c.user_idx),
+            None => (0, 0),
+        };
+        WorldExit {
+            root: t.world_root,
+            kernel_root: t.root,
+            frame: t.ctx.frame(),
+            state: area.user,
+            utcb: t.utcb_user,
+            user_fs: t.fs_base,
+            user_gs: t.gs_base,
+            resume_rdx,
+            resume_user,
+        }
     }
 }
 

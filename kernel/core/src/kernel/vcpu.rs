@@ -126,7 +126,7 @@ impl<A: Arch> Kernel<A> {
     pub fn world_refresh(&self) {
         let Some(t) = self.current.and_then(|c| self.threads.get(c)) else { return };
         if t.world_root != 0 {
-            A::set_world(Some(&super::switch::world_exit(t, self.cap_epoch)));
+            A::set_world(Some(&Next::world_exit(t, self.cap_epoch)));
         }
     }
 
@@ -134,6 +134,7 @@ impl<A: Arch> Kernel<A> {
     /// moved the vCPU between its guest kernel and its user task without the kernel (a
     /// forwarded system call, a resume it completed). Brings the thread's record in line with
     /// the level the entry came from.
+    #[inline]
     pub fn world_entry(&mut self) {
         let Some(me) = self.current else { return };
         let Some(t) = self.threads.get_mut(me) else { return };
