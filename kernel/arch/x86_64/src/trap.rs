@@ -265,26 +265,22 @@ impl kernel_core::hal::ThreadContext for Context {
     }
 }
 
+/// Assembly that pushes the general registers in [`TrapFrame`] order (r15 ends up lowest):
+/// the one list every entry path uses, here and in the guest-world trampoline (`world.rs`),
+/// whose `global_asm!` cannot see this file's assembler macros.
+macro_rules! push_gprs {
+    () => {
+        "push rax; push rbx; push rcx; push rdx; push rsi; push rdi; push rbp; push r8; push r9;
+         push r10; push r11; push r12; push r13; push r14; push r15"
+    };
+}
+pub(crate) use push_gprs;
+
 global_asm!(
+    ".macro push_gprs",
+    push_gprs!(),
+    ".endm",
     r#"
-    /* The general registers in TrapFrame order (r15 ends up lowest). */
-    .macro push_gprs
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
-    .endm
     .macro pop_gprs
     pop r15
     pop r14

@@ -31,7 +31,7 @@
 
 use crate::boot::PageTable;
 use crate::paging::image_phys;
-use crate::trap::{TrapFrame, GUEST_CS, GUEST_SS, SYSCALL_VECTOR, USER_CS, USER_SS};
+use crate::trap::{push_gprs, TrapFrame, GUEST_CS, GUEST_SS, SYSCALL_VECTOR, USER_CS, USER_SS};
 use abi::vcpu::{off, state, sticky};
 use core::arch::global_asm;
 use core::mem::offset_of;
@@ -271,21 +271,9 @@ world_syscall_entry:
 2:  push rcx
     push 0
     push {syscall_vector}
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    push_gprs!(),
+    r#"
     cmp qword ptr [rip + {entry} + {e_mode}], 1
     je world_resume
 
