@@ -243,7 +243,7 @@ pub(crate) fn resume_user(vcpu: CapIdx, st: &mut VcpuState, task: CapIdx, flags:
 
 /// User task `slot` (its UTCB area out of the way) with our code pages `[code, end)` mapped
 /// read and execute at their addresses.
-fn user_task(slot: CapIdx, code: u64, end: u64) -> R {
+pub(crate) fn user_task(slot: CapIdx, code: u64, end: u64) -> R {
     ok(factory::task(wk::FACTORY, slot, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
     let mut a = code & !0xfff;
     while a < end {

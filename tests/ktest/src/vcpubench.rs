@@ -12,7 +12,7 @@ use abi::syscall::timeout;
 use abi::vcpu::{off, state, trap, VcpuRegs, VcpuState};
 use abi::{CapIdx, MsgTag, Rights};
 use core::sync::atomic::{AtomicU64, Ordering};
-use l4::ipc::{factory, irq, put_map_item, scheduler, semaphore, task, thread};
+use l4::ipc::{factory, irq, put_map_item, scheduler, semaphore, thread};
 use l4::println;
 
 const VCPU: CapIdx = CapIdx(120);
@@ -23,12 +23,16 @@ const TIMER: CapIdx = CapIdx(123);
 /// `VcpuResume`, and under TCG each page is a TLB refill after the address-space switch.
 const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 10 * 1024;
 const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 11 * 1024;
-const SYSCALLS: u64 = 2000;
+pub(crate) const SYSCALLS: u64 = 2000;
 /// System calls reflected before the timed ones, ~150 ms: QEMU sizes its software TLB by the
 /// use of the last 100 ms and clears all of it at every address-space switch, so right after
 /// a burst that touched many pages each switch costs more (as in `bench::SETTLE_MS`).
-const WARM_SYSCALLS: u64 = 25_000;
-const FAULT_PAGES: u64 = 256;
+pub(crate) const WARM_SYSCALLS: u64 = 25_000;
+pub(crate) const FAULT_PAGES: u64 = 256;
+/// Page faults before the timed ones.
+pub(crate) const WARM_FAULTS: u64 = 32;
+/// The user task's first faulting address.
+const FAULT_BASE: u64 = 0x4000_0000;
 
 core::arch::global_asm!(
     r#"
@@ -66,8 +70,15 @@ ubench_entry:
     dec r12
     jnz 1b
     ubench_report
+    /* page faults on fresh pages: WARM_FAULTS first, not timed (their first run translates
+       the fault path's code), then rsi timed ones */
+    mov r15, {fault_base}
+    mov r12, {warm_faults}
+4:  mov byte ptr [r15], 1
+    add r15, 4096
+    dec r12
+    jnz 4b
     mov r12, rsi
-    mov r15, 0x40000000
     ubench_start
 2:  mov byte ptr [r15], 1
     add r15, 4096
@@ -102,6 +113,8 @@ vbench_entry:
     call vbench_upcall
     ud2
 "#,
+    fault_base = const FAULT_BASE,
+    warm_faults = const WARM_FAULTS,
     trapno = const off::TRAPNO * 8,
     syscall = const trap::SYSCALL,
     rax = const off::REGS * 8,
@@ -212,14 +225,15 @@ extern "C" fn vbench_start() -> ! {
     resume(0, state::USER_MODE)
 }
 
+/// The benchmarks' user code, `[start, end)` (also `worldbench`'s): system calls, page
+/// faults and two reports.
+pub(crate) fn user_code() -> (u64, u64) {
+    (ubench_entry as *const () as u64, ubench_end as *const () as u64)
+}
+
 pub fn run() -> R {
-    ok(factory::task(wk::FACTORY, USER, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
-    let (code, end) = (ubench_entry as *const () as u64, ubench_end as *const () as u64);
-    let mut a = code & !0xfff;
-    while a < end {
-        ok(task::map(USER, wk::TASK, Fpage::memory(a, 12, Rights::from_bits_truncate(5)), a), "map code")?;
-        a += 4096;
-    }
+    let (code, end) = user_code();
+    crate::vcpu::user_task(USER, code, end)?;
     ok(factory::semaphore(wk::FACTORY, DONE, 0), "done")?;
     ok(factory::irq(wk::FACTORY, TIMER), "timer")?;
     crate::vcpu::vcpu_thread(VCPU, VCPU_UTCB, VCPU_STATE)?;

@@ -8,6 +8,7 @@
 //! `vcpu_pagefault_reflect_classic`.
 
 use crate::objects::{ok, stack_top, R};
+use crate::vcpubench::{FAULT_PAGES, SYSCALLS, WARM_FAULTS, WARM_SYSCALLS};
 use abi::cap::well_known as wk;
 use abi::kip::BOOT_UTCB_ADDR;
 use abi::proto::{self, fpage::Fpage};
@@ -28,70 +29,16 @@ const VCPU_UTCB: u64 = BOOT_UTCB_ADDR + 12 * 1024;
 const VCPU_STATE: u64 = BOOT_UTCB_ADDR + 13 * 1024;
 /// Where the guest kernel's entry page is mapped, in the guest slot.
 const GUEST_CODE: u64 = SLOT << 39;
-const SYSCALLS: u64 = 2000;
-/// Page faults, each on a fresh page of the user task from `FAULT_BASE` on.
-const FAULT_PAGES: u64 = 256;
-const FAULT_BASE: u64 = 0x4000_0000;
-/// Reflected before the timed ones (as `vcpubench::WARM_SYSCALLS`).
-const WARM_SYSCALLS: u64 = 25_000;
 
 core::arch::global_asm!(
     r#"
-    /* r13 = the time-stamp counter */
-    .macro wubench_start
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    mov r13, rax
-    .endm
-    /* rax = the cycles since wubench_start */
-    .macro wubench_stop
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    sub rax, r13
-    .endm
-
-    /* The user task: rdx warm-up system calls, then rdi timed ones, then a write to each of
-       rsi fresh pages; reports both cycle counts (rdi, rsi) by system call 3. */
-    .section .text.wubench, "ax"
-    .p2align 12
-    .global wubench_entry
-wubench_entry:
-0:  mov eax, 9
-    syscall
-    dec rdx
-    jnz 0b
-    mov r12, rdi
-    wubench_start
-1:  mov eax, 9
-    syscall
-    dec r12
-    jnz 1b
-    wubench_stop
-    mov r14, rax
-    mov r12, rsi
-    mov r15, {fault_base}
-    wubench_start
-2:  mov byte ptr [r15], 1
-    add r15, 4096
-    dec r12
-    jnz 2b
-    wubench_stop
-    mov rsi, rax
-    mov rdi, r14
-    mov eax, 3
-    syscall
-3:  pause
-    jmp 3b
-    .p2align 12
-
     /* The guest kernel's entry (rdi = state area), at level 1 in the user task's world: this
        page is mapped at GUEST_CODE, so it uses no address of its own. System call 9 is
-       answered at once, a page fault by mapping PAGE at its address; system call 3 (the
-       report) and anything else continue in our own task, at wbench_done(cycles, or 0 for
-       anything unexpected; the fault loop's cycles stay in rsi). Each upcall is counted in
-       the state area's irq_label word (this vCPU has no interrupts). */
+       answered at once, a page fault by mapping PAGE at its address. The user task (vcpubench's)
+       reports twice by system call 3: the first report is kept in its r14, which it does not
+       use, and it goes on; at the second, and at anything unexpected, the vCPU continues in
+       our own task, at wbench_done(system-call cycles or 0, page-fault cycles). Each upcall is
+       counted in the state area's irq_label word (this vCPU has no interrupts). */
     .section .text.wbench, "ax"
     .p2align 12
     .global wbench_page
@@ -115,6 +62,15 @@ wbench_page:
 1:  cmp qword ptr [rdi + {rax}], 3
     jne 2f
     mov rax, [rdi + {rdi_}]
+    cmp qword ptr [rdi + {r14}], 0
+    jne 6f
+    mov [rdi + {r14}], rax
+    mov qword ptr [rdi + {saved_state}], {user_mode}
+    mov qword ptr [rdi + {user_task}], {user}
+    movabs r9, {resume_tag}
+    jmp 5f
+6:  mov [rdi + {rsi_}], rax
+    mov rax, [rdi + {r14}]
     jmp 3f
 2:  xor eax, eax
 3:  mov [rdi + {rdi_}], rax
@@ -127,17 +83,11 @@ wbench_page:
     mov [rdi + {gs}], rax
     mov qword ptr [rdi + {fs}], 0
     mov qword ptr [rdi + {saved_state}], 0
-    movabs rax, {utcb}
-    mov qword ptr [rax], {resume_op}
-    mov rdx, {vcpu_call}
-    movabs rax, {resume_tag}
-    xor r8, r8
-    syscall
-    ud2
+    movabs r9, {resume_tag}
+    jmp 5f
 4:  mov qword ptr [rdi + {saved_state}], {user_mode}
     mov qword ptr [rdi + {user_task}], {user}
     movabs rax, {utcb}
-    mov qword ptr [rax], {resume_op}
     mov rcx, [rdi + {pfa}]
     and rcx, -4096
     or rcx, {map_item}
@@ -145,8 +95,12 @@ wbench_page:
     movabs rcx, offset {page}
     or rcx, {page_fpage}
     mov [rax + 16], rcx
+    movabs r9, {resume_map_tag}
+    /* VcpuResume with tag r9 */
+5:  movabs rax, {utcb}
+    mov qword ptr [rax], {resume_op}
     mov rdx, {vcpu_call}
-    movabs rax, {resume_map_tag}
+    mov rax, r9
     xor r8, r8
     syscall
     ud2
@@ -154,14 +108,15 @@ wbench_page:
 "#,
     trapno = const off::TRAPNO * 8,
     pfa = const off::PFA * 8,
-    fault_base = const FAULT_BASE,
     map_item = const proto::map::ITEM,
     page = sym PAGE,
     page_fpage = const Fpage::memory(0, 12, Rights::ALL).0,
     resume_map_tag = const MsgTag::new(proto::thread::LABEL, 1, 1, 0).0,
     syscall = const trap::SYSCALL,
     rax = const off::REGS * 8,
+    rsi_ = const (off::REGS + 4) * 8,
     rdi_ = const (off::REGS + 5) * 8,
+    r14 = const (off::REGS + 13) * 8,
     rip = const (off::REGS + 15) * 8,
     rsp = const (off::REGS + 16) * 8,
     rflags = const (off::REGS + 17) * 8,
@@ -184,7 +139,6 @@ const VCPU_CALL: u64 = abi::CapSel::from_idx(VCPU).raw() | abi::syscall::Flags::
 const RESUME_TAG: u64 = MsgTag::new(proto::thread::LABEL, 1, 0, 0).0;
 
 extern "C" {
-    fn wubench_entry();
     fn wbench_page();
 }
 
@@ -241,9 +195,8 @@ pub(crate) fn world_vcpu(vcpu: CapIdx, utcb: u64, state: u64, handler: Option<Ca
 }
 
 pub fn run() -> R {
-    ok(factory::task(wk::FACTORY, USER, Fpage::memory(0x7fff_ff00_0000, 12, Rights::ALL)), "user task")?;
-    let code = wubench_entry as *const () as u64;
-    ok(task::map(USER, wk::TASK, Fpage::memory(code, 12, Rights::from_bits_truncate(5)), code), "map code")?;
+    let (code, end) = crate::vcpubench::user_code();
+    crate::vcpu::user_task(USER, code, end)?;
     let entry = wbench_page as *const () as u64;
     ok(
         task::map(wk::TASK, wk::TASK, Fpage::memory(entry, 12, Rights::from_bits_truncate(5)), GUEST_CODE),
@@ -267,7 +220,7 @@ pub fn run() -> R {
     ok(scheduler::run_thread(wk::SCHEDULER, VCPU, 100, 1, 0), "run")?;
     ok(semaphore::down(DONE, timeout::pack(0, 20_000_000)), "reflection in a guest world runs")?;
     let upcalls = vstate().irq_label;
-    let expected = WARM_SYSCALLS + SYSCALLS + FAULT_PAGES + 1;
+    let expected = WARM_SYSCALLS + SYSCALLS + WARM_FAULTS + FAULT_PAGES + 2;
     match RESULT[0].load(Ordering::SeqCst) {
         0 => Err("the guest kernel got an unexpected event"),
         _ if upcalls != expected => {
