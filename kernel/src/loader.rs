@@ -92,7 +92,7 @@ pub fn start_boot_tasks(range: PhysRange) {
                 t.prio = prio;
                 t.state = ThreadState::Ready;
             }
-            k.ready.enqueue(s.thread, prio);
+            k.make_ready(s.thread, prio, false);
         }
     });
 }

@@ -255,7 +255,7 @@ pub trait Arch: Sized + 'static {
     fn set_user_fs(base: u64);
     /// Makes user FPU use trap (`true`) so its state can be switched lazily, or lets it run.
     fn fpu_trap(on: bool);
-    /// Asks for the next timer interrupt at `deadline` (in [`Arch::cycles`]).
+    /// Asks for the next timer interrupt at `deadline` (in [`Arch::cycles`]); `u64::MAX`: none.
     fn set_timer(deadline: u64);
     /// Loads an I/O permission bitmap for the next user entries.
     fn io_load(bits: &[u8; IO_BITMAP_BYTES]);

@@ -98,8 +98,9 @@ impl<Id: Copy + PartialEq> ReadyQueues<Id> {
         true
     }
 
+    /// True if no thread is ready.
     pub fn is_empty(&self) -> bool {
-        self.highest().is_none()
+        self.top < 0
     }
 }
 

@@ -106,8 +106,14 @@ pub fn init(tick_hz: u64) -> Clocks {
     Clocks { tsc_hz, apic_hz }
 }
 
-/// Programs the next timer interrupt for TSC time `deadline` (at once if it has passed).
+/// Programs the next timer interrupt for TSC time `deadline` (at once if it has passed;
+/// `u64::MAX`: none).
 pub fn set_deadline(deadline: u64) {
+    if deadline == u64::MAX {
+        // Nothing due: a one-shot count of 0 stops the timer.
+        write(REG_TIMER_INIT, 0);
+        return;
+    }
     let delta = deadline.saturating_sub(crate::cpu::rdtsc()) as u128;
     let ticks = delta * APIC_HZ.load(Ordering::Relaxed) as u128 / TSC_HZ.load(Ordering::Relaxed) as u128;
     write(REG_TIMER_INIT, ticks.clamp(1, u32::MAX as u128) as u32);

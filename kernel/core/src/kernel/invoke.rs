@@ -667,12 +667,12 @@ impl<A: Arch> Kernel<A> {
                     ThreadState::Inactive => {
                         th.state = ThreadState::Ready;
                         th.quantum = ticks;
-                        self.ready.enqueue(t, prio);
+                        self.make_ready(t, prio, false);
                         self.readied = true;
                     }
                     ThreadState::Ready => {
                         self.ready.remove(t, old);
-                        self.ready.enqueue(t, prio);
+                        self.make_ready(t, prio, false);
                         self.readied = true;
                     }
                     _ => {}

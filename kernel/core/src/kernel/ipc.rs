@@ -108,7 +108,7 @@ impl<A: Arch> Kernel<A> {
         th.state = ThreadState::Ready;
         let p = th.prio;
         // Woken partners run next among equals: the IPC hand-off needs no scheduling round.
-        self.ready.enqueue_front(t, p);
+        self.make_ready(t, p, true);
         self.readied = true;
     }
 

@@ -65,6 +65,9 @@ impl Next {
     }
 }
 
+/// `Kernel::next_tick` while the ticks are stopped: no thread is ready.
+pub const NO_TICK: u64 = u64::MAX;
+
 /// The flags of a call, as `VcpuResume` is made.
 const CALL_FLAGS: u64 = abi::syscall::Flags::CALL.bits();
 
@@ -108,11 +111,17 @@ impl<A: Arch> Kernel<A> {
     /// The timer interrupt: time-slice accounting when a tick is due, expired timeouts and
     /// timers, and the next interrupt programmed for whatever comes first. True if the current
     /// thread's time slice is used up or a more important thread is ready.
+    ///
+    /// Time slices matter only while another thread is ready: with none, the ticks stop
+    /// ([`NO_TICK`]) until one is ([`Kernel::make_ready`]). A thread running alone (a guest
+    /// kernel, most of the time) is then interrupted only for its own timers: under TCG each
+    /// interrupt of a guest world costs two address-space switches and the refill of the
+    /// world's pages after them (`docs/perf.md`).
     pub fn tick(&mut self) -> bool {
         let now = A::cycles();
         let mut slice_over = false;
         if now >= self.next_tick {
-            self.next_tick = now + A::cycles_hz() / A::TICK_HZ;
+            self.next_tick = if self.ready.is_empty() { NO_TICK } else { now + A::cycles_hz() / A::TICK_HZ };
             if let Some(t) = self.current.and_then(|c| self.threads.get_mut(c)) {
                 t.quantum = t.quantum.saturating_sub(1);
                 if t.quantum == 0 {
@@ -127,7 +136,22 @@ impl<A: Arch> Kernel<A> {
         slice_over || self.preempt()
     }
 
-    /// Programs the timer for the earliest of: the next tick, a timer Irq, an IPC timeout.
+    /// Puts `t` (of priority `prio`) into the ready queue, at the head of its level with
+    /// `front` (a woken IPC partner), and starts the ticks if they had stopped.
+    pub fn make_ready(&mut self, t: crate::slab::Id, prio: u8, front: bool) {
+        if front {
+            self.ready.enqueue_front(t, prio);
+        } else {
+            self.ready.enqueue(t, prio);
+        }
+        if self.next_tick == NO_TICK {
+            self.next_tick = A::cycles() + A::cycles_hz() / A::TICK_HZ;
+            self.arm_timer();
+        }
+    }
+
+    /// Programs the timer for the earliest of: the next tick, a timer Irq, an IPC timeout
+    /// (none of them: [`NO_TICK`], no interrupt).
     pub fn arm_timer(&self) {
         let timers = self.timers.iter().map(|(_, next, _)| *next);
         let timeouts = self.timed.iter().filter_map(|t| self.threads.get(*t).and_then(|x| x.deadline));
@@ -153,7 +177,7 @@ impl<A: Arch> Kernel<A> {
             t.state = ThreadState::Ready;
             t.resume = Some(how);
             let p = t.prio;
-            self.ready.enqueue(c, p);
+            self.make_ready(c, p, false);
         }
     }
 }

@@ -632,6 +632,45 @@ fn readying_a_higher_priority_thread_preempts_the_caller() {
 }
 
 #[test]
+fn ticks_run_only_while_another_thread_is_ready() {
+    // A thread running alone has no time slice to lose: the periodic interrupt stops, and a
+    // second ready thread starts it again (each interrupt of a guest world costs two
+    // address-space switches under TCG).
+    use super::switch::NO_TICK;
+    let mut m = machine(4 << 20);
+    let period = Fake::cycles_hz() / Fake::TICK_HZ;
+    let timer = || fake::TIMER.with(|t| t.get());
+    fake::advance(period);
+    assert!(!m.k.tick());
+    assert_eq!((m.k.next_tick, timer()), (NO_TICK, NO_TICK), "alone: no tick armed");
+    fake::advance(100 * period);
+    assert!(!m.k.tick(), "a stray interrupt changes nothing");
+    assert_eq!(timer(), NO_TICK);
+
+    // A thread of the same priority gets ready: ticks again, and its turn comes once the
+    // running one's slice is used up.
+    let prio = m.k.threads.get(m.root).unwrap().prio;
+    let t = m.thread(CapIdx(40), 1);
+    let now = Fake::cycles();
+    m.op(wk::SCHEDULER, proto::scheduler::LABEL, &[1, 40, u64::from(prio), 1, 0]).unwrap();
+    assert_eq!((m.k.next_tick, timer()), (now + period, now + period));
+    assert!(m.k.threads.get(t).unwrap().state == ThreadState::Ready);
+    m.k.threads.get_mut(m.root).unwrap().quantum = 1;
+    fake::advance(period);
+    assert!(m.k.tick(), "the slice of one tick is over");
+    assert_eq!(timer(), now + 2 * period, "still ticking while the other waits");
+
+    // Its own timeouts still wake a lone thread.
+    let mut m = machine(4 << 20);
+    fake::advance(period);
+    m.k.tick();
+    let s = m.thread(CapIdx(20), 1);
+    assert_eq!(m.wait(s, timeout::pack(0, 10)), None);
+    let due = timer();
+    assert!(due != NO_TICK && due <= Fake::cycles() + 10_000 * Fake::cycles_hz() / 1_000_000);
+}
+
+#[test]
 fn lazy_memory_is_mapped_block_by_block_and_once() {
     let mut m = machine(1 << 20);
     let task = m.k.current_task().unwrap();
