@@ -90,7 +90,7 @@ pub struct MapDb<V> {
 impl<V: Copy> MapDb<V> {
     /// An empty database whose slots lie `step` apart in a space.
     pub const fn new(step: u64) -> Self {
-        MapDb { nodes: Slab::new(), index: Index::new(), step }
+        MapDb { nodes: Slab::new(), index: Index::new(step.trailing_zeros()), step }
     }
 
     pub fn len(&self) -> usize {
