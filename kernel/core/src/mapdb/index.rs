@@ -63,7 +63,7 @@ impl Index {
     fn home(&self, k: Key) -> usize {
         const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
         let n = k.1 >> self.step_shift;
-        let h = (k.0.wrapping_mul(GOLDEN) ^ n / RUN).wrapping_mul(GOLDEN);
+        let h = (k.0.wrapping_mul(GOLDEN) ^ (n / RUN)).wrapping_mul(GOLDEN);
         let run_home = (h >> (64 - self.table.len().trailing_zeros())) as usize;
         run_home.wrapping_add((n % RUN) as usize) & (self.table.len() - 1)
     }
