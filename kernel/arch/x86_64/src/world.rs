@@ -19,10 +19,10 @@
 //! shadow TSS), or `syscall` (`LSTAR` is [`world_syscall_entry`] while a world thread runs).
 //! Three cases are served without leaving the world: a system call or a page fault of the
 //! user task, forwarded to the guest kernel as an upcall (`world_forward`), and a
-//! `VcpuResume` of the guest kernel that continues the world's user task (`world_resume`). Everything else loads the task's
-//! normal root (CONFIG.kernel_root), copies the registers to the thread's frame and goes on
-//! as any entry; the way back copies them to ENTRY, loads the world root and returns by
-//! `iretq` (`world_exit`).
+//! `VcpuResume` of the guest kernel that continues the world's user task (`world_resume`).
+//! Everything else loads the task's normal root (CONFIG.kernel_root), copies the registers to
+//! the thread's frame and goes on as any entry; the way back copies them to ENTRY, loads the
+//! world root and returns by `iretq` (`world_exit`).
 //!
 //! What the trampoline reads from ENTRY, which the guest can write, it trusts only within the
 //! entry that wrote it: the level of the last exit (`mode`, which a `syscall` does not say)

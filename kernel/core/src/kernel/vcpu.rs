@@ -89,6 +89,9 @@ impl<A: Arch> Kernel<A> {
         let world = if regions.is_empty() {
             None
         } else {
+            if regions.len() > abi::vcpu::GUEST_REGIONS {
+                return Err(Error::Inval);
+            }
             let mut list = [(0, 0); abi::vcpu::GUEST_REGIONS];
             for (l, &f) in list.iter_mut().zip(regions) {
                 let f = abi::proto::fpage::Fpage(f);
@@ -97,8 +100,8 @@ impl<A: Arch> Kernel<A> {
                 }
                 *l = (f.base(), f.order());
             }
-            let regions = GuestRegions::new(&list[..regions.len().min(list.len())])
-                .filter(|g| regions.len() <= abi::vcpu::GUEST_REGIONS && g.contains(addr) && g.contains(utcb))
+            let regions = GuestRegions::new(&list[..regions.len()])
+                .filter(|g| g.contains(addr) && g.contains(utcb))
                 .ok_or(Error::Inval)?;
             let space = &mut self.tasks.get_mut(task).ok_or(Error::NoEnt)?.space;
             A::guest_regions(space, &regions).map_err(|_| Error::NoMem)?;
